@@ -1,0 +1,344 @@
+//! The `EmpactsApp` custom resource: one object describing a whole application.
+//!
+//! Admission rules live next to the fields they guard: simple bounds as OpenAPI
+//! keywords, cross-field rules as CEL (`x-kubernetes-validations`). The same CEL rules
+//! are evaluated client-side by [`crate::validate`], so `empacts render` refuses what the
+//! API server would refuse.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::status::EmpactsAppStatus;
+
+/// A container image reference: `[registry[:port]/]path[:tag][@sha256:digest]`.
+/// RE2-compatible so the API server (Go regexp) and the operator (regex crate) agree.
+pub const IMAGE_PATTERN: &str = r"^([a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*(:[0-9]+)?/)?[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$";
+
+/// Environment variable names the operator accepts (C identifiers, portable to every runtime).
+pub const ENV_NAME_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]*$";
+
+/// The longest app name: children such as `<app>-migrate-<10 hex>` must stay within the
+/// 63-character limit of label values (Jobs label their pods with their own name).
+pub const MAX_APP_NAME_LEN: usize = 42;
+
+/// Desired state of an application managed by the EmpactsApp operator.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "empacts.io",
+    version = "v1alpha1",
+    kind = "EmpactsApp",
+    plural = "empactsapps",
+    singular = "empactsapp",
+    shortname = "eapp",
+    category = "all",
+    namespaced,
+    status = "EmpactsAppStatus",
+    derive = "PartialEq",
+    doc = "An application whose Deployment, Service, autoscaler, config, secrets, migrations and rollbacks are managed by the EmpactsApp operator.",
+    printcolumn(name = "Image", type_ = "string", json_path = ".spec.image"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Revision", type_ = "string", json_path = ".status.currentRevision"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("size(self.metadata.name) <= 42").message("metadata.name must be at most 42 characters: child names such as <name>-migrate-<hash> must fit in 63"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter): it names the Service"),
+)]
+#[x_kube(
+    cel,
+    validation = Rule::new("!has(self.secrets) || !has(self.env) || self.secrets.all(s, !(s.env in self.env))").message("a variable is defined both in spec.env and spec.secrets; keep one").field_path(".secrets"),
+    validation = Rule::new("!has(self.replicas) || !has(self.autoscaling) || self.replicas <= self.autoscaling.maxReplicas").message("spec.replicas must not exceed spec.autoscaling.maxReplicas").field_path(".replicas"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EmpactsAppSpec {
+    /// Container image, e.g. `registry.example.com/empacts/api:1.8.0`. Its migration runs with this image before it rolls out.
+    #[schemars(regex(pattern = IMAGE_PATTERN), length(min = 1, max = 512))]
+    pub image: String,
+
+    /// Desired pod count; ignored while `autoscaling` is set. Defaults to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: Option<i32>,
+
+    /// Port the container listens on. Defaults to 8080.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+
+    /// Overrides the image entrypoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub command: Option<Vec<String>>,
+
+    /// Arguments to the entrypoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub args: Option<Vec<String>>,
+
+    /// Plain configuration, stored in a ConfigMap and loaded with envFrom. A change rolls the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 256))]
+    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[A-Za-z_][A-Za-z0-9_]*$'))").message("spec.env keys must be C identifiers (letters, digits, '_', not starting with a digit)"))]
+    pub env: Option<BTreeMap<String, String>>,
+
+    /// Secret environment variables: generated once by the operator, or referenced from a Secret you own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["env".into()]))]
+    pub secrets: Option<Vec<SecretEnv>>,
+
+    /// CPU and memory requests and limits of the application container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+
+    /// HTTP health checks against the application port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<Probes>,
+
+    /// The Service in front of the pods. Defaults to ClusterIP on port 80.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceSpec>,
+
+    /// Horizontal autoscaling (autoscaling/v2). When set, `replicas` only seeds the first rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+
+    /// PodDisruptionBudget for voluntary disruptions (node drains).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disruption: Option<Disruption>,
+
+    /// Database migration run as a Job with the new image before each new revision rolls out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<Migration>,
+
+    /// Rollout strategy and failure handling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutPolicy>,
+
+    /// Extra labels for the pods (merged under the operator's own labels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub pod_labels: Option<BTreeMap<String, String>>,
+
+    /// Extra annotations for the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub pod_annotations: Option<BTreeMap<String, String>>,
+
+    /// Stop rolling out new revisions (children keep their current state; status still updates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+}
+
+/// One secret environment variable: exactly one of `generate` or `secretKeyRef`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("has(self.generate) != has(self.secretKeyRef)").message("set exactly one of generate or secretKeyRef"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretEnv {
+    /// Name of the environment variable.
+    #[schemars(regex(pattern = ENV_NAME_PATTERN), length(min = 1, max = 128))]
+    pub env: String,
+
+    /// Let the operator create a random value once. It is never regenerated or overwritten.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generate: Option<GenerateSecret>,
+
+    /// Read the value from a Secret you own. A change of its content rolls the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeyRef>,
+}
+
+/// A value the operator generates with a CSPRNG.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerateSecret {
+    /// Length of the value in characters (alphanumeric, ~5.95 bits each). Defaults to 64; at least 43 for 256 bits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 43, max = 4096))]
+    pub length: Option<u32>,
+
+    /// Keep the Secret when the EmpactsApp is deleted, so re-creating the app reuses the value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain: Option<bool>,
+}
+
+/// A key of a Secret in the app's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// Compute resources of the application container.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    /// Minimum resources, e.g. `{cpu: 200m, memory: 256Mi}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 16))]
+    pub requests: Option<BTreeMap<String, Quantity>>,
+    /// Maximum resources, e.g. `{cpu: 500m, memory: 512Mi}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 16))]
+    pub limits: Option<BTreeMap<String, Quantity>>,
+}
+
+/// Liveness, readiness and startup checks.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Probes {
+    /// Restart the container when this fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<HttpProbe>,
+    /// Take the pod out of the Service while this fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<HttpProbe>,
+    /// Hold the other probes until this succeeds once (slow starters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup: Option<HttpProbe>,
+}
+
+/// An HTTP GET probe.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpProbe {
+    /// Request path, e.g. `/health`.
+    #[schemars(regex(pattern = r"^/"), length(min = 1, max = 1024))]
+    pub path: String,
+    /// Port to probe; defaults to the app port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub initial_delay_seconds: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub period_seconds: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_seconds: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub failure_threshold: Option<i32>,
+}
+
+/// How the Service exposes the app.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Service type. Defaults to ClusterIP.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<ServiceType>,
+    /// Service port; traffic goes to the app port. Defaults to 80.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+}
+
+/// Kubernetes Service types the operator supports.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+/// HorizontalPodAutoscaler settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("!has(self.minReplicas) || self.minReplicas <= self.maxReplicas").message("autoscaling.minReplicas must not exceed autoscaling.maxReplicas").field_path(".minReplicas"),
+    validation = Rule::new("has(self.targetCPU) || has(self.targetMemory)").message("autoscaling needs targetCPU or targetMemory (or both)"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Autoscaling {
+    /// Lower bound. Defaults to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: Option<i32>,
+    /// Upper bound.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Target average CPU utilization, percent of requests.
+    #[serde(default, rename = "targetCPU", skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu: Option<i32>,
+    /// Target average memory utilization, percent of requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_memory: Option<i32>,
+}
+
+/// PodDisruptionBudget: exactly one of minAvailable or maxUnavailable.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("has(self.minAvailable) != has(self.maxUnavailable)").message("set exactly one of disruption.minAvailable or disruption.maxUnavailable"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Disruption {
+    /// Pods (or percent) that must stay up during a voluntary disruption.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_available: Option<IntOrString>,
+    /// Pods (or percent) that may be down during a voluntary disruption.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
+}
+
+/// A database migration run before a new revision rolls out.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Migration {
+    /// Command run with the new image, e.g. `[npm, run, migrate]`.
+    #[schemars(length(min = 1, max = 64))]
+    pub command: Vec<String>,
+    /// Command run with the newer (failed) image before an automatic rollback, e.g. `[npm, run, migrate:down]`.
+    /// Without it, a failed rollout whose migration already ran is not rolled back automatically.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub rollback_command: Option<Vec<String>>,
+    /// Deadline of one migration run. Defaults to 600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub timeout_seconds: Option<i64>,
+    /// Retries of the migration pod before the migration counts as failed. Defaults to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10))]
+    pub backoff_limit: Option<i32>,
+}
+
+/// Rollout strategy and failure handling.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(
+    validation = Rule::new("!(has(self.maxSurge) && string(self.maxSurge) in ['0', '0%'] && (!has(self.maxUnavailable) || string(self.maxUnavailable) in ['0', '0%']))").message("rollout.maxSurge and rollout.maxUnavailable cannot both be 0 (maxUnavailable defaults to 0)"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutPolicy {
+    /// Extra pods during a rollout. Defaults to 25%.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_surge: Option<IntOrString>,
+    /// Pods that may be unavailable during a rollout. Defaults to 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
+    /// A rollout without progress for this long has failed. Defaults to 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub progress_deadline_seconds: Option<i32>,
+    /// Restore the last good revision when a rollout fails. Defaults to true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_rollback: Option<bool>,
+    /// Revisions kept in status.history. Defaults to 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 50))]
+    pub revision_history_limit: Option<i32>,
+}

@@ -1,0 +1,111 @@
+//! Client-side admission: checks an `EmpactsApp` against the very schema the CRD installs
+//! (OpenAPI keywords with `jsonschema`, `x-kubernetes-validations` with kube's CEL
+//! evaluator), so `empacts render` and the operator refuse exactly what the API server would.
+
+use std::sync::OnceLock;
+
+use kube::CustomResourceExt;
+use serde_json::Value;
+
+use crate::spec::EmpactsApp;
+
+/// One refused field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// JSON path of the offending field, e.g. `spec.autoscaling.minReplicas`.
+    pub field: String,
+    /// What is wrong and, where possible, what to do.
+    pub message: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// The spec was refused; every problem found is listed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid EmpactsApp: {}", .errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct ValidationError {
+    pub errors: Vec<FieldError>,
+}
+
+/// The openAPIV3Schema of the generated CRD.
+pub fn crd_schema() -> &'static Value {
+    static SCHEMA: OnceLock<Value> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let crd = EmpactsApp::crd();
+        let schema = crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .expect("the generated CRD always carries an openAPIV3Schema");
+        serde_json::to_value(schema).expect("a JSONSchemaProps always serializes")
+    })
+}
+
+fn structural_validator() -> &'static jsonschema::Validator {
+    static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
+    VALIDATOR.get_or_init(|| {
+        // The CRD schema is OpenAPI v3's subset of draft 4; its x-kubernetes-* keywords are ignored.
+        jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft4)
+            .should_validate_formats(false)
+            .build(crd_schema())
+            .expect("the generated CRD schema is a valid JSON schema")
+    })
+}
+
+/// Validate an app as admission would. Returns every problem, not just the first.
+pub fn validate(app: &EmpactsApp) -> Result<(), ValidationError> {
+    let value = serde_json::to_value(app)
+        .map_err(|e| ValidationError { errors: vec![FieldError { field: "<root>".into(), message: e.to_string() }] })?;
+    validate_value(&value)
+}
+
+/// Validate the JSON form of an app (e.g. parsed from a user's YAML).
+pub fn validate_value(value: &Value) -> Result<(), ValidationError> {
+    let mut errors: Vec<FieldError> = structural_validator()
+        .iter_errors(value)
+        .map(|e| {
+            let field = json_pointer_to_path(e.instance_path().as_str());
+            let message = friendly_message(&field, &e);
+            FieldError { field, message }
+        })
+        .collect();
+    // CEL rules assume a structurally valid object; evaluate them only then, as the API server does.
+    if errors.is_empty()
+        && let Err(cel) = kube::core::cel::Validator::new().validate(crd_schema(), value, None)
+    {
+        errors.extend(cel.into_vec().into_iter().map(|e| FieldError {
+            field: if e.field_path.is_empty() { "<root>".into() } else { e.field_path },
+            message: e.message,
+        }));
+    }
+    if errors.is_empty() { Ok(()) } else { Err(ValidationError { errors }) }
+}
+
+/// Regex patterns make unreadable messages; say what the field expects instead.
+fn friendly_message(field: &str, error: &jsonschema::ValidationError<'_>) -> String {
+    let is_pattern = matches!(error.kind(), jsonschema::error::ValidationErrorKind::Pattern { .. });
+    match (field, is_pattern) {
+        ("spec.image", true) => format!(
+            "{} is not a valid image reference: expected [registry[:port]/]repository[:tag][@sha256:digest] with a lowercase repository",
+            error.instance()
+        ),
+        (f, true) if f.ends_with(".env") => format!(
+            "{} is not a valid environment variable name: use letters, digits and '_', not starting with a digit",
+            error.instance()
+        ),
+        (f, true) if f.ends_with(".path") => {
+            format!("{} must be an absolute HTTP path starting with '/'", error.instance())
+        }
+        _ => error.to_string(),
+    }
+}
+
+fn json_pointer_to_path(pointer: &str) -> String {
+    let path = pointer.trim_start_matches('/').replace('/', ".");
+    if path.is_empty() { "<root>".into() } else { path }
+}

@@ -1,0 +1,107 @@
+//! Pure desired-state builders, one module per child kind. Every function here is a pure
+//! function of the validated app (and, where noted, observed inputs passed in).
+
+pub mod configmap;
+pub mod deployment;
+pub mod hpa;
+pub mod job;
+pub mod meta;
+pub mod pdb;
+pub mod pod;
+pub mod secret;
+pub mod service;
+pub mod serviceaccount;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+
+use crate::{secret_value::SecretValue, validate::ValidatedApp};
+
+/// Everything the operator would create for an app, in apply order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Children {
+    pub service_account: ServiceAccount,
+    pub config_map: Option<ConfigMap>,
+    pub generated_secrets: Vec<Secret>,
+    pub migration_job: Option<Job>,
+    pub deployment: Deployment,
+    pub service: Service,
+    pub hpa: Option<HorizontalPodAutoscaler>,
+    pub pdb: Option<PodDisruptionBudget>,
+}
+
+/// All children of `app`. `secret_value` supplies the value of each generated secret
+/// (a placeholder when rendering; the real value is only ever created by the operator).
+pub fn build_all(
+    app: &ValidatedApp,
+    config_hash: Option<&str>,
+    mut secret_value: impl FnMut(&empacts_api::SecretEnv) -> SecretValue,
+) -> Children {
+    Children {
+        service_account: serviceaccount::build(app),
+        config_map: configmap::build(app),
+        generated_secrets: app
+            .spec
+            .secrets()
+            .iter()
+            .filter(|e| e.generate.is_some())
+            .filter_map(|e| secret::build(app, e, &secret_value(e)))
+            .collect(),
+        migration_job: job::migration(app),
+        deployment: deployment::build(app, config_hash),
+        service: service::build(app),
+        hpa: hpa::build(app),
+        pdb: pdb::build(app),
+    }
+}
+
+impl Children {
+    /// The children as generic JSON values with apiVersion/kind set, in apply order.
+    pub fn to_manifests(&self) -> Vec<serde_json::Value> {
+        fn manifest<K: k8s_openapi::Resource + serde::Serialize>(obj: &K) -> serde_json::Value {
+            let mut v = serde_json::to_value(obj).expect("Kubernetes objects serialize");
+            let map = v.as_object_mut().expect("objects serialize to maps");
+            map.insert("apiVersion".into(), K::API_VERSION.into());
+            map.insert("kind".into(), K::KIND.into());
+            // apiVersion and kind first, as kubectl prints them.
+            let mut ordered = serde_json::Map::new();
+            for key in ["apiVersion", "kind", "metadata"] {
+                if let Some(val) = map.remove(key) {
+                    ordered.insert(key.into(), val);
+                }
+            }
+            ordered.extend(std::mem::take(map));
+            serde_json::Value::Object(ordered)
+        }
+        let mut out = vec![manifest(&self.service_account)];
+        out.extend(self.config_map.iter().map(manifest));
+        out.extend(self.generated_secrets.iter().map(manifest));
+        out.extend(self.migration_job.iter().map(manifest));
+        out.push(manifest(&self.deployment));
+        out.push(manifest(&self.service));
+        out.extend(self.hpa.iter().map(manifest));
+        out.extend(self.pdb.iter().map(manifest));
+        out
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use empacts_api::EmpactsApp;
+
+    use crate::validate::{ValidatedApp, validate};
+
+    /// A validated app named `demo` in namespace `ns` from a YAML snippet holding `spec:`.
+    pub fn app_from_yaml(yaml: &str) -> ValidatedApp {
+        let mut value: serde_yaml::Value = serde_yaml::from_str(yaml).expect("test YAML parses");
+        let map = value.as_mapping_mut().expect("test YAML is a mapping");
+        map.insert("apiVersion".into(), "empacts.io/v1alpha1".into());
+        map.insert("kind".into(), "EmpactsApp".into());
+        map.insert("metadata".into(), serde_yaml::from_str("{name: demo, namespace: ns, uid: u-1}").unwrap());
+        let app: EmpactsApp = serde_yaml::from_value(value).expect("test app deserializes");
+        validate(&app).unwrap_or_else(|e| panic!("test app is valid: {e}"))
+    }
+}

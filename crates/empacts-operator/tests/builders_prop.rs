@@ -1,0 +1,120 @@
+//! Property tests: any valid spec gives children without panicking, and the same children twice.
+
+use std::collections::BTreeMap;
+
+use empacts_api::*;
+use empacts_operator::{build, secret_value::SecretValue, validate};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use proptest::prelude::*;
+
+fn env_name() -> impl Strategy<Value = String> {
+    "[A-Z_][A-Z0-9_]{0,20}"
+}
+
+fn image() -> impl Strategy<Value = String> {
+    ("(registry\\.example\\.com(:5000)?/)?[a-z0-9]{1,8}(/[a-z0-9]{1,8})?", "[a-z0-9][a-z0-9.-]{0,10}")
+        .prop_map(|(repo, tag)| format!("{repo}:{tag}"))
+}
+
+fn int_or_percent() -> impl Strategy<Value = IntOrString> {
+    prop_oneof![(1..5i32).prop_map(IntOrString::Int), (1..100i32).prop_map(|p| IntOrString::String(format!("{p}%")))]
+}
+
+prop_compose! {
+    fn spec()(
+        image in image(),
+        replicas in proptest::option::of(0..20i32),
+        port in proptest::option::of(1..65535i32),
+        env in proptest::collection::btree_map(env_name(), "[ -~]{0,20}", 0..5),
+        secret_names in proptest::collection::btree_set(env_name(), 0..4),
+        generate_mask in any::<u8>(),
+        probe_path in proptest::option::of("/[a-z/]{0,10}"),
+        scaling in proptest::option::of((1..5i32, 0..10i32, proptest::option::of(1..100i32), 1..100i32)),
+        pdb in proptest::option::of(int_or_percent()),
+        migration in proptest::option::of((proptest::collection::vec("[a-z:]{1,8}", 1..4), any::<bool>())),
+        surge in proptest::option::of(int_or_percent()),
+        paused in proptest::option::of(any::<bool>()),
+    ) -> EmpactsAppSpec {
+        let secrets: Vec<SecretEnv> = secret_names
+            .into_iter()
+            .filter(|n| !env.contains_key(n))
+            .enumerate()
+            .map(|(i, env)| if generate_mask & (1 << (i % 8)) != 0 {
+                SecretEnv { env, generate: Some(GenerateSecret::default()), secret_key_ref: None }
+            } else {
+                SecretEnv { env, generate: None, secret_key_ref: Some(SecretKeyRef { name: "db".into(), key: "url".into() }) }
+            })
+            .collect();
+        let autoscaling = scaling.map(|(min, extra, cpu, mem)| Autoscaling {
+            min_replicas: Some(min),
+            max_replicas: min + extra,
+            target_cpu: cpu,
+            target_memory: Some(mem),
+        });
+        EmpactsAppSpec {
+            image,
+            replicas: replicas.map(|r| autoscaling.as_ref().map_or(r, |a| r.min(a.max_replicas))),
+            port,
+            command: None,
+            args: None,
+            env: Some(env),
+            // Generated names must not clash after lowercasing; keep the first of any clash.
+            secrets: Some(dedupe_generated(secrets)),
+            resources: None,
+            probes: probe_path.map(|path| Probes {
+                liveness: Some(HttpProbe { path: path.clone(), port: None, initial_delay_seconds: None, period_seconds: None, timeout_seconds: None, failure_threshold: None }),
+                readiness: None,
+                startup: None,
+            }),
+            service: None,
+            autoscaling,
+            disruption: pdb.map(|p| Disruption { min_available: Some(p), max_unavailable: None }),
+            migration: migration.map(|(command, with_down)| Migration {
+                rollback_command: with_down.then(|| vec!["down".to_string()]),
+                command,
+                timeout_seconds: None,
+                backoff_limit: None,
+            }),
+            rollout: Some(RolloutPolicy { max_surge: surge, ..Default::default() }),
+            pod_labels: None,
+            pod_annotations: Some(BTreeMap::new()),
+            paused,
+        }
+    }
+}
+
+fn dedupe_generated(secrets: Vec<SecretEnv>) -> Vec<SecretEnv> {
+    let mut seen = std::collections::BTreeSet::new();
+    secrets
+        .into_iter()
+        .filter(|s| s.generate.is_none() || seen.insert(empacts_operator::names::generated_secret("app", &s.env)))
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn any_valid_spec_builds_deterministically(spec in spec()) {
+        let mut app = EmpactsApp::new("app", spec);
+        app.metadata.namespace = Some("ns".into());
+        app.metadata.uid = Some("uid-1".into());
+        let valid = validate::validate(&app).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let value = |_: &SecretEnv| SecretValue::from_bytes(b"x".to_vec());
+        let first = build::build_all(&valid, Some("h"), value);
+        let second = build::build_all(&valid, Some("h"), value);
+        prop_assert_eq!(&first, &second);
+        let d = first.deployment.spec.as_ref().unwrap();
+        // The selector must always match the pod template, or the API server refuses the Deployment.
+        let template_labels = d.template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+        for (k, v) in d.selector.match_labels.as_ref().unwrap() {
+            prop_assert_eq!(template_labels.get(k), Some(v));
+        }
+        prop_assert_eq!(first.hpa.is_some(), valid.spec.autoscaling.is_some());
+        prop_assert_eq!(first.migration_job.is_some(), valid.spec.migration.is_some());
+        for m in first.to_manifests() {
+            let name = m["metadata"]["name"].as_str().unwrap();
+            prop_assert!(name.len() <= 253, "{}", name);
+        }
+    }
+}
