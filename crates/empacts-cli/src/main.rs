@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use empacts_api::EmpactsApp;
+use empacts_cli::{commands, run};
 use kube::CustomResourceExt;
 
 #[derive(Parser, Debug)]
@@ -17,6 +18,24 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the operator (reconciles EmpactsApps until SIGTERM/SIGINT).
+    Run(run::RunArgs),
+    /// Show an app's phase, revisions, replicas, migration and conditions.
+    Status(AppArgs),
+    /// Show an app's revision history, newest first (* marks what runs now).
+    History(AppArgs),
+    /// Roll back by rewriting the app's spec to a recorded revision (commit it to Git if you use GitOps).
+    Rollback {
+        #[command(flatten)]
+        app: AppArgs,
+        /// Revision hash or number (see `empacts history`).
+        #[arg(long)]
+        to: String,
+    },
+    /// Retry a failed revision (migration or rollout) without changing the spec.
+    Retry(AppArgs),
+    /// Regenerate every operator-generated secret of the app; pods roll to pick them up.
+    RotateSecret(AppArgs),
     /// Print the EmpactsApp CustomResourceDefinition as YAML.
     Crd,
     /// Print the Kubernetes objects the operator would create for an app, without a cluster.
@@ -30,9 +49,52 @@ enum Command {
     },
 }
 
+#[derive(clap::Args, Debug)]
+struct AppArgs {
+    /// EmpactsApp name.
+    name: String,
+    /// Namespace (default: the kubeconfig context's namespace).
+    #[arg(short, long)]
+    namespace: Option<String>,
+}
+
+fn client_command<F, Fut>(app: AppArgs, f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(kube::Client, String, String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<String>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let client = kube::Client::try_default().await.context("connecting to the cluster (check KUBECONFIG)")?;
+        let ns = app.namespace.unwrap_or_else(|| client.default_namespace().to_string());
+        let out = f(client, ns, app.name).await?;
+        print!("{out}");
+        Ok(())
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Status(app) => {
+            client_command(app, |c, ns, name| async move { commands::status(&c, &ns, &name).await })
+        }
+        Command::History(app) => {
+            client_command(app, |c, ns, name| async move { commands::history(&c, &ns, &name).await })
+        }
+        Command::Rollback { app, to } => client_command(app, |c, ns, name| async move {
+            let rev = commands::rollback(&c, &ns, &name, &to).await?;
+            Ok(format!("{ns}/{name}: spec rewritten to revision {rev}; the operator rolls it out\n"))
+        }),
+        Command::Retry(app) => client_command(app, |c, ns, name| async move {
+            commands::retry(&c, &ns, &name).await?;
+            Ok(format!("{ns}/{name}: retry requested\n"))
+        }),
+        Command::RotateSecret(app) => client_command(app, |c, ns, name| async move {
+            commands::rotate_secrets(&c, &ns, &name).await?;
+            Ok(format!("{ns}/{name}: rotation of generated secrets requested\n"))
+        }),
         Command::Crd => {
             print!("{}", crd_yaml());
             Ok(())

@@ -1,9 +1,19 @@
 //! The EmpactsApp operator as a library: pure desired-state builders and decisions,
 //! and the reconcile loop that applies them.
 
+pub mod apply;
 pub mod build;
+pub mod context;
+pub mod controller;
+pub mod error;
+pub mod events;
 pub mod hash;
+pub mod metrics;
 pub mod names;
+pub mod observe;
+pub mod plan;
+pub mod reconcile;
 pub mod render;
 pub mod secret_value;
+pub mod status;
 pub mod validate;

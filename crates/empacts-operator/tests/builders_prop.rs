@@ -101,8 +101,8 @@ proptest! {
         app.metadata.uid = Some("uid-1".into());
         let valid = validate::validate(&app).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let value = |_: &SecretEnv| SecretValue::from_bytes(b"x".to_vec());
-        let first = build::build_all(&valid, Some("h"), value);
-        let second = build::build_all(&valid, Some("h"), value);
+        let first = build::build_all(&valid, Some("h"), None, value);
+        let second = build::build_all(&valid, Some("h"), None, value);
         prop_assert_eq!(&first, &second);
         let d = first.deployment.spec.as_ref().unwrap();
         // The selector must always match the pod template, or the API server refuses the Deployment.

@@ -33,9 +33,23 @@ pub fn revision(app: &ValidatedApp) -> String {
     hash::content_hash(&(base_template(app), &app.spec.migration))
 }
 
+/// Replica count to apply. With autoscaling the HPA moves it through the scale subresource;
+/// we write back what the Deployment has now (clamped to the HPA bounds) so an apply never
+/// resets the HPA's choice, and a first rollout starts at spec.replicas within the bounds.
+pub fn replicas(app: &ValidatedApp, current: Option<i32>) -> i32 {
+    match &app.spec.autoscaling {
+        None => app.spec.replicas(),
+        Some(scaling) => {
+            let seed = current.or(app.spec.replicas).unwrap_or_else(|| scaling.min_replicas());
+            seed.clamp(scaling.min_replicas(), scaling.max_replicas.max(scaling.min_replicas()))
+        }
+    }
+}
+
 /// The Deployment for `app` (whose spec may be an older revision's, during a rollback).
 /// `config_hash` is the hash of referenced Secret content: a change rolls the pods.
-pub fn build(app: &ValidatedApp, config_hash: Option<&str>) -> Deployment {
+/// `current_replicas` is the live Deployment's spec.replicas, if it exists.
+pub fn build(app: &ValidatedApp, config_hash: Option<&str>, current_replicas: Option<i32>) -> Deployment {
     let revision = revision(app);
     let mut template = base_template(app);
     let template_meta = template.metadata.get_or_insert_with(Default::default);
@@ -52,8 +66,7 @@ pub fn build(app: &ValidatedApp, config_hash: Option<&str>) -> Deployment {
     Deployment {
         metadata,
         spec: Some(DeploymentSpec {
-            // With autoscaling the HPA owns the replica count; leaving it out keeps us from fighting it.
-            replicas: if app.spec.autoscaling.is_some() { None } else { Some(app.spec.replicas()) },
+            replicas: Some(replicas(app, current_replicas)),
             selector: meta::selector(app),
             template,
             strategy: Some(DeploymentStrategy {
@@ -95,7 +108,7 @@ spec:
     #[test]
     fn deployment_runs_the_image_with_config_secrets_and_probes() {
         let app = app_from_yaml(API);
-        let d = build(&app, Some("abc"));
+        let d = build(&app, Some("abc"), None);
         let spec = d.spec.unwrap();
         assert_eq!(spec.replicas, Some(3));
         assert_eq!(spec.progress_deadline_seconds, Some(120));
@@ -135,15 +148,22 @@ spec:
 
     #[test]
     fn selector_is_stable_across_versions() {
-        let a = build(&app_from_yaml("spec: {image: 'api:1'}"), None);
-        let b = build(&app_from_yaml("spec: {image: 'api:2', replicas: 5}"), None);
+        let a = build(&app_from_yaml("spec: {image: 'api:1'}"), None, None);
+        let b = build(&app_from_yaml("spec: {image: 'api:2', replicas: 5}"), None, None);
         assert_eq!(a.spec.as_ref().unwrap().selector, b.spec.as_ref().unwrap().selector);
     }
 
     #[test]
-    fn autoscaling_leaves_replicas_to_the_hpa() {
-        let app = app_from_yaml("spec: {image: 'api:1', replicas: 3, autoscaling: {maxReplicas: 5, targetCPU: 70}}");
-        assert_eq!(build(&app, None).spec.unwrap().replicas, None);
+    fn autoscaling_keeps_the_hpa_choice_within_bounds() {
+        let app = app_from_yaml(
+            "spec: {image: 'api:1', replicas: 3, autoscaling: {minReplicas: 2, maxReplicas: 5, targetCPU: 70}}",
+        );
+        assert_eq!(build(&app, None, None).spec.unwrap().replicas, Some(3), "first rollout seeds spec.replicas");
+        assert_eq!(build(&app, None, Some(4)).spec.unwrap().replicas, Some(4), "the HPA's choice stays");
+        assert_eq!(build(&app, None, Some(9)).spec.unwrap().replicas, Some(5), "clamped to maxReplicas");
+        assert_eq!(build(&app, None, Some(1)).spec.unwrap().replicas, Some(2), "clamped to minReplicas");
+        let fixed = app_from_yaml("spec: {image: 'api:1', replicas: 3}");
+        assert_eq!(build(&fixed, None, Some(7)).spec.unwrap().replicas, Some(3), "without an HPA the spec rules");
     }
 
     #[test]
@@ -158,8 +178,8 @@ spec:
     #[test]
     fn referenced_secret_change_rolls_pods_without_a_new_revision() {
         let app = app_from_yaml("spec: {image: 'api:1'}");
-        let a = build(&app, Some("h1"));
-        let b = build(&app, Some("h2"));
+        let a = build(&app, Some("h1"), None);
+        let b = build(&app, Some("h2"), None);
         assert_ne!(a.spec.as_ref().unwrap().template, b.spec.as_ref().unwrap().template);
         assert_eq!(a.metadata.annotations, b.metadata.annotations);
     }

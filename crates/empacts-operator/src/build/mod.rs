@@ -8,6 +8,7 @@ pub mod job;
 pub mod meta;
 pub mod pdb;
 pub mod pod;
+pub mod revision;
 pub mod secret;
 pub mod service;
 pub mod serviceaccount;
@@ -38,6 +39,7 @@ pub struct Children {
 pub fn build_all(
     app: &ValidatedApp,
     config_hash: Option<&str>,
+    current_replicas: Option<i32>,
     mut secret_value: impl FnMut(&empacts_api::SecretEnv) -> SecretValue,
 ) -> Children {
     Children {
@@ -51,7 +53,7 @@ pub fn build_all(
             .filter_map(|e| secret::build(app, e, &secret_value(e)))
             .collect(),
         migration_job: job::migration(app),
-        deployment: deployment::build(app, config_hash),
+        deployment: deployment::build(app, config_hash, current_replicas),
         service: service::build(app),
         hpa: hpa::build(app),
         pdb: pdb::build(app),

@@ -1,0 +1,163 @@
+//! Client commands against a cluster: status, history, rollback, retry, rotate-secret.
+//! They only read the app or change its spec/annotations; the operator does the rest, so
+//! the spec stays the one truth (GitOps users commit what `rollback` wrote).
+
+use std::fmt::Write as _;
+
+use anyhow::{Context as _, bail};
+use empacts_api::{EmpactsApp, EmpactsAppSpec, annotations};
+use empacts_operator::build::revision as cr;
+use empacts_operator::observe::instance_selector;
+use k8s_openapi::api::apps::v1::ControllerRevision;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client};
+
+/// Field manager of CLI writes, distinct from the operator's.
+pub const CLI_MANAGER: &str = "empacts-cli";
+
+pub async fn get_app(client: &Client, ns: &str, name: &str) -> anyhow::Result<EmpactsApp> {
+    Api::<EmpactsApp>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .with_context(|| format!("reading EmpactsApp {ns}/{name}"))
+}
+
+/// Human summary of an app's status.
+pub async fn status(client: &Client, ns: &str, name: &str) -> anyhow::Result<String> {
+    let app = get_app(client, ns, name).await?;
+    let s = app.status.clone().unwrap_or_default();
+    let mut out = String::new();
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    writeln!(out, "EmpactsApp {ns}/{name}")?;
+    writeln!(out, "  image:            {}", app.spec.image)?;
+    writeln!(out, "  phase:            {}", s.phase.map(|p| p.to_string()).unwrap_or_else(|| "-".into()))?;
+    writeln!(
+        out,
+        "  generation:       {} (observed {})",
+        app.metadata.generation.unwrap_or(0),
+        s.observed_generation.map(|g| g.to_string()).unwrap_or_else(|| "-".into())
+    )?;
+    writeln!(out, "  desired revision: {}", opt(&s.desired_revision))?;
+    writeln!(out, "  current revision: {}", opt(&s.current_revision))?;
+    writeln!(out, "  last good:        {}", opt(&s.last_good_revision))?;
+    writeln!(out, "  failed:           {}", opt(&s.failed_revision))?;
+    writeln!(
+        out,
+        "  replicas:         {} ready / {} updated / {} total",
+        s.ready_replicas.unwrap_or(0),
+        s.updated_replicas.unwrap_or(0),
+        s.replicas.unwrap_or(0)
+    )?;
+    if let Some(m) = &s.migration {
+        writeln!(
+            out,
+            "  migration:        {} {:?}{}",
+            m.job,
+            m.phase,
+            m.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
+        )?;
+    }
+    writeln!(out, "  conditions:")?;
+    for c in &s.conditions {
+        writeln!(out, "    {:<18} {:<7} {:<28} {}", c.type_, c.status, c.reason, c.message)?;
+    }
+    Ok(out)
+}
+
+async fn revisions(client: &Client, ns: &str, name: &str) -> anyhow::Result<Vec<ControllerRevision>> {
+    let mut list = Api::<ControllerRevision>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&instance_selector(name)))
+        .await
+        .with_context(|| format!("listing ControllerRevisions of {ns}/{name}"))?
+        .items;
+    list.sort_by_key(|c| std::cmp::Reverse(c.revision));
+    Ok(list)
+}
+
+/// Revision history, newest first, with what each revision ran and how it ended.
+pub async fn history(client: &Client, ns: &str, name: &str) -> anyhow::Result<String> {
+    let app = get_app(client, ns, name).await?;
+    let status = app.status.clone().unwrap_or_default();
+    let records = revisions(client, ns, name).await?;
+    let mut out = String::new();
+    writeln!(out, "{:<4} {:<12} {:<16} {:<9} {:<22} IMAGE", "NO", "REVISION", "RESULT", "MIGRATED", "AT")?;
+    for r in &status.history {
+        let number = records
+            .iter()
+            .find(|c| cr::revision_of(c) == Some(r.revision.as_str()))
+            .map(|c| c.revision.to_string())
+            .unwrap_or_else(|| "-".into());
+        let marker = if status.current_revision.as_deref() == Some(r.revision.as_str()) { "*" } else { "" };
+        writeln!(
+            out,
+            "{:<4} {:<12} {:<16} {:<9} {:<22} {}",
+            number,
+            format!("{}{marker}", r.revision),
+            format!("{:?}", r.result),
+            r.migrated,
+            r.at.0.to_string(),
+            r.image
+        )?;
+    }
+    Ok(out)
+}
+
+/// The recorded spec of a revision, by hash or by number.
+pub async fn recorded_spec(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    to: &str,
+) -> anyhow::Result<(String, EmpactsAppSpec)> {
+    let records = revisions(client, ns, name).await?;
+    let found = records.iter().find(|c| cr::revision_of(c) == Some(to) || c.revision.to_string() == to);
+    let Some(record) = found else {
+        let known: Vec<String> =
+            records.iter().map(|c| format!("{} ({})", c.revision, cr::revision_of(c).unwrap_or("?"))).collect();
+        bail!("{ns}/{name} has no recorded revision {to}; known revisions: {}", known.join(", "));
+    };
+    let spec = cr::recorded_spec(record).with_context(|| format!("decoding the spec recorded for revision {to}"))?;
+    Ok((cr::revision_of(record).unwrap_or(to).to_string(), spec))
+}
+
+/// Roll back by rewriting the spec to a revision's recorded spec. Returns the revision.
+pub async fn rollback(client: &Client, ns: &str, name: &str, to: &str) -> anyhow::Result<String> {
+    let (revision, spec) = recorded_spec(client, ns, name, to).await?;
+    let api: Api<EmpactsApp> = Api::namespaced(client.clone(), ns);
+    // A JSON patch replacing /spec whole: fields the old revision did not set disappear too.
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        {"op": "replace", "path": "/spec", "value": spec}
+    ]))?;
+    api.patch(
+        name,
+        &PatchParams { field_manager: Some(CLI_MANAGER.into()), ..Default::default() },
+        &Patch::<()>::Json(patch),
+    )
+    .await
+    .with_context(|| format!("rewriting the spec of {ns}/{name}"))?;
+    Ok(revision)
+}
+
+async fn annotate(client: &Client, ns: &str, name: &str, key: &str) -> anyhow::Result<String> {
+    let value = k8s_openapi::jiff::Timestamp::now().to_string();
+    let patch = serde_json::json!({"metadata": {"annotations": {key: value}}});
+    Api::<EmpactsApp>::namespaced(client.clone(), ns)
+        .patch(
+            name,
+            &PatchParams { field_manager: Some(CLI_MANAGER.into()), ..Default::default() },
+            &Patch::Merge(&patch),
+        )
+        .await
+        .with_context(|| format!("annotating {ns}/{name}"))?;
+    Ok(value)
+}
+
+/// Ask the operator to retry a failed revision (migration or rollout).
+pub async fn retry(client: &Client, ns: &str, name: &str) -> anyhow::Result<String> {
+    annotate(client, ns, name, annotations::RETRY).await
+}
+
+/// Ask the operator to regenerate every generated secret of the app (pods roll).
+pub async fn rotate_secrets(client: &Client, ns: &str, name: &str) -> anyhow::Result<String> {
+    annotate(client, ns, name, annotations::ROTATE_SECRETS).await
+}

@@ -1,0 +1,116 @@
+//! Wiring: the kube-runtime Controller on EmpactsApp, its watches and error policy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use empacts_api::{EmpactsApp, labels};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use tracing::{info, warn};
+
+use crate::context::Context;
+use crate::error::Error;
+use crate::{events, names, reconcile};
+
+/// Where the operator looks for apps.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// Only this namespace; None watches all namespaces.
+    pub namespace: Option<String>,
+}
+
+fn api<K>(client: &Client, scope: &Scope) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match &scope.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Run the controller until `shutdown` resolves; in-flight reconciles finish first.
+pub async fn run(
+    ctx: Arc<Context>,
+    scope: Scope,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let ours = watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
+    let controller = Controller::new(api::<EmpactsApp>(&client, &scope), watcher::Config::default().any_semantic());
+    let store = controller.store();
+    // Status matters for Deployments and Jobs; for the rest, metadata tells us enough to react.
+    let controller = controller
+        .owns(api::<Deployment>(&client, &scope), ours.clone())
+        .owns(api::<Job>(&client, &scope), ours.clone())
+        .owns(api::<PartialObjectMeta<Service>>(&client, &scope), ours.clone())
+        .owns(api::<PartialObjectMeta<ServiceAccount>>(&client, &scope), ours.clone())
+        .owns(api::<PartialObjectMeta<ConfigMap>>(&client, &scope), ours.clone())
+        .owns(api::<PartialObjectMeta<HorizontalPodAutoscaler>>(&client, &scope), ours.clone())
+        .owns(api::<PartialObjectMeta<PodDisruptionBudget>>(&client, &scope), ours.clone())
+        .watches(api::<PartialObjectMeta<Secret>>(&client, &scope), watcher::Config::default(), move |secret| {
+            // A referenced (or generated) Secret changed: reconcile every app that uses it.
+            let ns = secret.namespace();
+            let name = secret.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|app| app.namespace() == ns)
+                .filter(|app| {
+                    app.spec.secrets().iter().any(|e| match &e.secret_key_ref {
+                        Some(r) => r.name == name,
+                        None => names::generated_secret(&app.name_any(), &e.env) == name,
+                    })
+                })
+                .map(|app| ObjectRef::from(app.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown);
+    info!(namespace = ?scope.namespace, "controller started");
+    controller
+        .run(reconcile::reconcile, error_policy, ctx.clone())
+        .for_each(|result| {
+            let ctx = ctx.clone();
+            async move {
+                match result {
+                    Ok((obj, _)) => {
+                        ctx.metrics.reconciles.with_label_values(&["ok"]).inc();
+                        tracing::debug!(app = %obj.name, "reconciled");
+                    }
+                    Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                        ctx.forget(&ObjectRef::new(&obj.name).within(obj.namespace.as_deref().unwrap_or_default()))
+                    }
+                    Err(e) => {
+                        ctx.metrics.reconciles.with_label_values(&["error"]).inc();
+                        warn!(error = %e, "reconcile failed");
+                    }
+                }
+            }
+        })
+        .await;
+    info!("controller stopped");
+}
+
+/// Transient errors retry with a delay; the Event tells users why their app is not moving.
+fn error_policy(app: Arc<EmpactsApp>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_errors.with_label_values(&[error.category()]).inc();
+    warn!(app = %app.name_any(), namespace = ?app.namespace(), category = error.category(), error = %error, "reconcile error");
+    let note = error.to_string();
+    let reason = error.category();
+    let ctx2 = ctx.clone();
+    tokio::spawn(async move {
+        events::publish(&ctx2, &app, EventType::Warning, reason, "Reconcile", &note).await;
+    });
+    let delay = if error.category() == "Conflict" { Duration::from_secs(1) } else { Duration::from_secs(10) };
+    Action::requeue(delay)
+}

@@ -1,0 +1,73 @@
+//! Reconcile errors. Each message says what failed and what to check next; `category()`
+//! labels the error metric and the Warning Event reason.
+
+use crate::validate::InvalidApp;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Invalid(#[from] InvalidApp),
+
+    #[error("reading {kind} {namespace}/{name} failed: {source}; check the API server and the operator's RBAC")]
+    Read {
+        kind: String,
+        namespace: String,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+
+    #[error(
+        "writing {kind} {namespace}/{name} failed: {source}; check the operator's RBAC and any admission webhooks or policies"
+    )]
+    Write {
+        kind: String,
+        namespace: String,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+
+    #[error("updating the status of EmpactsApp {namespace}/{name} failed: {source}")]
+    Status {
+        namespace: String,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+
+    #[error(
+        "the recorded spec of revision {revision} (ControllerRevision {namespace}/{name}) cannot be read: {source}; delete it to let the operator re-record it"
+    )]
+    RecordedSpec {
+        namespace: String,
+        name: String,
+        revision: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    /// Short, stable label for metrics and Events.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Invalid(_) => "InvalidSpec",
+            Error::Read { .. } => "ReadFailed",
+            Error::Write { source, .. } | Error::Status { source, .. } if is_conflict(source.as_ref()) => "Conflict",
+            Error::Write { .. } => "WriteFailed",
+            Error::Status { .. } => "StatusFailed",
+            Error::RecordedSpec { .. } => "RecordedSpecUnreadable",
+        }
+    }
+}
+
+pub fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+pub fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,260 @@
+//! Test harness for end-to-end tests against the real local control plane.
+//!
+//! - [`cluster`] starts the control plane once per test binary (`tests/cluster/up` is
+//!   idempotent and returns at once when it already runs), installs the CRD and hands out
+//!   a client;
+//! - [`TestNamespace`] gives each test its own namespace;
+//! - [`Operator`] runs the operator in-process, scoped to that namespace, so tests do not
+//!   see each other's apps and can stop and restart it.
+//!
+//! kwok conventions (tests/cluster/README.md): an image containing `fail-rollout` never gets
+//! Ready; a Job pod whose image contains `fail-migration` fails; everything else becomes
+//! Ready (Deployments) or Succeeded (Jobs).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use empacts_api::EmpactsApp;
+use empacts_operator::context::Context;
+use empacts_operator::controller::{self, Scope};
+use empacts_operator::metrics::Metrics;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config, CustomResourceExt, ResourceExt};
+use tokio::sync::{OnceCell, oneshot};
+
+pub use empacts_api as api;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root exists")
+}
+
+/// What `tests/cluster/up` exported.
+#[derive(Debug, Clone)]
+pub struct ClusterEnv {
+    pub kubeconfig: PathBuf,
+    pub bin_dir: PathBuf,
+}
+
+impl ClusterEnv {
+    /// A command for one of the control plane's tools (kubectl, helm) with KUBECONFIG set.
+    pub fn tool(&self, name: &str) -> std::process::Command {
+        let mut cmd = std::process::Command::new(self.bin_dir.join(name));
+        cmd.env("KUBECONFIG", &self.kubeconfig);
+        cmd
+    }
+}
+
+static CLUSTER: OnceCell<ClusterEnv> = OnceCell::const_new();
+
+/// Start (or reuse) the control plane, install the CRD, return a client. Each test gets its
+/// own client: a client's connections belong to the runtime of the test that made it.
+pub async fn cluster() -> (ClusterEnv, Client) {
+    let env = CLUSTER
+        .get_or_init(|| async {
+            init_logging();
+            let env = start_cluster().await;
+            install_crd(&client_for(&env.kubeconfig).await).await;
+            env
+        })
+        .await
+        .clone();
+    let client = client_for(&env.kubeconfig).await;
+    (env, client)
+}
+
+fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("EMPACTS_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+async fn start_cluster() -> ClusterEnv {
+    let root = repo_root();
+    let out = tokio::process::Command::new("bash")
+        .arg(root.join("tests/cluster/up"))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await
+        .expect("tests/cluster/up runs");
+    assert!(out.status.success(), "tests/cluster/up failed (see its output above)");
+    let exports = String::from_utf8(out.stdout).expect("exports are UTF-8");
+    let value = |name: &str| -> String {
+        exports
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+            .unwrap_or_else(|| panic!("tests/cluster/up exports {name}: {exports}"))
+            .split(':')
+            .next()
+            .unwrap()
+            .trim_matches(|c| c == '\'' || c == '"')
+            .to_string()
+    };
+    ClusterEnv { kubeconfig: value("KUBECONFIG").into(), bin_dir: value("PATH").into() }
+}
+
+pub async fn client_for(kubeconfig: &Path) -> Client {
+    let kc = Kubeconfig::read_from(kubeconfig).expect("kubeconfig parses");
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("kubeconfig is usable");
+    Client::try_from(config).expect("client builds")
+}
+
+async fn install_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = EmpactsApp::crd();
+    let name = crd.name_any();
+    crds.patch(&name, &PatchParams::apply("empacts-e2e").force(), &Patch::Apply(&crd)).await.expect("CRD applies");
+    wait_until("CRD established", Duration::from_secs(30), || {
+        let crds = crds.clone();
+        let name = name.clone();
+        async move {
+            let crd = crds.get(&name).await.ok()?;
+            let established = crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
+            established.then_some(())
+        }
+    })
+    .await;
+}
+
+/// Poll `check` every 200 ms until it returns Some, or panic after `timeout` naming `what`.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A namespace of one test; `cleanup` deletes it (the cluster teardown removes leftovers).
+pub struct TestNamespace {
+    pub name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    pub async fn new(client: &Client, prefix: &str) -> Self {
+        let suffix: u32 = rand::random::<u32>() % 1_000_000;
+        let name = format!("{prefix}-{suffix:06}");
+        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("namespace creates");
+        // The ServiceAccount controller must create `default` before pods can be admitted.
+        TestNamespace { name, client: client.clone() }
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    pub async fn cleanup(self) {
+        let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.name, &DeleteParams::default()).await;
+    }
+}
+
+/// The operator running in this process, watching one namespace.
+pub struct Operator {
+    shutdown: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Operator {
+    pub async fn start(client: &Client, namespace: &str) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), Some(format!("e2e-{namespace}"))));
+        let (tx, rx) = oneshot::channel::<()>();
+        let scope = Scope { namespace: Some(namespace.to_string()) };
+        let task = tokio::spawn(controller::run(ctx, scope, async move {
+            let _ = rx.await;
+        }));
+        Operator { shutdown: Some(tx), task, metrics }
+    }
+
+    /// Graceful stop: in-flight reconciles finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), &mut self.task).await;
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Parse an EmpactsApp from YAML.
+pub fn app_yaml(yaml: &str) -> EmpactsApp {
+    serde_yaml::from_str(yaml).expect("test app YAML parses")
+}
+
+/// Create or update an app the way `kubectl apply --server-side` (or a GitOps tool) does.
+pub async fn apply_app(ns: &TestNamespace, app: &EmpactsApp) -> EmpactsApp {
+    let api: Api<EmpactsApp> = ns.api();
+    let mut value = serde_json::to_value(app).unwrap();
+    value.as_object_mut().unwrap().remove("status");
+    api.patch(&app.name_any(), &PatchParams::apply("e2e-gitops").force(), &Patch::Apply(&value))
+        .await
+        .expect("app applies")
+}
+
+/// Wait until the app's status satisfies `pred`; returns the app.
+pub async fn wait_app(
+    ns: &TestNamespace,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&EmpactsApp) -> bool,
+) -> EmpactsApp {
+    let api: Api<EmpactsApp> = ns.api();
+    let mut last: Option<EmpactsApp> = None;
+    let start = Instant::now();
+    loop {
+        if let Ok(app) = api.get(name).await {
+            if pred(&app) {
+                return app;
+            }
+            last = Some(app);
+        }
+        if start.elapsed() > timeout {
+            let status = last.and_then(|a| a.status).map(|s| serde_yaml::to_string(&s).unwrap());
+            panic!("timed out after {timeout:?} waiting for {what}; last status:\n{}", status.unwrap_or_default());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Phase of an app's status.
+pub fn phase(app: &EmpactsApp) -> Option<empacts_api::Phase> {
+    app.status.as_ref().and_then(|s| s.phase)
+}
+
+/// The status describes the current generation (not a stale one from before an update).
+pub fn observed_current(app: &EmpactsApp) -> bool {
+    app.status.as_ref().and_then(|s| s.observed_generation) == app.metadata.generation
+}
+
+/// A condition of an app's status.
+pub fn condition<'a>(
+    app: &'a EmpactsApp,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    app.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+}
