@@ -1,14 +1,22 @@
-//! `empacts run`: the operator process.
+//! `empacts run`: the operator process — metrics/health server, leader election on a
+//! coordination.k8s.io Lease, the controller, and graceful shutdown on SIGTERM.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
+use anyhow::Context as _;
 use clap::Args;
 use empacts_operator::context::Context;
 use empacts_operator::controller::{self, Scope};
 use empacts_operator::metrics::Metrics;
+use empacts_operator::server;
+use kube_lease_manager::LeaseManagerBuilder;
+use tokio::sync::watch;
+use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "EMPACTS_WATCH_NAMESPACE")]
@@ -19,28 +27,153 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "EMPACTS_LOG_FORMAT", value_parser = ["json", "text"], default_value = "json")]
     pub log_format: String,
-    /// Name of this replica (Events' reporting instance); defaults to the pod name.
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "EMPACTS_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Elect one active replica through a Lease (disable only for a single replica).
+    #[arg(long, env = "EMPACTS_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Namespace of the Lease (default: the pod's namespace, else the kubeconfig's).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Name of the Lease.
+    #[arg(long, env = "EMPACTS_LEASE_NAME", default_value = "empacts-operator")]
+    pub lease_name: String,
+    /// Seconds a leader's lease is valid without renewal; a standby takes over after it.
+    #[arg(long, env = "EMPACTS_LEASE_DURATION", default_value_t = 15)]
+    pub lease_duration: u64,
+    /// Name of this replica (Lease holder and Events' reporting instance); defaults to the pod name.
     #[arg(long, env = "POD_NAME")]
     pub instance: Option<String>,
 }
 
+/// Bound on releasing the Lease at shutdown, so an unreachable API server cannot hold the
+/// process past its termination grace period (the Lease then simply expires).
+const LEASE_RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(&args.log_level, &args.log_format)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async move {
-        let client = kube::Client::try_default().await?;
-        let metrics = Arc::new(Metrics::new());
-        let ctx = Arc::new(Context::new(client, metrics, args.instance));
-        controller::run(ctx, Scope { namespace: args.namespace }, shutdown_signal()).await;
-        Ok(())
-    })
+    runtime.block_on(run_operator(args))
+}
+
+/// Resolves once `stop` turns true.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+pub async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
+    let client =
+        kube::Client::try_default().await.context("connecting to the cluster (in-cluster config or KUBECONFIG)")?;
+    let identity = args.instance.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "empacts".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let metrics = Arc::new(Metrics::new());
+    let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), Some(identity.clone())));
+    let readiness = ctx.readiness.clone();
+
+    // SIGTERM/SIGINT flips `stop`; everything below shuts down from it.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(server::serve(
+        args.metrics_addr,
+        metrics.clone(),
+        readiness.clone(),
+        bound_tx,
+        stopped(stop_rx.clone()),
+    ));
+    if let Ok(addr) = bound_rx.await {
+        info!(%addr, "serving /metrics, /healthz, /readyz");
+    }
+    let scope = Scope { namespace: args.namespace.clone() };
+
+    if !args.leader_elect {
+        readiness.leader.store(true, Ordering::Release);
+        metrics.leader.set(1);
+        controller::run(ctx, scope, stopped(stop_rx.clone())).await;
+        let _ = server.await;
+        return Ok(());
+    }
+
+    let lease_ns = args.lease_namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
+    let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        .with_namespace(&lease_ns)
+        .with_identity(&identity)
+        .with_duration(args.lease_duration)
+        .with_grace((args.lease_duration / 3).max(1))
+        .with_field_manager("empacts-operator")
+        .build()
+        .await
+        .context("setting up leader election")?;
+    let (mut leader, lease_task) = manager.watch().await;
+    readiness.standby_ok.store(true, Ordering::Release);
+    info!(lease = %format!("{lease_ns}/{}", args.lease_name), %identity, "waiting to become leader");
+
+    let mut stop = stop_rx.clone();
+    loop {
+        if *leader.borrow_and_update() {
+            break;
+        }
+        tokio::select! {
+            changed = leader.changed() => if changed.is_err() { anyhow::bail!("leader election stopped unexpectedly") },
+            _ = stop.wait_for(|s| *s) => {
+                drop(leader);
+                let _ = tokio::time::timeout(LEASE_RELEASE_TIMEOUT, lease_task).await;
+                let _ = server.await;
+                return Ok(());
+            }
+        }
+    }
+    info!(%identity, "became leader");
+    metrics.leader.set(1);
+    readiness.leader.store(true, Ordering::Release);
+
+    // Run until shutdown, or until the lease is lost (then exit so a fresh process campaigns again).
+    let (lost_tx, lost_rx) = watch::channel(false);
+    let stop_or_lost = {
+        let stop_rx = stop_rx.clone();
+        let lost_rx = lost_rx.clone();
+        async move {
+            let (mut a, mut b) = (stop_rx, lost_rx);
+            tokio::select! { _ = a.wait_for(|s| *s) => {}, _ = b.wait_for(|s| *s) => {} }
+        }
+    };
+    let watch_lease = tokio::spawn(async move {
+        loop {
+            if leader.changed().await.is_err() || !*leader.borrow_and_update() {
+                let _ = lost_tx.send(true);
+                return leader;
+            }
+        }
+    });
+    controller::run(ctx, scope, stop_or_lost).await;
+    metrics.leader.set(0);
+    readiness.leader.store(false, Ordering::Release);
+    let lost = *lost_rx.borrow();
+    watch_lease.abort();
+    // Dropping the last receiver makes the lease task release the Lease for a fast hand-over.
+    let _ = watch_lease.await;
+    match tokio::time::timeout(LEASE_RELEASE_TIMEOUT, lease_task).await {
+        Ok(Ok(Ok(_))) => info!("lease released"),
+        other => warn!(?other, "lease release did not finish cleanly"),
+    }
+    if lost {
+        anyhow::bail!("lost the leader lease; exiting so a fresh process can campaign again");
+    }
+    let _ = server.await;
+    Ok(())
 }
 
 fn init_logging(level: &str, format: &str) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(level)?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if format == "json" {
-        builder.json().flatten_event(true).with_current_span(false).init();
+        builder.json().flatten_event(true).with_current_span(true).init();
     } else {
         builder.init();
     }
@@ -54,5 +187,5 @@ async fn shutdown_signal() {
         _ = term.recv() => {},
         _ = tokio::signal::ctrl_c() => {},
     }
-    tracing::info!("shutdown requested; finishing in-flight reconciles");
+    info!("shutdown requested; finishing in-flight reconciles");
 }

@@ -9,11 +9,14 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 
 use crate::metrics::Metrics;
+use crate::server::Readiness;
 
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// Fed to /readyz.
+    pub readiness: Arc<Readiness>,
     /// Last phase of each app, feeding the apps-by-phase gauge.
     phases: Mutex<HashMap<ObjectRef<EmpactsApp>, Phase>>,
 }
@@ -21,7 +24,13 @@ pub struct Context {
 impl Context {
     pub fn new(client: Client, metrics: Arc<Metrics>, instance: Option<String>) -> Self {
         let reporter = Reporter { controller: "empacts-operator".into(), instance };
-        Context { recorder: Recorder::new(client.clone(), reporter), client, metrics, phases: Mutex::default() }
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            readiness: Arc::default(),
+            phases: Mutex::default(),
+        }
     }
 
     pub fn set_phase(&self, app: &EmpactsApp, phase: Phase) {

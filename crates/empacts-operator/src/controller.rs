@@ -49,6 +49,22 @@ pub async fn run(
     let ours = watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
     let controller = Controller::new(api::<EmpactsApp>(&client, &scope), watcher::Config::default().any_semantic());
     let store = controller.store();
+    let synced = (store.clone(), ctx.readiness.clone());
+    tokio::spawn(async move {
+        // The store's readiness future wakes only its most recent waiter (the controller's own
+        // runner also waits on it), so poll it again every half second until it resolves.
+        loop {
+            match tokio::time::timeout(Duration::from_millis(500), synced.0.wait_until_ready()).await {
+                Err(_) => continue,
+                Ok(Ok(())) => {
+                    synced.1.caches_synced.store(true, std::sync::atomic::Ordering::Release);
+                    info!("caches synced");
+                }
+                Ok(Err(e)) => warn!(error = %e, "the EmpactsApp cache never synced"),
+            }
+            break;
+        }
+    });
     // Status matters for Deployments and Jobs; for the rest, metadata tells us enough to react.
     let controller = controller
         .owns(api::<Deployment>(&client, &scope), ours.clone())

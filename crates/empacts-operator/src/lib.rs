@@ -15,5 +15,6 @@ pub mod plan;
 pub mod reconcile;
 pub mod render;
 pub mod secret_value;
+pub mod server;
 pub mod status;
 pub mod validate;

@@ -258,3 +258,155 @@ pub fn condition<'a>(
 ) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
     app.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
 }
+
+/// The `empacts` binary of this build (cargo builds it for the CLI's own tests; build it if not).
+pub fn empacts_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let candidate = exe.parent().and_then(Path::parent).map(|d| d.join("empacts"));
+    if let Some(bin) = candidate.filter(|p| p.exists()) {
+        return bin;
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "-p", "empacts-cli", "--bin", "empacts"])
+        .current_dir(repo_root())
+        .status()
+        .expect("cargo build runs");
+    assert!(status.success(), "building the empacts binary failed");
+    repo_root().join("target/debug/empacts")
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An `empacts run` child process (killed on drop).
+pub struct OperatorProcess {
+    pub child: std::process::Child,
+    pub metrics_port: u16,
+    pub name: String,
+}
+
+impl OperatorProcess {
+    /// Start `empacts run` against the test cluster, watching `namespace`, electing a leader
+    /// through Lease `lease` in that namespace.
+    pub fn start(env: &ClusterEnv, name: &str, namespace: &str, lease: &str, log: &Path) -> Self {
+        let metrics_port = free_port();
+        let log_file = std::fs::File::create(log).expect("log file");
+        let child = std::process::Command::new(empacts_binary())
+            .args(["run", "--namespace", namespace, "--lease-namespace", namespace, "--lease-name", lease])
+            .args(["--instance", name, "--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--lease-duration", "10", "--log-format", "json"])
+            .env("KUBECONFIG", &env.kubeconfig)
+            .stdout(std::process::Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("empacts run starts");
+        OperatorProcess { child, metrics_port, name: name.to_string() }
+    }
+
+    /// GET a path of the metrics server; None while it is not up.
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let code = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Some((code, body))
+    }
+
+    /// Value of a metric sample line, e.g. `empacts_leader`.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics").await?;
+        body.lines().find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let _ = std::process::Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status();
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Write a kubeconfig at `path` that authenticates as ServiceAccount `namespace/service_account`
+/// with a bearer token from `kubectl create token` (valid 1 h), against the test cluster's API
+/// server (server URL and CA taken from the admin kubeconfig). Clients using it get exactly
+/// that ServiceAccount's RBAC.
+pub fn service_account_kubeconfig(env: &ClusterEnv, namespace: &str, service_account: &str, path: &Path) {
+    let out = env
+        .tool("kubectl")
+        .args(["create", "token", service_account, "-n", namespace, "--duration=1h"])
+        .output()
+        .expect("kubectl create token runs");
+    assert!(out.status.success(), "kubectl create token failed: {}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).expect("token is UTF-8").trim().to_string();
+    assert!(!token.is_empty(), "kubectl create token printed a token");
+
+    let admin = Kubeconfig::read_from(&env.kubeconfig).expect("admin kubeconfig parses");
+    let context_name = admin.current_context.clone().expect("admin kubeconfig has a current context");
+    let cluster_name = admin
+        .contexts
+        .iter()
+        .find(|c| c.name == context_name)
+        .and_then(|c| c.context.as_ref())
+        .map(|c| c.cluster.clone())
+        .expect("admin kubeconfig's current context exists");
+    let cluster = admin
+        .clusters
+        .iter()
+        .find(|c| c.name == cluster_name)
+        .and_then(|c| c.cluster.clone())
+        .expect("admin kubeconfig's cluster exists");
+    let mut cluster_entry = serde_json::json!({"server": cluster.server.expect("cluster has a server URL")});
+    if let Some(data) = cluster.certificate_authority_data {
+        cluster_entry["certificate-authority-data"] = data.into();
+    } else if let Some(file) = cluster.certificate_authority {
+        cluster_entry["certificate-authority"] = file.into();
+    }
+    let user = format!("system:serviceaccount:{namespace}:{service_account}");
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": cluster_name, "cluster": cluster_entry}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "service-account", "context": {"cluster": cluster_name, "user": user, "namespace": namespace}}],
+        "current-context": "service-account",
+    });
+    std::fs::write(path, serde_yaml::to_string(&config).unwrap()).expect("kubeconfig is written");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("kubeconfig is private");
+    }
+}
+
+impl OperatorProcess {
+    /// Like [`OperatorProcess::start`], but the process authenticates with `kubeconfig` (e.g. one
+    /// from [`service_account_kubeconfig`]) instead of the admin kubeconfig.
+    pub fn start_with_kubeconfig(kubeconfig: &Path, name: &str, namespace: &str, lease: &str, log: &Path) -> Self {
+        let metrics_port = free_port();
+        let log_file = std::fs::File::create(log).expect("log file");
+        let child = std::process::Command::new(empacts_binary())
+            .args(["run", "--namespace", namespace, "--lease-namespace", namespace, "--lease-name", lease])
+            .args(["--instance", name, "--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--lease-duration", "10", "--log-format", "json"])
+            .env("KUBECONFIG", kubeconfig)
+            .env_remove("POD_NAMESPACE")
+            .env_remove("POD_NAME")
+            .stdout(std::process::Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("empacts run starts");
+        OperatorProcess { child, metrics_port, name: name.to_string() }
+    }
+}

@@ -170,12 +170,25 @@ async fn upgrade_runs_the_migration_before_the_rollout() {
     let (_env, client) = cluster().await;
     let ns = TestNamespace::new(&client, "upgrade").await;
     let op = Operator::start(&client, &ns.name).await;
-    let v1 = app("api", "{image: 'registry.example.com/api:1.0.0', replicas: 2, migration: {command: [migrate]}}");
+    // Migration pods run for 4 s (kwok test annotation), long enough to watch the gate hold.
+    let v1 = app(
+        "api",
+        "{image: 'registry.example.com/api:1.0.0', replicas: 2, migration: {command: [migrate]}, \
+         podAnnotations: {empacts.io/test-run-duration: 4s}}",
+    );
     apply_app(&ns, &v1).await;
     let first = ready_on(&ns, "api", "registry.example.com/api:1.0.0").await;
     let rev1 = first.status.unwrap().current_revision.unwrap();
 
     apply_app(&ns, &with_image(v1, "registry.example.com/api:2.0.0")).await;
+    let migrating =
+        wait_app(&ns, "api", "Migrating", T, |a| phase(a) == Some(Phase::Migrating) && observed_current(a)).await;
+    assert_eq!(condition(&migrating, "MigrationComplete").unwrap().status, "Unknown");
+    assert_eq!(
+        image_of(&deployment(&ns, "api").await),
+        "registry.example.com/api:1.0.0",
+        "no rollout before the migration"
+    );
     let second = ready_on(&ns, "api", "registry.example.com/api:2.0.0").await;
     let status = second.status.unwrap();
     let rev2 = status.current_revision.clone().unwrap();

@@ -1,0 +1,21 @@
+# shellcheck shell=bash disable=SC2034  # variables are used by the scripts that source this file
+# Common settings for tests/cluster/{build,up,down,smoke}. Sourced, not executed.
+TESTBED_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+. "$TESTBED_DIR/versions.env"
+
+CACHE_ROOT="${EMPACTS_TESTBED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/empacts-testbed}"
+CACHE_DIR="$CACHE_ROOT/${K8S_VERSION}-kwok${KWOK_VERSION}-helm${HELM_VERSION}"
+BIN_DIR="$CACHE_DIR/bin"
+
+STATE="${EMPACTS_TESTBED_STATE:-/tmp/empacts-testbed}"
+API_PORT="${EMPACTS_TESTBED_API_PORT:-16443}"
+ETCD_CLIENT_PORT="${EMPACTS_TESTBED_ETCD_PORT:-12379}"
+ETCD_PEER_PORT="${EMPACTS_TESTBED_ETCD_PEER_PORT:-12380}"
+# health/metrics ports of kube-controller-manager / kube-scheduler on 127.0.0.1; 0 (default) = not served
+KCM_PORT="${EMPACTS_TESTBED_KCM_PORT:-0}"
+SCHED_PORT="${EMPACTS_TESTBED_SCHEDULER_PORT:-0}"
+KWOK_NODES="${EMPACTS_TESTBED_NODES:-3}"
+
+log() { printf '[testbed %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
