@@ -1,9 +1,10 @@
 //! Shared state of the reconcilers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use empacts_api::{EmpactsApp, Phase};
+use k8s_openapi::api::batch::v1::Job;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -19,6 +20,10 @@ pub struct Context {
     pub readiness: Arc<Readiness>,
     /// Last phase of each app, feeding the apps-by-phase gauge.
     phases: Mutex<HashMap<ObjectRef<EmpactsApp>, Phase>>,
+    /// Jobs already counted in the migration metrics (by UID).
+    counted_jobs: Mutex<HashSet<String>>,
+    /// Jobs that finished before this process started are not counted again.
+    started: k8s_openapi::jiff::Timestamp,
 }
 
 impl Context {
@@ -30,6 +35,8 @@ impl Context {
             metrics,
             readiness: Arc::default(),
             phases: Mutex::default(),
+            counted_jobs: Mutex::default(),
+            started: k8s_openapi::jiff::Timestamp::now(),
         }
     }
 
@@ -37,6 +44,25 @@ impl Context {
         let mut phases = self.phases.lock().expect("phase map lock");
         phases.insert(ObjectRef::from(app), phase);
         self.publish_phases(&phases);
+    }
+
+    /// Count a finished migration Job once: `migrations_total` and its duration.
+    pub fn count_finished_job(&self, job: &Job, kind: &str) {
+        let Some(status) = job.status.as_ref() else { return };
+        let conditions = status.conditions.as_deref().unwrap_or_default();
+        let finished = conditions.iter().find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True");
+        let Some(finished) = finished else { return };
+        let result = if finished.type_ == "Complete" { "succeeded" } else { "failed" };
+        let end = status.completion_time.as_ref().or(finished.last_transition_time.as_ref()).map(|t| t.0);
+        let (Some(uid), Some(end)) = (job.metadata.uid.clone(), end) else { return };
+        if end < self.started || !self.counted_jobs.lock().expect("job set lock").insert(uid) {
+            return;
+        }
+        self.metrics.migrations.with_label_values(&[kind, result]).inc();
+        if let Some(start) = status.start_time.as_ref().map(|t| t.0) {
+            let seconds = end.duration_since(start).as_secs_f64().max(0.0);
+            self.metrics.migration_duration.with_label_values(&[kind, result]).observe(seconds);
+        }
     }
 
     pub fn forget(&self, app: &ObjectRef<EmpactsApp>) {

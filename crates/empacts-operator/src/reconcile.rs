@@ -33,6 +33,7 @@ const ACTIVE_REQUEUE: Duration = Duration::from_secs(5);
 /// Periodic re-check of a settled app (drift, missed events).
 const IDLE_REQUEUE: Duration = Duration::from_secs(300);
 
+#[tracing::instrument(skip_all, fields(app = %app.name_any(), namespace = app.namespace().unwrap_or_default()))]
 pub async fn reconcile(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_timer();
     if app.metadata.deletion_timestamp.is_some() {
@@ -85,6 +86,11 @@ pub async fn reconcile(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Action
     }
     // Domain events and counters only after the status that records them is stored.
     record_transitions(&ctx, &app, &previous, &new_status, &plan, &generated).await;
+    for job in &observed.jobs {
+        let component = job.labels().get(empacts_api::labels::COMPONENT).map(String::as_str);
+        let kind = if component == Some(build::job::ROLLBACK_COMPONENT) { "rollback" } else { "migrate" };
+        ctx.count_finished_job(job, kind);
+    }
     ctx.set_phase(&app, plan.phase);
 
     let moving = matches!(plan.phase, Phase::Migrating | Phase::Progressing | Phase::RollingBack | Phase::Pending);
@@ -434,19 +440,6 @@ async fn record_transitions(
                 ),
             )
             .await;
-        }
-    }
-    let old_migration = previous.migration.as_ref().map(|m| (m.job.clone(), m.phase));
-    if let Some(m) = &new.migration
-        && old_migration != Some((m.job.clone(), m.phase))
-    {
-        let (kind, result) = ("migrate", m.phase);
-        match result {
-            empacts_api::MigrationPhase::Succeeded => {
-                ctx.metrics.migrations.with_label_values(&[kind, "succeeded"]).inc()
-            }
-            empacts_api::MigrationPhase::Failed => ctx.metrics.migrations.with_label_values(&[kind, "failed"]).inc(),
-            empacts_api::MigrationPhase::Running => {}
         }
     }
     if previous.phase == new.phase && previous.observed_generation == new.observed_generation {

@@ -103,3 +103,31 @@ async fn sigterm_stops_gracefully_and_releases_the_lease() {
     assert!(log.contains("lease released"), "{log}");
     ns.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_quickstart_brings_the_example_app_to_ready() {
+    let (_env, client) = cluster().await;
+    let ns = format!("quickstart-{:06}", rand::random::<u32>() % 1_000_000);
+    let root = repo_root();
+    let out = tokio::process::Command::new("bash")
+        .arg(root.join("deploy/quickstart"))
+        .env("EMPACTS_QUICKSTART_NAMESPACE", &ns)
+        .output()
+        .await
+        .expect("quickstart runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "quickstart failed:\n{stdout}\n{stderr}");
+    let line = stdout.lines().find(|l| l.starts_with("empacts-api")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(line.contains("Ready"), "kubectl get eapp shows Ready: {line}");
+    let down = tokio::process::Command::new("bash")
+        .arg(root.join("deploy/quickstart"))
+        .arg("down")
+        .env("EMPACTS_QUICKSTART_NAMESPACE", &ns)
+        .output()
+        .await
+        .expect("quickstart down runs");
+    assert!(down.status.success());
+    let gone = kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client).get_opt(&ns).await.unwrap();
+    assert!(gone.is_none_or(|n| n.metadata.deletion_timestamp.is_some()), "down removes the demo namespace");
+}
