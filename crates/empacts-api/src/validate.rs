@@ -57,6 +57,35 @@ fn structural_validator() -> &'static jsonschema::Validator {
     })
 }
 
+/// The CRD's CEL rules, compiled once.
+pub fn compiled_cel() -> &'static kube::core::cel::CompiledSchema {
+    static COMPILED: OnceLock<kube::core::cel::CompiledSchema> = OnceLock::new();
+    COMPILED.get_or_init(|| kube::core::cel::compile_schema(crd_schema()))
+}
+
+/// Every CEL rule that failed to compile (empty when all compile), with its path.
+pub fn cel_compile_errors() -> Vec<String> {
+    fn walk(node: &kube::core::cel::CompiledSchema, path: &str, out: &mut Vec<String>) {
+        for v in &node.validations {
+            if let Err(e) = v {
+                out.push(format!("{path}: {e}"));
+            }
+        }
+        for (name, child) in &node.properties {
+            walk(child, &format!("{path}.{name}"), out);
+        }
+        if let Some(items) = &node.items {
+            walk(items, &format!("{path}[]"), out);
+        }
+        if let Some(additional) = &node.additional_properties {
+            walk(additional, &format!("{path}{{}}"), out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(compiled_cel(), "<root>", &mut out);
+    out
+}
+
 /// Validate an app as admission would. Returns every problem, not just the first.
 pub fn validate(app: &EmpactsApp) -> Result<(), ValidationError> {
     let value = serde_json::to_value(app)
@@ -76,7 +105,7 @@ pub fn validate_value(value: &Value) -> Result<(), ValidationError> {
         .collect();
     // CEL rules assume a structurally valid object; evaluate them only then, as the API server does.
     if errors.is_empty()
-        && let Err(cel) = kube::core::cel::Validator::new().validate(crd_schema(), value, None)
+        && let Err(cel) = kube::core::cel::Validator::new().validate_compiled(compiled_cel(), value, None)
     {
         errors.extend(cel.into_vec().into_iter().map(|e| FieldError {
             field: if e.field_path.is_empty() { "<root>".into() } else { e.field_path },

@@ -115,3 +115,9 @@ fn examples_are_valid() {
     }
     assert!(seen >= 2, "examples/ holds at least the API and the minimal app");
 }
+
+#[test]
+fn every_cel_rule_compiles_client_side() {
+    // A rule that does not compile would be skipped by the client-side check.
+    assert_eq!(empacts_api::validate::cel_compile_errors(), Vec::<String>::new());
+}

@@ -106,6 +106,11 @@ pub async fn run(
                     Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
                         ctx.forget(&ObjectRef::new(&obj.name).within(obj.namespace.as_deref().unwrap_or_default()))
                     }
+                    Err(kube::runtime::controller::Error::QueueError(e)) => {
+                        // A watch stream failed; the watcher re-establishes it with backoff.
+                        ctx.metrics.watch_restarts.inc();
+                        warn!(error = %e, "watch failed; restarting it");
+                    }
                     Err(e) => {
                         ctx.metrics.reconciles.with_label_values(&["error"]).inc();
                         warn!(error = %e, "reconcile failed");

@@ -1,0 +1,86 @@
+//! Micro-benchmark of the pure per-reconcile work: validate, build every child, compute the
+//! revision, decide, compute status. Prints ns per app; run with `cargo bench -p empacts-operator`.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use empacts_api::{EmpactsApp, EmpactsAppStatus};
+use empacts_operator::plan::{DeploymentState, JobState, PlanInput, plan};
+use empacts_operator::status::{StatusInput, compute};
+use empacts_operator::{build, secret_value::SecretValue, validate};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+fn main() {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/empacts-api.yaml")).unwrap();
+    let mut app: EmpactsApp = serde_yaml::from_str(&text).unwrap();
+    app.metadata.namespace = Some("bench".into());
+    app.metadata.uid = Some("uid".into());
+
+    let iterations = 2_000u32;
+    let measure = |name: &str, f: &dyn Fn()| {
+        for _ in 0..50 {
+            f();
+        }
+        let start = Instant::now();
+        for _ in 0..iterations {
+            f();
+        }
+        let per = start.elapsed() / iterations;
+        println!("{name:<40} {:>10.1} µs/app", per.as_secs_f64() * 1e6);
+    };
+
+    measure("validate (schema + CEL)", &|| {
+        black_box(validate::validate(black_box(&app)).unwrap());
+    });
+    let valid = validate::validate(&app).unwrap();
+    measure("build all children", &|| {
+        black_box(build::build_all(black_box(&valid), Some("h"), Some(3), |_| SecretValue::placeholder()));
+    });
+    measure("revision hash", &|| {
+        black_box(build::deployment::revision(black_box(&valid)));
+    });
+    let input = PlanInput {
+        desired: "d".into(),
+        has_migration: true,
+        auto_rollback: true,
+        migrated: true,
+        migration: JobState::Succeeded,
+        deployment: Some(DeploymentState {
+            revision: Some("d".into()),
+            generation: 1,
+            observed_generation: 1,
+            desired_replicas: 3,
+            replicas: 3,
+            updated_replicas: 3,
+            ready_replicas: 3,
+            available_replicas: 3,
+            progress_deadline_exceeded: false,
+        }),
+        ..Default::default()
+    };
+    measure("plan (decision)", &|| {
+        black_box(plan(black_box(&input)));
+    });
+    let decided = plan(&input);
+    let previous = EmpactsAppStatus::default();
+    measure("status (compute)", &|| {
+        black_box(compute(
+            &decided,
+            &StatusInput {
+                previous: &previous,
+                generation: 1,
+                desired: "d",
+                image: "i",
+                has_migration: true,
+                migration_job: "j",
+                migration: &JobState::Succeeded,
+                deployment: input.deployment.as_ref(),
+                history_limit: 10,
+                retry: None,
+                rotation: None,
+                now: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+            },
+        ));
+    });
+}
