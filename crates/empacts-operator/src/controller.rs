@@ -22,6 +22,9 @@ use crate::context::Context;
 use crate::error::Error;
 use crate::{events, names, reconcile};
 
+/// Quiet period before a triggered reconcile runs.
+const DEBOUNCE: Duration = Duration::from_millis(500);
+
 /// Where the operator looks for apps.
 #[derive(Debug, Clone, Default)]
 pub struct Scope {
@@ -91,6 +94,9 @@ pub async fn run(
                 .map(|app| ObjectRef::from(app.as_ref()))
                 .collect::<Vec<_>>()
         })
+        // A rollout touches several children at once (ReplicaSet -> Deployment status, Job
+        // status, HPA status); coalescing their triggers saves reconciles without delaying much.
+        .with_config(kube::runtime::controller::Config::default().debounce(DEBOUNCE))
         .graceful_shutdown_on(shutdown);
     info!(namespace = ?scope.namespace, "controller started");
     controller
