@@ -149,6 +149,22 @@ pub async fn ensure_generated_secrets(client: &Client, app: &ValidatedApp, rotat
             Some(current) => {
                 if current.labels().get(labels::GENERATED_SECRET).is_none_or(|v| v != "true") {
                     outcome.foreign.push(name);
+                    continue;
+                }
+                // `retain` turned on after creation: drop our owner reference (metadata only), so
+                // deleting the app no longer garbage-collects the value.
+                let retain = entry.generate.as_ref().is_some_and(|g| g.retain());
+                let owned = current.owner_references().iter().any(|o| o.uid == app.uid);
+                if retain && owned {
+                    let keep: Vec<_> =
+                        current.owner_references().iter().filter(|o| o.uid != app.uid).cloned().collect();
+                    let patch = serde_json::json!({"metadata": {
+                        "ownerReferences": keep,
+                        "resourceVersion": current.resource_version(),
+                    }});
+                    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .map_err(|e| write_error::<Secret>(&app.namespace, &name, e))?;
                 }
             }
         }

@@ -378,13 +378,24 @@ fn held_at_last_good(input: &PlanInput, failed: Option<String>) -> Plan {
     let d = input.desired.as_str();
     let current = input.deployment.as_ref().and_then(|dep| dep.revision.clone());
     let Some(dep) = input.deployment.as_ref() else {
-        return Plan::new(
-            input,
-            failed,
-            Phase::Stalled,
-            reasons::NO_GOOD_REVISION,
-            format!("revision {d} failed and nothing else was ever deployed; fix the spec"),
-        );
+        // The Deployment was deleted while holding a rollback: bring the last good revision back.
+        return match &input.last_good {
+            Some(g) if g != d && input.last_good_recorded => Plan::new(
+                input,
+                failed,
+                Phase::RollingBack,
+                reasons::ROLLING_BACK,
+                format!("revision {d} failed and the Deployment is gone; restoring revision {g}"),
+            )
+            .deploy(DeploymentTarget::Revision(g.clone())),
+            _ => Plan::new(
+                input,
+                failed,
+                Phase::Stalled,
+                reasons::NO_GOOD_REVISION,
+                format!("revision {d} failed and there is no earlier good revision to run; fix the spec"),
+            ),
+        };
     };
     let on = current.unwrap_or_else(|| "an unknown revision".into());
     if dep.failed() {

@@ -294,18 +294,7 @@ impl OperatorProcess {
     /// Start `empacts run` against the test cluster, watching `namespace`, electing a leader
     /// through Lease `lease` in that namespace.
     pub fn start(env: &ClusterEnv, name: &str, namespace: &str, lease: &str, log: &Path) -> Self {
-        let metrics_port = free_port();
-        let log_file = std::fs::File::create(log).expect("log file");
-        let child = std::process::Command::new(empacts_binary())
-            .args(["run", "--namespace", namespace, "--lease-namespace", namespace, "--lease-name", lease])
-            .args(["--instance", name, "--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-            .args(["--lease-duration", "10", "--log-format", "json"])
-            .env("KUBECONFIG", &env.kubeconfig)
-            .stdout(std::process::Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("empacts run starts");
-        OperatorProcess { child, metrics_port, name: name.to_string() }
+        Self::start_with_kubeconfig(&env.kubeconfig, name, namespace, lease, log)
     }
 
     /// GET a path of the metrics server; None while it is not up.

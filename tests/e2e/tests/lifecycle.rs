@@ -300,6 +300,15 @@ async fn failed_rollout_rolls_back_automatically_without_touching_the_spec() {
     assert_eq!(later.metadata.generation, generation, "no retry of the failed revision");
     assert_eq!(phase(&ns.api::<EmpactsApp>().get("api").await.unwrap()), Some(Phase::RolledBack));
     assert!(op.metrics.render().contains("empacts_rollbacks_total"));
+
+    // Someone deletes the Deployment while the rollback holds: the last good revision comes back.
+    ns.api::<Deployment>().delete("api", &DeleteParams::default()).await.unwrap();
+    wait_until("the last good revision restored", T, || async {
+        let d = ns.api::<Deployment>().get_opt("api").await.ok()??;
+        (d.metadata.deletion_timestamp.is_none() && image_of(&d) == "registry.example.com/api:1.0.0").then_some(())
+    })
+    .await;
+    wait_app(&ns, "api", "RolledBack again", T, |a| phase(a) == Some(Phase::RolledBack)).await;
     op.stop().await;
     ns.cleanup().await;
 }
@@ -554,6 +563,35 @@ async fn retry_reruns_a_failed_migration_and_deletion_removes_children() {
         (sa.is_none() && svc.is_none() && job.is_none()).then_some(())
     })
     .await;
+    op.stop().await;
+    ns.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turning_on_retain_later_keeps_the_generated_secret_when_the_app_is_deleted() {
+    let (_env, client) = cluster().await;
+    let ns = TestNamespace::new(&client, "retainlater").await;
+    let op = Operator::start(&client, &ns.name).await;
+    let owned = "{image: 'registry.example.com/api:1.0.0', secrets: [{env: TOKEN, generate: {}}]}";
+    apply_app(&ns, &app("api", owned)).await;
+    ready_on(&ns, "api", "registry.example.com/api:1.0.0").await;
+    let secret = ns.api::<Secret>().get("api-gen-token").await.unwrap();
+    assert!(!secret.owner_references().is_empty(), "owned while retain is off");
+    let value = secret.data.unwrap()["value"].0.clone();
+
+    let retained = "{image: 'registry.example.com/api:1.0.0', secrets: [{env: TOKEN, generate: {retain: true}}]}";
+    apply_app(&ns, &app("api", retained)).await;
+    wait_until("owner reference dropped", T, || async {
+        ns.api::<Secret>().get("api-gen-token").await.ok()?.owner_references().is_empty().then_some(())
+    })
+    .await;
+    ns.api::<EmpactsApp>().delete("api", &DeleteParams::default()).await.unwrap();
+    wait_until("service collected", T, || async {
+        ns.api::<Service>().get_opt("api").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let kept = ns.api::<Secret>().get("api-gen-token").await.expect("the retained secret survives");
+    assert_eq!(kept.data.unwrap()["value"].0, value, "with its value");
     op.stop().await;
     ns.cleanup().await;
 }

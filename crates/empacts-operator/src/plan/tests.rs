@@ -313,6 +313,25 @@ fn rows() -> Vec<Row> {
             Phase::Stalled,
             Keep,
         ),
+        Row {
+            failed: Some(D),
+            ..row(
+                "Deployment deleted while rolled back: restore G",
+                PlanInput { deployment: None, failed: Some(D.into()), ..base() },
+                Phase::RollingBack,
+                Revision(G.into()),
+            )
+        },
+        Row {
+            failed: Some(D),
+            last_good: None,
+            ..row(
+                "Deployment deleted, nothing good ever ran: stall",
+                PlanInput { deployment: None, failed: Some(D.into()), last_good: None, ..base() },
+                Phase::Stalled,
+                Keep,
+            )
+        },
     ]
 }
 
