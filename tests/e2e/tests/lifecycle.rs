@@ -595,3 +595,25 @@ async fn turning_on_retain_later_keeps_the_generated_secret_when_the_app_is_dele
     op.stop().await;
     ns.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_past_its_timeout_fails_and_the_old_version_keeps_serving() {
+    let (_env, client) = cluster().await;
+    let ns = TestNamespace::new(&client, "migtimeout").await;
+    let op = Operator::start(&client, &ns.name).await;
+    let v1 = app("api", "{image: 'registry.example.com/api:1.0.0', migration: {command: [up], timeoutSeconds: 10}}");
+    apply_app(&ns, &v1).await;
+    ready_on(&ns, "api", "registry.example.com/api:1.0.0").await;
+    // The new revision's migration pod runs for 5 minutes (kwok test annotation): past its 10 s deadline.
+    let mut slow = with_image(v1, "registry.example.com/api:2.0.0");
+    slow.spec.pod_annotations =
+        Some(BTreeMap::from([("empacts.io/test-run-duration".to_string(), "300s".to_string())]));
+    apply_app(&ns, &slow).await;
+    let failed =
+        wait_app(&ns, "api", "MigrationFailed on timeout", T, |a| phase(a) == Some(Phase::MigrationFailed)).await;
+    let migration = failed.status.unwrap().migration.unwrap();
+    assert_eq!(migration.reason.as_deref(), Some("DeadlineExceeded"));
+    assert_eq!(image_of(&deployment(&ns, "api").await), "registry.example.com/api:1.0.0");
+    op.stop().await;
+    ns.cleanup().await;
+}
