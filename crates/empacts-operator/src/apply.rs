@@ -6,12 +6,15 @@ use std::fmt::Debug;
 use empacts_api::labels;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::build;
+use crate::children::{APPLIED_ANNOTATION, CachedMeta};
+use crate::context::Context;
 use crate::error::{Error, Result, is_conflict, is_not_found};
 use crate::names;
 use crate::secret_value::SecretValue;
@@ -43,6 +46,44 @@ where
     api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(value))
         .await
         .map_err(|e| write_error::<K>(&ns, &name, e))
+}
+
+/// Apply a child unless `live` (its cached or freshly read metadata) shows it already is
+/// exactly what we would apply. The hash of the desired object travels in an annotation.
+pub async fn apply_child<K>(ctx: &Context, obj: &K, live: Option<&ObjectMeta>) -> Result<()>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+{
+    let kind = K::kind(&()).into_owned();
+    let hash = crate::hash::content_hash(obj);
+    if live.is_some_and(|live| ctx.applied.is_current(&kind, live, &hash)) {
+        ctx.metrics.child_applies.with_label_values(&[kind.as_str(), "skipped"]).inc();
+        return Ok(());
+    }
+    let mut obj = obj.clone();
+    obj.meta_mut().annotations.get_or_insert_with(Default::default).insert(APPLIED_ANNOTATION.into(), hash);
+    let applied = match apply(&ctx.client, &obj).await {
+        // Someone else's edit of a keyed list (say a Service port) can leave entries our apply
+        // cannot remove, making the merged object invalid. Take the object back with a merge
+        // patch (lists replaced whole), then apply again so we own the fields.
+        Err(Error::Write { source, .. }) if matches!(source.as_ref(), kube::Error::Api(s) if s.code == 422) => {
+            let ns = obj.namespace().unwrap_or_default();
+            let name = obj.name_any();
+            let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+            let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+            api.patch(&name, &params, &Patch::Merge(&obj)).await.map_err(|e| write_error::<K>(&ns, &name, e))?;
+            apply(&ctx.client, &obj).await?
+        }
+        other => other?,
+    };
+    ctx.applied.record(&kind, applied.meta());
+    ctx.metrics.child_applies.with_label_values(&[kind.as_str(), "applied"]).inc();
+    Ok(())
+}
+
+/// The cached metadata of a child, if the controller's caches hold it.
+pub fn cached<K: CachedMeta>(ctx: &Context, namespace: &str, name: &str) -> Option<ObjectMeta> {
+    ctx.stores.get().and_then(|stores| K::cached_meta(stores, namespace, name))
 }
 
 /// Create unless it exists; never touches an existing object. Returns whether it created.

@@ -1,7 +1,7 @@
 //! Shared state of the reconcilers.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use empacts_api::{EmpactsApp, Phase};
 use k8s_openapi::api::batch::v1::Job;
@@ -9,6 +9,7 @@ use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 
+use crate::children::{AppliedRecord, ChildStores};
 use crate::metrics::Metrics;
 use crate::server::Readiness;
 
@@ -18,6 +19,10 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Fed to /readyz.
     pub readiness: Arc<Readiness>,
+    /// Metadata caches of the children, set when the controller starts.
+    pub stores: OnceLock<ChildStores>,
+    /// What this process last applied, to skip applies that would change nothing.
+    pub applied: AppliedRecord,
     /// Last phase of each app, feeding the apps-by-phase gauge.
     phases: Mutex<HashMap<ObjectRef<EmpactsApp>, Phase>>,
     /// Jobs already counted in the migration metrics (by UID).
@@ -34,6 +39,8 @@ impl Context {
             client,
             metrics,
             readiness: Arc::default(),
+            stores: OnceLock::new(),
+            applied: AppliedRecord::default(),
             phases: Mutex::default(),
             counted_jobs: Mutex::default(),
             started: k8s_openapi::jiff::Timestamp::now(),

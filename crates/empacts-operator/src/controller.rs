@@ -14,7 +14,9 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+
+use crate::children::ChildStores;
 use kube::{Api, Client, ResourceExt};
 use tracing::{info, warn};
 
@@ -40,6 +42,18 @@ where
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
+}
+
+/// A metadata watch of one child kind that also fills `writer`'s cache.
+fn cached<K>(
+    writer: reflector::store::Writer<PartialObjectMeta<K>>,
+    api: Api<PartialObjectMeta<K>>,
+    config: &watcher::Config,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + std::fmt::Debug + serde::de::DeserializeOwned + 'static,
+{
+    reflector(writer, watcher(api, config.clone()).default_backoff()).touched_objects()
 }
 
 /// Run the controller until `shutdown` resolves; in-flight reconciles finish first.
@@ -68,15 +82,22 @@ pub async fn run(
             break;
         }
     });
-    // Status matters for Deployments and Jobs; for the rest, metadata tells us enough to react.
+    // Children are watched by metadata only. For the kinds we never read in full, the watches
+    // also fill caches that let a reconcile skip applies that would change nothing.
+    let (services, services_w) = reflector::store();
+    let (service_accounts, service_accounts_w) = reflector::store();
+    let (config_maps, config_maps_w) = reflector::store();
+    let (hpas, hpas_w) = reflector::store();
+    let (pdbs, pdbs_w) = reflector::store();
+    let _ = ctx.stores.set(ChildStores { services, service_accounts, config_maps, hpas, pdbs });
     let controller = controller
         .owns(api::<Deployment>(&client, &scope), ours.clone())
         .owns(api::<Job>(&client, &scope), ours.clone())
-        .owns(api::<PartialObjectMeta<Service>>(&client, &scope), ours.clone())
-        .owns(api::<PartialObjectMeta<ServiceAccount>>(&client, &scope), ours.clone())
-        .owns(api::<PartialObjectMeta<ConfigMap>>(&client, &scope), ours.clone())
-        .owns(api::<PartialObjectMeta<HorizontalPodAutoscaler>>(&client, &scope), ours.clone())
-        .owns(api::<PartialObjectMeta<PodDisruptionBudget>>(&client, &scope), ours.clone())
+        .owns_stream(cached(services_w, api::<PartialObjectMeta<Service>>(&client, &scope), &ours))
+        .owns_stream(cached(service_accounts_w, api::<PartialObjectMeta<ServiceAccount>>(&client, &scope), &ours))
+        .owns_stream(cached(config_maps_w, api::<PartialObjectMeta<ConfigMap>>(&client, &scope), &ours))
+        .owns_stream(cached(hpas_w, api::<PartialObjectMeta<HorizontalPodAutoscaler>>(&client, &scope), &ours))
+        .owns_stream(cached(pdbs_w, api::<PartialObjectMeta<PodDisruptionBudget>>(&client, &scope), &ours))
         .watches(api::<PartialObjectMeta<Secret>>(&client, &scope), watcher::Config::default(), move |secret| {
             // A referenced (or generated) Secret changed: reconcile every app that uses it.
             let ns = secret.namespace();

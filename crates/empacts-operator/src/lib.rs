@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod build;
+pub mod children;
 pub mod context;
 pub mod controller;
 pub mod error;

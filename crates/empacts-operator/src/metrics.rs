@@ -18,6 +18,7 @@ pub struct Metrics {
     pub secret_rotations: IntCounter,
     pub secrets_generated: IntCounter,
     pub watch_restarts: IntCounter,
+    pub child_applies: IntCounterVec,
     pub leader: IntGauge,
     pub build_info: IntGaugeVec,
 }
@@ -58,6 +59,11 @@ impl Metrics {
         let secrets_generated = IntCounter::new("secrets_generated_total", "Generated secrets created").unwrap();
         let watch_restarts =
             IntCounter::new("watch_restarts_total", "Watch streams that failed and restarted").unwrap();
+        let child_applies = IntCounterVec::new(
+            Opts::new("child_applies_total", "Server-side applies of children: sent, or skipped as already current"),
+            &["kind", "result"],
+        )
+        .unwrap();
         let leader = IntGauge::new("leader", "1 while this replica holds the leader lease").unwrap();
         let build_info = IntGaugeVec::new(Opts::new("build_info", "Operator build"), &["version"]).unwrap();
         for c in [
@@ -71,6 +77,7 @@ impl Metrics {
             Box::new(secret_rotations.clone()),
             Box::new(secrets_generated.clone()),
             Box::new(watch_restarts.clone()),
+            Box::new(child_applies.clone()),
             Box::new(leader.clone()),
             Box::new(build_info.clone()),
         ] {
@@ -92,6 +99,7 @@ impl Metrics {
             secret_rotations,
             secrets_generated,
             watch_restarts,
+            child_applies,
             leader,
             build_info,
         }

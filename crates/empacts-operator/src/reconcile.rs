@@ -9,7 +9,7 @@ use empacts_api::{EmpactsApp, EmpactsAppStatus, Phase, annotations, conditions::
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ListParams, Patch, PatchParams};
@@ -148,12 +148,15 @@ async fn apply_plan(
         References::Missing { .. } => None,
     };
     let current_replicas = observed.deployment.as_ref().and_then(|d| d.spec.as_ref()).and_then(|s| s.replicas);
+    let live_deployment = observed.deployment.as_ref().map(|d| &d.metadata);
     let children = build::build_all(app, config_hash.as_deref(), current_replicas, |_| unreachable_secret_value());
 
     // Fixed order: identity and config before anything that runs pods.
-    apply::apply(client, &children.service_account).await?;
+    let ns = app.namespace.as_str();
+    let sa = &children.service_account;
+    apply::apply_child(ctx, sa, apply::cached::<ServiceAccount>(ctx, ns, &sa.name_any()).as_ref()).await?;
     if let Some(cm) = &children.config_map {
-        apply::apply(client, cm).await?;
+        apply::apply_child(ctx, cm, apply::cached::<ConfigMap>(ctx, ns, &cm.name_any()).as_ref()).await?;
     }
     let acting_on_desired = plan.create_migration_job || plan.deployment == DeploymentTarget::Desired;
     if acting_on_desired {
@@ -180,7 +183,7 @@ async fn apply_plan(
     match &plan.deployment {
         DeploymentTarget::Keep => {}
         DeploymentTarget::Desired => {
-            apply::apply(client, &children.deployment).await?;
+            apply::apply_child(ctx, &children.deployment, live_deployment).await?;
         }
         DeploymentTarget::Revision(good) => {
             let old = recorded_app(app, observed, good)?;
@@ -190,18 +193,26 @@ async fn apply_plan(
             };
             if let Some(cm) = configmap::build(&old) {
                 keep_config_maps.insert(cm.name_any());
-                apply::apply(client, &cm).await?;
+                apply::apply_child(ctx, &cm, apply::cached::<ConfigMap>(ctx, ns, &cm.name_any()).as_ref()).await?;
             }
-            apply::apply(client, &deployment::build(&old, hash.as_deref(), current_replicas)).await?;
+            let restored = deployment::build(&old, hash.as_deref(), current_replicas);
+            apply::apply_child(ctx, &restored, live_deployment).await?;
         }
     }
-    apply::apply(client, &children.service).await?;
+    let svc = &children.service;
+    apply::apply_child(ctx, svc, apply::cached::<Service>(ctx, ns, &svc.name_any()).as_ref()).await?;
     match &children.hpa {
-        Some(hpa) => drop(apply::apply(client, hpa).await?),
+        Some(hpa) => {
+            let live = apply::cached::<HorizontalPodAutoscaler>(ctx, ns, &hpa.name_any());
+            apply::apply_child(ctx, hpa, live.as_ref()).await?
+        }
         None => drop(apply::delete_owned::<HorizontalPodAutoscaler>(client, app, &app.name).await?),
     }
     match &children.pdb {
-        Some(pdb) => drop(apply::apply(client, pdb).await?),
+        Some(pdb) => {
+            let live = apply::cached::<PodDisruptionBudget>(ctx, ns, &pdb.name_any());
+            apply::apply_child(ctx, pdb, live.as_ref()).await?
+        }
         None => drop(apply::delete_owned::<PodDisruptionBudget>(client, app, &app.name).await?),
     }
     prune(ctx, app, observed, plan, desired, keep_config_maps).await

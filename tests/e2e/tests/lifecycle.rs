@@ -151,6 +151,13 @@ async fn fresh_install_becomes_ready_and_a_noop_reconcile_writes_nothing() {
     // Several reconciles of an unchanged app (forced by touching an unrelated annotation) write nothing.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before = write_fingerprint(&ns).await;
+    let applies = |result: &str| {
+        ["ServiceAccount", "ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"]
+            .iter()
+            .map(|kind| op.metrics.child_applies.with_label_values(&[*kind, result]).get())
+            .sum::<u64>()
+    };
+    let (sent_before, skipped_before) = (applies("applied"), applies("skipped"));
     let apps: Api<EmpactsApp> = ns.api();
     for i in 0..3 {
         let patch = serde_json::json!({"metadata": {"annotations": {"e2e/touch": i.to_string()}}});
@@ -159,7 +166,29 @@ async fn fresh_install_becomes_ready_and_a_noop_reconcile_writes_nothing() {
     }
     let after = write_fingerprint(&ns).await;
     assert_eq!(before, after, "a no-op reconcile must not write any child or the status");
+    assert_eq!(applies("applied"), sent_before, "not even a no-op apply request is sent");
+    assert!(applies("skipped") >= skipped_before + 6 * 3, "each of the 3 reconciles skipped its 6 applies");
     assert!(op.metrics.render().contains("empacts_reconcile_total{result=\"ok\"}"));
+
+    // Drift is taken back: a hand-edited image, an edited Service port and a deleted
+    // ServiceAccount are restored.
+    let image_patch =
+        serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "evil:1"}]}}}});
+    ns.api::<Deployment>().patch("api", &PatchParams::default(), &Patch::Strategic(&image_patch)).await.unwrap();
+    wait_until("image restored", T, || async {
+        (image_of(&deployment(&ns, "api").await) == "registry.example.com/api:1.0.0").then_some(())
+    })
+    .await;
+    let svc_patch = serde_json::json!({"spec": {"ports": [{"name": "http", "port": 9999, "protocol": "TCP", "targetPort": "http"}]}});
+    ns.api::<Service>().patch("api", &PatchParams::default(), &Patch::Merge(&svc_patch)).await.unwrap();
+    ns.api::<ServiceAccount>().delete("api", &DeleteParams::default()).await.unwrap();
+    wait_until("drift corrected", T, || async {
+        let svc = ns.api::<Service>().get("api").await.ok()?;
+        let port = svc.spec?.ports?.first()?.port;
+        let sa = ns.api::<ServiceAccount>().get_opt("api").await.ok()?;
+        (port == 80 && sa.is_some()).then_some(())
+    })
+    .await;
 
     op.stop().await;
     ns.cleanup().await;
