@@ -53,7 +53,37 @@ fn cached<K>(
 where
     K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + std::fmt::Debug + serde::de::DeserializeOwned + 'static,
 {
-    reflector(writer, watcher(api, config.clone()).default_backoff()).touched_objects()
+    // Status-only updates (an HPA reports metrics every 15 s, a PDB follows pod health) do not
+    // concern us: for kinds with a generation, pass an update only when the generation, labels
+    // or annotations moved. Deletions always pass, so a deleted child comes back at once.
+    let mut seen: std::collections::HashMap<(Option<String>, String), u64> = Default::default();
+    reflector(writer, watcher(api, config.clone()).default_backoff()).filter_map(move |event| {
+        let out = match event {
+            Err(e) => Some(Err(e)),
+            Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
+                let key = (obj.metadata.namespace.clone(), obj.metadata.name.clone().unwrap_or_default());
+                match spec_fingerprint(&obj.metadata) {
+                    Some(fp) if seen.insert(key, fp) == Some(fp) => None,
+                    _ => Some(Ok(obj)),
+                }
+            }
+            Ok(watcher::Event::Delete(obj)) => {
+                seen.remove(&(obj.metadata.namespace.clone(), obj.metadata.name.clone().unwrap_or_default()));
+                Some(Ok(obj))
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+        };
+        futures::future::ready(out)
+    })
+}
+
+/// Hash of what a spec or metadata change moves, for kinds that have a generation.
+fn spec_fingerprint(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let generation = meta.generation?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (generation, &meta.labels, &meta.annotations, &meta.owner_references.as_ref().map(|o| o.len())).hash(&mut h);
+    Some(h.finish())
 }
 
 /// Run the controller until `shutdown` resolves; in-flight reconciles finish first.

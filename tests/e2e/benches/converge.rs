@@ -41,6 +41,15 @@ async fn converge(api: &Api<EmpactsApp>, n: usize, image: &str) -> Duration {
     }
 }
 
+/// Sum of `empacts_child_applies_total{result="applied"}` over kinds.
+async fn applies_sent(op: &OperatorProcess) -> f64 {
+    let (_, body) = op.get("/metrics").await.unwrap_or_default();
+    body.lines()
+        .filter(|l| l.starts_with("empacts_child_applies_total") && l.contains("result=\"applied\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let n: usize = std::env::var("EMPACTS_BENCH_APPS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
@@ -77,10 +86,13 @@ async fn main() {
     let reconciles_install = op.metric("empacts_reconcile_total{result=\"ok\"}").await.unwrap_or(0.0);
     let rss_after_install = rss_kib(pid, "VmRSS:");
 
-    // Steady state: nothing changes for 20 s.
+    // Steady state: let the last events settle for 10 s, then nothing changes for 30 s.
+    tokio::time::sleep(Duration::from_secs(10)).await;
     let before = op.metric("empacts_reconcile_total{result=\"ok\"}").await.unwrap_or(0.0);
-    tokio::time::sleep(Duration::from_secs(20)).await;
+    let applies_before = applies_sent(&op).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
     let idle_reconciles = op.metric("empacts_reconcile_total{result=\"ok\"}").await.unwrap_or(0.0) - before;
+    let idle_applies = applies_sent(&op).await - applies_before;
 
     // Upgrade every app: a migration per app, then a rollout.
     let v2 = "registry.example.com/bench:2.0.0";
@@ -111,7 +123,7 @@ async fn main() {
         reconciles_install,
         reconciles_install / n as f64
     );
-    println!("  reconciles in 20 s of steady state      {:>8.0}", idle_reconciles);
+    println!("  reconciles / applies sent in 30 s idle  {:>8.0} / {}", idle_reconciles, idle_applies);
     println!(
         "  all Ready on v2 after upgrade applies   {:>8.1} s (upgrade wall time {:.1} s)",
         upgrade.as_secs_f64(),
