@@ -146,7 +146,14 @@ async fn fresh_install_becomes_ready_and_a_noop_reconcile_writes_nothing() {
     let hpa: Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> = ns.api();
     assert_eq!(hpa.get("api").await.unwrap().spec.unwrap().max_replicas, 4);
     let jwt = ns.api::<Secret>().get("api-gen-jwt-secret").await.unwrap();
-    assert_eq!(jwt.data.unwrap()["value"].0.len(), 64);
+    let jwt_value = String::from_utf8(jwt.data.unwrap()["value"].0.clone()).unwrap();
+    assert_eq!(jwt_value.len(), 64);
+    wait_event(&ns, "api", "SecretGenerated").await;
+    for event in events_of(&ns, "api").await {
+        assert!(!event.message.unwrap_or_default().contains(&jwt_value), "a secret value leaked into an Event");
+    }
+    let status = serde_json::to_string(&ns.api::<EmpactsApp>().get("api").await.unwrap().status).unwrap();
+    assert!(!status.contains(&jwt_value) && !status.contains("postgres://"), "no secret value in status");
 
     // Several reconciles of an unchanged app (forced by touching an unrelated annotation) write nothing.
     tokio::time::sleep(Duration::from_secs(3)).await;
