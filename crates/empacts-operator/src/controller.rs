@@ -182,7 +182,7 @@ pub async fn run(
 /// Transient errors retry with a delay; the Event tells users why their app is not moving.
 fn error_policy(app: Arc<EmpactsApp>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_errors.with_label_values(&[error.category()]).inc();
-    warn!(app = %app.name_any(), namespace = ?app.namespace(), category = error.category(), error = %error, "reconcile error");
+    warn!(app = %app.name_any(), namespace = app.namespace().unwrap_or_default(), category = error.category(), error = %error, "reconcile error");
     let note = error.to_string();
     let reason = error.category();
     let ctx2 = ctx.clone();

@@ -356,7 +356,7 @@ async fn write_status(ctx: &Context, app: &EmpactsApp, status: &EmpactsAppStatus
 /// An invalid spec: say so in status and an Event, then wait for the spec to change.
 async fn invalid_spec(app: &EmpactsApp, ctx: &Context, previous: &EmpactsAppStatus, error: Error) -> Result<Action> {
     let message = error.to_string();
-    warn!(app = %app.name_any(), namespace = ?app.namespace(), %message, "invalid spec");
+    warn!(app = %app.name_any(), namespace = app.namespace().unwrap_or_default(), detail = %message, "invalid spec");
     let plan = Plan {
         phase: Phase::Stalled,
         reason: reasons::INVALID_SPEC,
@@ -445,6 +445,6 @@ async fn record_transitions(
             matches!(plan.phase, Phase::MigrationFailed | Phase::Stalled | Phase::RollingBack | Phase::RolledBack);
         let type_ = if warning { EventType::Warning } else { EventType::Normal };
         events::publish(ctx, app, type_, plan.reason, plan.phase.as_str(), &plan.message).await;
-        info!(app = %app.name_any(), namespace = ?app.namespace(), phase = %plan.phase, reason = plan.reason, message = %plan.message, "phase changed");
+        info!(app = %app.name_any(), namespace = app.namespace().unwrap_or_default(), phase = %plan.phase, reason = plan.reason, detail = %plan.message, "phase changed");
     }
 }

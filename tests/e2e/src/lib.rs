@@ -259,23 +259,27 @@ pub fn condition<'a>(
     app.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
 }
 
-/// The `empacts` binary of this build (cargo builds it for the CLI's own tests; build it if not).
+/// The `empacts` binary, built once per test process so it is never stale (a no-op build when
+/// `cargo test --workspace` already built it). Benchmarks, which run from target/release, get a
+/// release build.
 pub fn empacts_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let candidate = exe.parent().and_then(Path::parent).map(|d| d.join("empacts"));
-    if let Some(bin) = candidate.filter(|p| p.exists()) {
-        return bin;
-    }
-    // Benchmarks run from target/release: measure a release build there.
-    let release = exe.components().any(|c| c.as_os_str() == "release");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = std::process::Command::new(cargo);
-    cmd.args(["build", "-p", "empacts-cli", "--bin", "empacts"]).current_dir(repo_root());
-    if release {
-        cmd.arg("--release");
-    }
-    assert!(cmd.status().expect("cargo build runs").success(), "building the empacts binary failed");
-    repo_root().join(if release { "target/release/empacts" } else { "target/debug/empacts" })
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("test executable path");
+            let release = exe.components().any(|c| c.as_os_str() == "release");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = std::process::Command::new(cargo);
+            cmd.args(["build", "--locked", "-p", "empacts-cli", "--bin", "empacts"]).current_dir(repo_root());
+            if release {
+                cmd.arg("--release");
+            }
+            assert!(cmd.status().expect("cargo build runs").success(), "building the empacts binary failed");
+            let dir =
+                std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
+            dir.join(if release { "release" } else { "debug" }).join("empacts")
+        })
+        .clone()
 }
 
 /// A free TCP port on loopback.

@@ -42,6 +42,14 @@ async fn metrics_and_health_endpoints_follow_real_reconciles() {
     .await;
     let (_, body) = op.get("/metrics").await.unwrap();
     assert!(body.contains("empacts_build_info{version="), "{body}");
+    // Structured logs: one JSON object per line, reconcile lines carry the app and namespace.
+    let log = std::fs::read_to_string(log_path(&ns.name, "solo")).unwrap();
+    let lines: Vec<serde_json::Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let phase_line = lines.iter().find(|l| l["message"] == "phase changed").expect("a phase change is logged");
+    assert_eq!(phase_line["app"], "api");
+    assert_eq!(phase_line["namespace"], ns.name.as_str());
+    assert_eq!(phase_line["span"]["app"], "api");
     drop(op);
     ns.cleanup().await;
 }
