@@ -66,7 +66,10 @@ where
         // Someone else's edit of a keyed list (say a Service port) can leave entries our apply
         // cannot remove, making the merged object invalid. Take the object back with a merge
         // patch (lists replaced whole), then apply again so we own the fields.
-        Err(Error::Write { source, .. }) if matches!(source.as_ref(), kube::Error::Api(s) if s.code == 422) => {
+        // Only for objects this app already controls: never a way to take over someone else's.
+        Err(Error::Write { source, .. })
+            if matches!(source.as_ref(), kube::Error::Api(s) if s.code == 422) && controlled_by_us(&obj, live) =>
+        {
             let ns = obj.namespace().unwrap_or_default();
             let name = obj.name_any();
             let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
@@ -79,6 +82,16 @@ where
     ctx.applied.record(&kind, applied.meta());
     ctx.metrics.child_applies.with_label_values(&[kind.as_str(), "applied"]).inc();
     Ok(())
+}
+
+/// The live object already carries the controller reference the desired one has.
+fn controlled_by_us<K: Resource>(desired: &K, live: Option<&ObjectMeta>) -> bool {
+    let ours = desired.meta().owner_references.iter().flatten().find(|o| o.controller == Some(true));
+    let theirs = live.and_then(|l| l.owner_references.as_ref());
+    match (ours, theirs) {
+        (Some(ours), Some(refs)) => refs.iter().any(|o| o.uid == ours.uid && o.controller == Some(true)),
+        _ => false,
+    }
 }
 
 /// The cached metadata of a child, if the controller's caches hold it.

@@ -653,3 +653,30 @@ async fn a_migration_past_its_timeout_fails_and_the_old_version_keeps_serving() 
     op.stop().await;
     ns.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_name_controlled_by_someone_else_is_not_taken_over() {
+    let (_env, client) = cluster().await;
+    let ns = TestNamespace::new(&client, "foreign").await;
+    // A Service named like the app, controlled by another object.
+    let owner: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {"name": "other-owner"}})).unwrap();
+    let owner = ns.api::<ConfigMap>().create(&PostParams::default(), &owner).await.unwrap();
+    let svc: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "api", "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "other-owner",
+                     "uid": owner.uid().unwrap(), "controller": true}]},
+        "spec": {"ports": [{"port": 1234}], "selector": {"someone": "else"}}
+    }))
+    .unwrap();
+    ns.api::<Service>().create(&PostParams::default(), &svc).await.unwrap();
+    let op = Operator::start(&client, &ns.name).await;
+    apply_app(&ns, &app("api", "{image: 'registry.example.com/api:1.0.0'}")).await;
+    let event = wait_event(&ns, "api", "WriteFailed").await;
+    assert!(event.message.unwrap_or_default().contains("Service"), "the Event names the object it could not write");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let svc = ns.api::<Service>().get("api").await.unwrap();
+    assert_eq!(svc.owner_references().len(), 1, "still controlled by its owner only");
+    assert_eq!(svc.owner_references()[0].uid, owner.uid().unwrap());
+    assert_eq!(svc.spec.unwrap().ports.unwrap()[0].port, 1234, "its spec untouched");
+    op.stop().await;
+    ns.cleanup().await;
+}
