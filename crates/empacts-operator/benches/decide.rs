@@ -79,6 +79,7 @@ fn main() {
                 history_limit: 10,
                 retry: None,
                 rotation: None,
+                error: None,
                 now: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
             },
         ));

@@ -58,9 +58,9 @@ pub async fn reconcile(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Action
     let input = plan_input(&valid, &previous, &observed, &desired);
     let plan = plan::plan(&input);
 
-    if !paused {
-        apply_plan(&ctx, &valid, &observed, &plan, &desired, &input).await?;
-    }
+    // A failed write still gets its status: users see why their app is not moving.
+    let applied = if paused { Ok(()) } else { apply_plan(&ctx, &valid, &observed, &plan, &desired, &input).await };
+    let apply_error = applied.as_ref().err().map(ToString::to_string);
 
     let deployment_state = observed.deployment.as_ref().map(observe::deployment_state);
     let retry = valid.annotations.get(annotations::RETRY).map(String::as_str).filter(|_| input.retry_requested);
@@ -78,12 +78,14 @@ pub async fn reconcile(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Action
             history_limit: valid.spec.rollout().revision_history_limit() as usize,
             retry,
             rotation: rotation.as_deref().filter(|_| rotate && !paused),
+            error: apply_error.as_deref(),
             now: Time(k8s_openapi::jiff::Timestamp::now()),
         },
     );
     if new_status != previous {
         write_status(&ctx, &app, &new_status).await?;
     }
+    applied?;
     // Domain events and counters only after the status that records them is stored.
     record_transitions(&ctx, &app, &previous, &new_status, &plan, &generated).await;
     for job in &observed.jobs {
@@ -384,6 +386,7 @@ async fn invalid_spec(app: &EmpactsApp, ctx: &Context, previous: &EmpactsAppStat
             history_limit: app.spec.rollout().revision_history_limit().max(1) as usize,
             retry: None,
             rotation: None,
+            error: None,
             now: Time(k8s_openapi::jiff::Timestamp::now()),
         },
     );

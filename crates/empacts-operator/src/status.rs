@@ -22,6 +22,8 @@ pub struct StatusInput<'a> {
     /// The retry annotation's value, recorded once acted upon.
     pub retry: Option<&'a str>,
     pub rotation: Option<&'a str>,
+    /// A write of this reconcile failed: Ready=False and Reconciling=True say so until it succeeds.
+    pub error: Option<&'a str>,
     pub now: Time,
 }
 
@@ -31,7 +33,9 @@ pub fn compute(plan: &Plan, input: &StatusInput<'_>) -> EmpactsAppStatus {
         observed_generation: Some(input.generation),
         phase: Some(plan.phase),
         conditions: prev.conditions.clone(),
+        // After a failed write the Deployment still carries what was observed.
         current_revision: match &plan.deployment {
+            _ if input.error.is_some() => input.deployment.and_then(|d| d.revision.clone()),
             DeploymentTarget::Desired => Some(input.desired.to_string()),
             DeploymentTarget::Revision(r) => Some(r.clone()),
             DeploymentTarget::Keep => input.deployment.and_then(|d| d.revision.clone()),
@@ -48,6 +52,11 @@ pub fn compute(plan: &Plan, input: &StatusInput<'_>) -> EmpactsAppStatus {
         observed_rotation: input.rotation.map(str::to_string).or_else(|| prev.observed_rotation.clone()),
     };
     set_conditions(&mut status.conditions, plan, input);
+    if let Some(error) = input.error {
+        let g = input.generation;
+        set(&mut status.conditions, conditions::READY, false, reasons::RECONCILE_ERROR, error, g, &input.now);
+        set(&mut status.conditions, conditions::RECONCILING, true, reasons::RECONCILE_ERROR, error, g, &input.now);
+    }
     update_history(&mut status.history, plan, input);
     status
 }

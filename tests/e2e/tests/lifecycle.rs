@@ -672,6 +672,11 @@ async fn a_child_name_controlled_by_someone_else_is_not_taken_over() {
     apply_app(&ns, &app("api", "{image: 'registry.example.com/api:1.0.0'}")).await;
     let event = wait_event(&ns, "api", "WriteFailed").await;
     assert!(event.message.unwrap_or_default().contains("Service"), "the Event names the object it could not write");
+    let stuck = wait_app(&ns, "api", "the error in status", T, |a| {
+        condition(a, "Ready").is_some_and(|c| c.reason == "ReconcileError" && c.message.contains("Service"))
+    })
+    .await;
+    assert_eq!(condition(&stuck, "Reconciling").unwrap().status, "True");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let svc = ns.api::<Service>().get("api").await.unwrap();
     assert_eq!(svc.owner_references().len(), 1, "still controlled by its owner only");

@@ -18,6 +18,7 @@ fn input<'a>(prev: &'a EmpactsAppStatus, desired: &'a str, now: i64) -> StatusIn
         history_limit: 3,
         retry: None,
         rotation: None,
+        error: None,
         now: t(now),
     }
 }
@@ -70,4 +71,19 @@ fn history_is_bounded_newest_first_and_supersedes_unfinished() {
     assert_eq!(revs, ["r4", "r3", "r2"]);
     assert_eq!(status.history[1].result, RevisionResult::Superseded);
     assert_eq!(status.history[0].result, RevisionResult::InProgress);
+}
+
+#[test]
+fn a_failed_write_shows_in_ready_and_reconciling() {
+    let prev = EmpactsAppStatus::default();
+    let mut ready_plan = progressing("r1");
+    ready_plan.phase = Phase::Ready;
+    let s = compute(
+        &ready_plan,
+        &StatusInput { error: Some("writing Service ns/api failed: boom"), ..input(&prev, "r1", 1) },
+    );
+    let ready = cond(&s, "Ready");
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "ReconcileError"));
+    assert!(ready.message.contains("Service ns/api"));
+    assert_eq!(cond(&s, "Reconciling").status, "True");
 }
