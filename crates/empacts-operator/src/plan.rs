@@ -407,6 +407,12 @@ fn held_at_last_good(input: &PlanInput, failed: Option<String>) -> Plan {
             format!("revision {d} failed and the rollback to {on} is not progressing either; fix the spec"),
         );
     }
+    // Holding G: keep applying it, so scaling and rollout settings of the spec (not part of a
+    // revision) and drift are still handled; unchanged applies are skipped anyway.
+    let hold = match &input.last_good {
+        Some(g) if *g == on && input.last_good_recorded => DeploymentTarget::Revision(g.clone()),
+        _ => DeploymentTarget::Keep,
+    };
     if dep.complete() {
         return Plan::new(
             input,
@@ -416,7 +422,8 @@ fn held_at_last_good(input: &PlanInput, failed: Option<String>) -> Plan {
             format!(
                 "revision {d} failed its rollout; rolled back to revision {on}, which serves; change the spec or run `empacts retry`"
             ),
-        );
+        )
+        .deploy(hold);
     }
     Plan::new(
         input,
@@ -425,6 +432,7 @@ fn held_at_last_good(input: &PlanInput, failed: Option<String>) -> Plan {
         reasons::ROLLING_BACK,
         format!("revision {d} failed; waiting for revision {on} to become available again"),
     )
+    .deploy(hold)
 }
 
 #[cfg(test)]

@@ -241,6 +241,13 @@ fn recorded_app(app: &ValidatedApp, observed: &Observed, revision: &str) -> Resu
         revision: revision.to_string(),
         source,
     })?;
+    // Scaling and rollout settings are not part of a revision: the current spec's apply.
+    let spec = empacts_api::EmpactsAppSpec {
+        replicas: app.spec.replicas,
+        autoscaling: app.spec.autoscaling.clone(),
+        rollout: app.spec.rollout.clone(),
+        ..spec
+    };
     Ok(ValidatedApp { spec, ..app.clone() })
 }
 

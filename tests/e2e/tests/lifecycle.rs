@@ -337,6 +337,20 @@ async fn failed_rollout_rolls_back_automatically_without_touching_the_spec() {
     assert_eq!(phase(&ns.api::<EmpactsApp>().get("api").await.unwrap()), Some(Phase::RolledBack));
     assert!(op.metrics.render().contains("empacts_rollbacks_total"));
 
+    // Scaling is not part of a revision: while the rollback holds, a new replica count applies to it.
+    let mut scaled = bad.clone();
+    scaled.spec.replicas = Some(3);
+    apply_app(&ns, &scaled).await;
+    wait_until("the held revision scaled to 3", T, || async {
+        let d = deployment(&ns, "api").await;
+        (d.spec.as_ref()?.replicas == Some(3) && image_of(&d) == "registry.example.com/api:1.0.0").then_some(())
+    })
+    .await;
+    let held =
+        wait_app(&ns, "api", "still RolledBack", T, |a| phase(a) == Some(Phase::RolledBack) && observed_current(a))
+            .await;
+    assert_eq!(held.status.unwrap().current_revision.as_deref(), Some(good_rev.as_str()));
+
     // Someone deletes the Deployment while the rollback holds: the last good revision comes back.
     ns.api::<Deployment>().delete("api", &DeleteParams::default()).await.unwrap();
     wait_until("the last good revision restored", T, || async {

@@ -282,7 +282,7 @@ fn rows() -> Vec<Row> {
                 "rolled back and G serves: hold, no flapping",
                 PlanInput { deployment: Some(healthy(G)), failed: Some(D.into()), ..base() },
                 Phase::RolledBack,
-                Keep,
+                Revision(G.into()),
             )
         },
         Row {
@@ -291,7 +291,7 @@ fn rows() -> Vec<Row> {
                 "rolled back, G still coming up",
                 PlanInput { deployment: Some(rolling(G)), failed: Some(D.into()), ..base() },
                 Phase::RollingBack,
-                Keep,
+                Revision(G.into()),
             )
         },
         row(
