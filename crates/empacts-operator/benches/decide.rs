@@ -35,7 +35,7 @@ fn main() {
     });
     let valid = validate::validate(&app).unwrap();
     measure("build all children", &|| {
-        black_box(build::build_all(black_box(&valid), Some("h"), Some(3), |_| SecretValue::placeholder()));
+        black_box(build::build_all(black_box(&valid), Some("h"), Some(3), |_| Some(SecretValue::placeholder())));
     });
     measure("revision hash", &|| {
         black_box(build::deployment::revision(black_box(&valid)));

@@ -94,9 +94,19 @@ fn controlled_by_us<K: Resource>(desired: &K, live: Option<&ObjectMeta>) -> bool
     }
 }
 
-/// The cached metadata of a child, if the controller's caches hold it.
-pub fn cached<K: CachedMeta>(ctx: &Context, namespace: &str, name: &str) -> Option<ObjectMeta> {
-    ctx.stores.get().and_then(|stores| K::cached_meta(stores, namespace, name))
+/// [`apply_child`] for a kind whose live metadata the controller's caches hold.
+pub async fn apply_cached_child<K>(ctx: &Context, obj: &K) -> Result<()>
+where
+    K: CachedMeta
+        + Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
+    let ns = obj.namespace().unwrap_or_default();
+    let live = ctx.stores.get().and_then(|stores| K::cached_meta(stores, &ns, &obj.name_any()));
+    apply_child(ctx, obj, live.as_ref()).await
 }
 
 /// Create unless it exists; never touches an existing object. Returns whether it created.

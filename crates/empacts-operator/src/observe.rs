@@ -19,6 +19,8 @@ use crate::validate::ValidatedApp;
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
     pub deployment: Option<Deployment>,
+    /// The Deployment as the decision sees it (computed once per reconcile).
+    pub deployment_state: Option<DeploymentState>,
     /// Migration and rollback Jobs of the app.
     pub jobs: Vec<Job>,
     /// Recorded specs of the app's revisions.
@@ -71,7 +73,8 @@ pub async fn observe(client: &Client, app: &ValidatedApp) -> Result<Observed> {
             }
         })?;
     let references = references(client, app, &app.spec).await?;
-    Ok(Observed { deployment, jobs: jobs.items, revisions: revisions.items, references })
+    let deployment_state = deployment.as_ref().map(deployment_state);
+    Ok(Observed { deployment, deployment_state, jobs: jobs.items, revisions: revisions.items, references })
 }
 
 /// Read every Secret `spec` references (user-owned and generated) and hash their values.

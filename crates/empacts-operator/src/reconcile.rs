@@ -9,7 +9,7 @@ use empacts_api::{EmpactsApp, EmpactsAppStatus, Phase, annotations, conditions::
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ListParams, Patch, PatchParams};
@@ -62,7 +62,6 @@ pub async fn reconcile(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Action
     let applied = if paused { Ok(()) } else { apply_plan(&ctx, &valid, &observed, &plan, &desired, &input).await };
     let apply_error = applied.as_ref().err().map(ToString::to_string);
 
-    let deployment_state = observed.deployment.as_ref().map(observe::deployment_state);
     let retry = valid.annotations.get(annotations::RETRY).map(String::as_str).filter(|_| input.retry_requested);
     let new_status = status::compute(
         &plan,
@@ -74,7 +73,7 @@ pub async fn reconcile(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Action
             has_migration: input.has_migration,
             migration_job: &input.migration_job,
             migration: &input.migration,
-            deployment: deployment_state.as_ref(),
+            deployment: observed.deployment_state.as_ref(),
             history_limit: valid.spec.rollout().revision_history_limit() as usize,
             retry,
             rotation: rotation.as_deref().filter(|_| rotate && !paused),
@@ -123,7 +122,7 @@ fn plan_input(app: &ValidatedApp, previous: &EmpactsAppStatus, observed: &Observ
         last_good: previous.last_good_revision.clone(),
         failed: previous.failed_revision.clone(),
         last_good_recorded: previous.last_good_revision.as_deref().is_some_and(|g| recorded(g).is_some()),
-        deployment: observed.deployment.as_ref().map(observe::deployment_state),
+        deployment: observed.deployment_state.clone(),
         migration_job,
         migration,
         migrated,
@@ -151,14 +150,13 @@ async fn apply_plan(
     };
     let current_replicas = observed.deployment.as_ref().and_then(|d| d.spec.as_ref()).and_then(|s| s.replicas);
     let live_deployment = observed.deployment.as_ref().map(|d| &d.metadata);
-    let children = build::build_all(app, config_hash.as_deref(), current_replicas, |_| unreachable_secret_value());
+    let children = build::build_all(app, config_hash.as_deref(), current_replicas, |_| None);
 
     // Fixed order: identity and config before anything that runs pods.
-    let ns = app.namespace.as_str();
     let sa = &children.service_account;
-    apply::apply_child(ctx, sa, apply::cached::<ServiceAccount>(ctx, ns, &sa.name_any()).as_ref()).await?;
+    apply::apply_cached_child(ctx, sa).await?;
     if let Some(cm) = &children.config_map {
-        apply::apply_child(ctx, cm, apply::cached::<ConfigMap>(ctx, ns, &cm.name_any()).as_ref()).await?;
+        apply::apply_cached_child(ctx, cm).await?;
     }
     let acting_on_desired = plan.create_migration_job || plan.deployment == DeploymentTarget::Desired;
     if acting_on_desired {
@@ -195,35 +193,23 @@ async fn apply_plan(
             };
             if let Some(cm) = configmap::build(&old) {
                 keep_config_maps.insert(cm.name_any());
-                apply::apply_child(ctx, &cm, apply::cached::<ConfigMap>(ctx, ns, &cm.name_any()).as_ref()).await?;
+                apply::apply_cached_child(ctx, &cm).await?;
             }
             let restored = deployment::build(&old, hash.as_deref(), current_replicas);
             apply::apply_child(ctx, &restored, live_deployment).await?;
         }
     }
     let svc = &children.service;
-    apply::apply_child(ctx, svc, apply::cached::<Service>(ctx, ns, &svc.name_any()).as_ref()).await?;
+    apply::apply_cached_child(ctx, svc).await?;
     match &children.hpa {
-        Some(hpa) => {
-            let live = apply::cached::<HorizontalPodAutoscaler>(ctx, ns, &hpa.name_any());
-            apply::apply_child(ctx, hpa, live.as_ref()).await?
-        }
+        Some(hpa) => apply::apply_cached_child(ctx, hpa).await?,
         None => drop(apply::delete_owned::<HorizontalPodAutoscaler>(client, app, &app.name).await?),
     }
     match &children.pdb {
-        Some(pdb) => {
-            let live = apply::cached::<PodDisruptionBudget>(ctx, ns, &pdb.name_any());
-            apply::apply_child(ctx, pdb, live.as_ref()).await?
-        }
+        Some(pdb) => apply::apply_cached_child(ctx, pdb).await?,
         None => drop(apply::delete_owned::<PodDisruptionBudget>(client, app, &app.name).await?),
     }
     prune(ctx, app, observed, plan, desired, keep_config_maps).await
-}
-
-/// The generated values are created by `ensure_generated_secrets`; children built for
-/// apply never carry a Secret (they are filtered out below), so no value is needed here.
-fn unreachable_secret_value() -> crate::secret_value::SecretValue {
-    crate::secret_value::SecretValue::from_bytes(Vec::new())
 }
 
 /// The app as it was at an earlier revision, from its ControllerRevision.
@@ -293,7 +279,7 @@ async fn prune(
     let client = &ctx.client;
     let mut keep_revisions: BTreeSet<String> =
         [Some(desired.to_string()), plan.last_good.clone(), plan.failed.clone()].into_iter().flatten().collect();
-    if let Some(current) = observed.deployment.as_ref().and_then(|d| observe::deployment_state(d).revision) {
+    if let Some(current) = observed.deployment_state.as_ref().and_then(|d| d.revision.clone()) {
         keep_revisions.insert(current);
     }
     // Revisions still in the history window stay too.

@@ -35,7 +35,7 @@ pub fn render_yaml(input: &str, default_namespace: &str) -> Result<String, Rende
             app.metadata.namespace = Some(default_namespace.to_string());
         }
         let app = validate::validate(&app)?;
-        let mut children = build::build_all(&app, None, None, |_| SecretValue::placeholder());
+        let mut children = build::build_all(&app, None, None, |_| Some(SecretValue::placeholder()));
         // Show the placeholder readably; real values exist only in the cluster.
         for secret in &mut children.generated_secrets {
             let placeholder = String::from_utf8_lossy(SecretValue::placeholder().expose()).into_owned();

@@ -100,7 +100,7 @@ proptest! {
         app.metadata.namespace = Some("ns".into());
         app.metadata.uid = Some("uid-1".into());
         let valid = validate::validate(&app).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let value = |_: &SecretEnv| SecretValue::from_bytes(b"x".to_vec());
+        let value = |_: &SecretEnv| Some(SecretValue::from_bytes(b"x".to_vec()));
         let first = build::build_all(&valid, Some("h"), None, value);
         let second = build::build_all(&valid, Some("h"), None, value);
         prop_assert_eq!(&first, &second);

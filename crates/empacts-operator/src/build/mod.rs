@@ -35,12 +35,13 @@ pub struct Children {
 }
 
 /// All children of `app`. `secret_value` supplies the value of each generated secret
-/// (a placeholder when rendering; the real value is only ever created by the operator).
+/// (a placeholder when rendering); None leaves generated secrets out, as the reconciler
+/// does: it only ever creates them, separately.
 pub fn build_all(
     app: &ValidatedApp,
     config_hash: Option<&str>,
     current_replicas: Option<i32>,
-    mut secret_value: impl FnMut(&empacts_api::SecretEnv) -> SecretValue,
+    mut secret_value: impl FnMut(&empacts_api::SecretEnv) -> Option<SecretValue>,
 ) -> Children {
     Children {
         service_account: serviceaccount::build(app),
@@ -50,7 +51,7 @@ pub fn build_all(
             .secrets()
             .iter()
             .filter(|e| e.generate.is_some())
-            .filter_map(|e| secret::build(app, e, &secret_value(e)))
+            .filter_map(|e| secret::build(app, e, &secret_value(e)?))
             .collect(),
         migration_job: job::migration(app),
         deployment: deployment::build(app, config_hash, current_replicas),
