@@ -29,6 +29,8 @@ use tokio::sync::{OnceCell, oneshot};
 
 pub use empacts_api as api;
 
+pub mod fault_proxy;
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root exists")
@@ -138,10 +140,12 @@ where
     }
 }
 
-/// A namespace of one test; `cleanup` deletes it (the cluster teardown removes leftovers).
+/// A namespace of one test. `cleanup` deletes it; if the test fails first, dropping it does
+/// (through kubectl, since the test's runtime is unwinding), so no namespace is left behind.
 pub struct TestNamespace {
     pub name: String,
     client: Client,
+    cleaned: bool,
 }
 
 impl TestNamespace {
@@ -150,8 +154,7 @@ impl TestNamespace {
         let name = format!("{prefix}-{suffix:06}");
         let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
         Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("namespace creates");
-        // The ServiceAccount controller must create `default` before pods can be admitted.
-        TestNamespace { name, client: client.clone() }
+        TestNamespace { name, client: client.clone(), cleaned: false }
     }
 
     pub fn api<K>(&self) -> Api<K>
@@ -161,8 +164,20 @@ impl TestNamespace {
         Api::namespaced(self.client.clone(), &self.name)
     }
 
-    pub async fn cleanup(self) {
+    pub async fn cleanup(mut self) {
+        self.cleaned = true;
         let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.name, &DeleteParams::default()).await;
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        if let Some(env) = CLUSTER.get() {
+            let _ = env.tool("kubectl").args(["delete", "namespace", &self.name, "--wait=false"]).output();
+        }
     }
 }
 
