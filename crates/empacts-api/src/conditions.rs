@@ -30,4 +30,8 @@ pub mod reasons {
     pub const PAUSED: &str = "Paused";
     pub const RECONCILE_ERROR: &str = "ReconcileError";
     pub const SCALED_TO_ZERO: &str = "ScaledToZero";
+    /// A child's name is held by an object the app does not control.
+    pub const NAME_TAKEN: &str = "NameTaken";
+    /// A migration or rollback Job vanished before its result was recorded.
+    pub const MIGRATION_JOB_LOST: &str = "MigrationJobLost";
 }

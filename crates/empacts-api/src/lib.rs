@@ -21,6 +21,11 @@ pub mod annotations {
     pub const RETRY: &str = "empacts.io/retry";
     /// Any new value asks the operator to regenerate every generated secret of the app.
     pub const ROTATE_SECRETS: &str = "empacts.io/rotate-secrets";
+    /// `<revision>@<request id>`: roll back to that revision, exactly as an automatic rollback
+    /// would (down-migrations first), leaving the spec as it is. Acknowledged on the ledger.
+    pub const ROLLBACK_TO: &str = "empacts.io/rollback-to";
+    /// On a generated Secret: the rotation request its value satisfies.
+    pub const ROTATION: &str = "empacts.io/rotation";
     /// On a pod template: hash of the referenced ConfigMap/Secret content.
     pub const CONFIG_HASH: &str = "empacts.io/config-hash";
     /// On children: the revision they belong to.

@@ -120,8 +120,27 @@ pub async fn recorded_spec(
     Ok((cr::revision_of(record).unwrap_or(to).to_string(), spec))
 }
 
-/// Roll back by rewriting the spec to a revision's recorded spec. Returns the revision.
+/// Ask the operator to roll back to a recorded revision, exactly as an automatic rollback
+/// (down-migrations first), without touching the spec. Returns the revision.
 pub async fn rollback(client: &Client, ns: &str, name: &str, to: &str) -> anyhow::Result<String> {
+    let (revision, _) = recorded_spec(client, ns, name, to).await?;
+    let value = format!("{revision}@{}", k8s_openapi::jiff::Timestamp::now());
+    let patch = serde_json::json!({"metadata": {"annotations": {annotations::ROLLBACK_TO: value}}});
+    Api::<EmpactsApp>::namespaced(client.clone(), ns)
+        .patch(
+            name,
+            &PatchParams { field_manager: Some(CLI_MANAGER.into()), ..Default::default() },
+            &Patch::Merge(&patch),
+        )
+        .await
+        .with_context(|| format!("annotating {ns}/{name}"))?;
+    Ok(revision)
+}
+
+/// Roll back by rewriting the spec to a revision's recorded spec. Returns the revision.
+/// The CLI then gives up the fields it wrote, so the next `kubectl apply --server-side` of
+/// the Git copy does not conflict with it.
+pub async fn rewrite_spec(client: &Client, ns: &str, name: &str, to: &str) -> anyhow::Result<String> {
     let (revision, spec) = recorded_spec(client, ns, name, to).await?;
     let api: Api<EmpactsApp> = Api::namespaced(client.clone(), ns);
     // A JSON patch replacing /spec whole: fields the old revision did not set disappear too.
@@ -135,6 +154,16 @@ pub async fn rollback(client: &Client, ns: &str, name: &str, to: &str) -> anyhow
     )
     .await
     .with_context(|| format!("rewriting the spec of {ns}/{name}"))?;
+    let app = get_app(client, ns, name).await?;
+    let kept: Vec<_> =
+        app.metadata.managed_fields.iter().flatten().filter(|m| m.manager.as_deref() != Some(CLI_MANAGER)).collect();
+    if kept.len() != app.metadata.managed_fields.as_ref().map_or(0, Vec::len) {
+        let patch =
+            serde_json::json!({"metadata": {"managedFields": kept, "resourceVersion": app.metadata.resource_version}});
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .with_context(|| format!("dropping the CLI's field ownership of {ns}/{name}"))?;
+    }
     Ok(revision)
 }
 

@@ -24,13 +24,19 @@ enum Command {
     Status(AppArgs),
     /// Show an app's revision history, newest first (* marks what runs now).
     History(AppArgs),
-    /// Roll back by rewriting the app's spec to a recorded revision (commit it to Git if you use GitOps).
+    /// Roll back to a recorded good revision exactly as an automatic rollback does (newer
+    /// migrations undone first with their rollbackCommand); the spec stays as Git has it and the
+    /// rollback holds until the spec changes or `empacts retry`.
     Rollback {
         #[command(flatten)]
         app: AppArgs,
         /// Revision hash or number (see `empacts history`).
         #[arg(long)]
         to: String,
+        /// Instead, rewrite the spec to the recorded one (no down-migration runs; commit the
+        /// same change to Git). Leaves no field ownership that conflicts with a later apply.
+        #[arg(long)]
+        rewrite_spec: bool,
     },
     /// Retry a failed revision (migration or rollout) without changing the spec.
     Retry(AppArgs),
@@ -83,9 +89,15 @@ fn main() -> anyhow::Result<()> {
         Command::History(app) => {
             client_command(app, |c, ns, name| async move { commands::history(&c, &ns, &name).await })
         }
-        Command::Rollback { app, to } => client_command(app, |c, ns, name| async move {
+        Command::Rollback { app, to, rewrite_spec } => client_command(app, move |c, ns, name| async move {
+            if rewrite_spec {
+                let rev = commands::rewrite_spec(&c, &ns, &name, &to).await?;
+                return Ok(format!("{ns}/{name}: spec rewritten to revision {rev}; the operator rolls it out\n"));
+            }
             let rev = commands::rollback(&c, &ns, &name, &to).await?;
-            Ok(format!("{ns}/{name}: spec rewritten to revision {rev}; the operator rolls it out\n"))
+            Ok(format!(
+                "{ns}/{name}: rollback to revision {rev} requested; see `empacts status` (it holds until the spec changes or `empacts retry`)\n"
+            ))
         }),
         Command::Retry(app) => client_command(app, |c, ns, name| async move {
             commands::retry(&c, &ns, &name).await?;

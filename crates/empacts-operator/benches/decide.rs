@@ -5,7 +5,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use empacts_api::{EmpactsApp, EmpactsAppStatus};
-use empacts_operator::plan::{DeploymentState, JobState, PlanInput, plan};
+use empacts_operator::plan::{DeploymentState, Entry, Ledger, MigrationMark, MigrationState, PlanInput, plan};
 use empacts_operator::status::{StatusInput, compute};
 use empacts_operator::{build, secret_value::SecretValue, validate};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -37,15 +37,31 @@ fn main() {
     measure("build all children", &|| {
         black_box(build::build_all(black_box(&valid), Some("h"), Some(3), |_| Some(SecretValue::placeholder())));
     });
-    measure("revision hash", &|| {
-        black_box(build::deployment::revision(black_box(&valid)));
+    measure("revision identity", &|| {
+        black_box(empacts_operator::revision::identity(black_box(&valid.spec)));
     });
+    // A settled app with a 10-revision ledger.
+    let ledger = Ledger {
+        entries: (1..=10)
+            .map(|n| Entry {
+                revision: if n == 10 { "d".into() } else { format!("r{n}") },
+                number: n,
+                desired_generation: n,
+                good: Some(n),
+                migration: MigrationMark::new(1, MigrationState::Succeeded),
+                spec_readable: true,
+                ..Default::default()
+            })
+            .collect(),
+    };
     let input = PlanInput {
+        app: "api".into(),
+        generation: 10,
         desired: "d".into(),
         has_migration: true,
         auto_rollback: true,
-        migrated: true,
-        migration: JobState::Succeeded,
+        history_limit: 10,
+        ledger,
         deployment: Some(DeploymentState {
             revision: Some("d".into()),
             generation: 1,
@@ -69,16 +85,7 @@ fn main() {
             &decided,
             &StatusInput {
                 previous: &previous,
-                generation: 1,
-                desired: "d",
-                image: "i",
-                has_migration: true,
-                migration_job: "j",
-                migration: &JobState::Succeeded,
-                deployment: input.deployment.as_ref(),
-                history_limit: 10,
-                retry: None,
-                rotation: None,
+                input: &input,
                 error: None,
                 now: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
             },

@@ -1,27 +1,47 @@
-//! Writes. Server-side apply with one field manager for the children we own; create-only
-//! for what must never be overwritten (generated Secrets, migration Jobs, revisions).
+//! Writes, and only writes: the plan's actions in the plan's order. Objects are built by
+//! the pure builders; nothing here reads the API server.
+//!
+//! Children are created with a plain create first and only ever server-side applied when
+//! they carry this app's controller reference: an object of the same name that someone
+//! else made is never changed (NameTaken). Generated Secrets, Jobs and ControllerRevisions
+//! are create-only; ledger marks and rotations carry a resourceVersion precondition.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 
-use empacts_api::labels;
+use empacts_api::{EmpactsAppSpec, annotations};
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::apps::v1::ControllerRevision;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::build;
-use crate::children::{APPLIED_ANNOTATION, CachedMeta};
+use crate::build::{self, configmap, deployment, revision as cr};
+use crate::children::APPLIED_ANNOTATION;
 use crate::context::Context;
 use crate::error::{Error, Result, is_conflict, is_not_found};
-use crate::names;
+use crate::observe::{Observed, controlled_by};
+use crate::plan::{Action, JobKind, Plan};
 use crate::secret_value::SecretValue;
 use crate::validate::ValidatedApp;
+use crate::{ledger, names};
 
 /// The one field manager of everything the operator writes.
 pub const FIELD_MANAGER: &str = "empacts-operator";
+
+/// What the writes of one reconcile did, for Events and metrics (names only, never values).
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub secrets_created: Vec<String>,
+    pub secrets_rotated: Vec<String>,
+    pub jobs_created: Vec<String>,
+}
 
 fn write_error<K: Resource<DynamicType = ()>>(ns: &str, name: &str, source: kube::Error) -> Error {
     Error::Write {
@@ -32,103 +52,318 @@ fn write_error<K: Resource<DynamicType = ()>>(ns: &str, name: &str, source: kube
     }
 }
 
-/// Server-side apply of a child we own, taking ownership of its fields from anyone else.
-pub async fn apply<K>(client: &Client, obj: &K) -> Result<K>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+fn create_params() -> PostParams {
+    PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }
+}
+
+/// Carry out the plan's actions in order; the first failure stops the rest (the next
+/// reconcile starts again from what was written).
+pub async fn execute(ctx: &Context, app: &ValidatedApp, observed: &Observed, plan: &Plan) -> Result<Outcome> {
+    let mut w = Writer { ctx, app, observed, plan, versions: BTreeMap::new(), outcome: Outcome::default() };
+    for action in &plan.actions {
+        w.run(action).await?;
+    }
+    Ok(w.outcome)
+}
+
+struct Writer<'a> {
+    ctx: &'a Context,
+    app: &'a ValidatedApp,
+    observed: &'a Observed,
+    plan: &'a Plan,
+    /// resourceVersion of each ControllerRevision after our own marks.
+    versions: BTreeMap<String, Option<String>>,
+    outcome: Outcome,
+}
+
+impl Writer<'_> {
+    fn client(&self) -> &Client {
+        &self.ctx.client
+    }
+
+    fn ns(&self) -> &str {
+        &self.app.namespace
+    }
+
+    /// The app as it was at `revision` (D: as it is now). Scaling and rollout settings are
+    /// not part of a revision: the current spec's apply.
+    fn at(&self, revision: &str) -> Result<ValidatedApp> {
+        let spec = self.observed.specs.get(revision).ok_or_else(|| Error::RecordedSpec {
+            namespace: self.app.namespace.clone(),
+            name: names::controller_revision(&self.app.name, revision),
+            revision: revision.to_string(),
+            source: serde::de::Error::custom("the ControllerRevision is missing or does not decode"),
+        })?;
+        let spec = EmpactsAppSpec {
+            replicas: self.app.spec.replicas,
+            autoscaling: self.app.spec.autoscaling.clone(),
+            rollout: self.app.spec.rollout.clone(),
+            ..spec.clone()
+        };
+        Ok(ValidatedApp { spec, ..self.app.clone() })
+    }
+
+    async fn run(&mut self, action: &Action) -> Result<()> {
+        match action {
+            Action::RecordRevision { revision } => {
+                let number = self.plan.ledger.get(revision).map(|e| e.number).unwrap_or(1);
+                let record = cr::build(self.app, revision, number, self.app.generation);
+                create(self.client(), &record).await?;
+            }
+            Action::Mark { revision, mark } => self.mark(revision, mark).await?,
+            Action::CreateSecret { env } => self.create_secret(env).await?,
+            Action::RotateSecret { env, request } => self.rotate_secret(env, request).await?,
+            Action::ReleaseSecret { env } => self.release_secret(env).await?,
+            Action::ApplyConfig { revision } => {
+                let app = self.at(revision)?;
+                let sa = build::serviceaccount::build(&app);
+                ensure(self.ctx, &sa, self.observed.children.get("ServiceAccount", &sa.name_any()), &app.uid).await?;
+                if let Some(cm) = configmap::build(&app) {
+                    // Immutable and named by content: one that exists is already right.
+                    if self.observed.children.get("ConfigMap", &cm.name_any()).is_none() {
+                        create_child(self.ctx, &cm).await?;
+                    } else {
+                        self.ctx.metrics.child_applies.with_label_values(&["ConfigMap", "skipped"]).inc();
+                    }
+                }
+            }
+            Action::CreateJob { kind, revision, attempt } => {
+                let app = self.at(revision)?;
+                let job = match kind {
+                    JobKind::Migrate => build::job::migration(&app, revision, *attempt),
+                    JobKind::Rollback => build::job::rollback(&app, revision, *attempt),
+                };
+                if let Some(job) = job {
+                    // A conflict means a Job of that name exists after all: the marks after
+                    // this create must not be written; the next reconcile sees the Job.
+                    create(self.client(), &job).await?;
+                    self.outcome.jobs_created.push(job.name_any());
+                }
+            }
+            Action::DeleteJob { name } => drop(delete::<Job>(self.client(), self.ns(), name).await?),
+            Action::ApplyDeployment { revision } => {
+                let app = self.at(revision)?;
+                let hash = self.observed.config_hashes.get(revision).cloned().flatten();
+                let live = self.observed.deployment.as_ref();
+                let replicas = live.and_then(|d| d.spec.as_ref()).and_then(|s| s.replicas);
+                let desired = deployment::build(&app, revision, hash.as_deref(), replicas);
+                ensure(self.ctx, &desired, live.map(|d| &d.metadata), &app.uid).await?;
+            }
+            Action::ApplyServing => self.serving().await?,
+            Action::Prune(prune) => {
+                let (client, ns) = (self.client().clone(), self.ns().to_string());
+                for revision in &prune.revisions {
+                    let name = names::controller_revision(&self.app.name, revision);
+                    delete::<ControllerRevision>(&client, &ns, &name).await?;
+                }
+                for job in &prune.jobs {
+                    delete::<Job>(&client, &ns, job).await?;
+                }
+                for cm in &prune.config_maps {
+                    delete::<ConfigMap>(&client, &ns, cm).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A ledger mark: a merge patch of the revision's annotations, on the version we read.
+    async fn mark(&mut self, revision: &str, mark: &ledger::Mark) -> Result<()> {
+        let name = names::controller_revision(&self.app.name, revision);
+        let version = match self.versions.get(revision) {
+            Some(v) => v.clone(),
+            None => self.observed.input.ledger.get(revision).and_then(|e| e.resource_version.clone()),
+        };
+        let mut metadata = serde_json::json!({"annotations": mark.annotations()});
+        if let Some(v) = &version {
+            metadata["resourceVersion"] = v.clone().into();
+        }
+        let api: Api<ControllerRevision> = Api::namespaced(self.client().clone(), self.ns());
+        let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+        let patched = api
+            .patch(&name, &params, &Patch::Merge(&serde_json::json!({"metadata": metadata})))
+            .await
+            .map_err(|e| write_error::<ControllerRevision>(self.ns(), &name, e))?;
+        self.versions.insert(revision.to_string(), patched.metadata.resource_version);
+        Ok(())
+    }
+
+    fn generated_entry(&self, env: &str) -> Option<&empacts_api::SecretEnv> {
+        self.app.spec.secrets().iter().find(|e| e.env == env && e.generate.is_some())
+    }
+
+    async fn create_secret(&mut self, env: &str) -> Result<()> {
+        let Some(entry) = self.generated_entry(env) else { return Ok(()) };
+        let length = entry.generate.as_ref().map(|g| g.length()).unwrap_or_default();
+        let mut secret = build::secret::build(self.app, entry, &SecretValue::generate(length))
+            .expect("entry has generate, so a Secret is built");
+        // A request made before the Secret existed is satisfied by its first value.
+        if let Some(request) = &self.observed.input.rotation {
+            secret.annotations_mut().insert(annotations::ROTATION.into(), request.clone());
+        }
+        create(self.client(), &secret).await?;
+        self.outcome.secrets_created.push(secret.name_any());
+        Ok(())
+    }
+
+    async fn rotate_secret(&mut self, env: &str, request: &str) -> Result<()> {
+        let (Some(entry), Some(current)) = (self.generated_entry(env), self.observed.generated.get(env)) else {
+            return Ok(());
+        };
+        let length = entry.generate.as_ref().map(|g| g.length()).unwrap_or_default();
+        let fresh = build::secret::build(self.app, entry, &SecretValue::generate(length))
+            .expect("entry has generate, so a Secret is built");
+        let mut next = current.clone();
+        next.data = fresh.data;
+        next.string_data = None;
+        next.metadata.managed_fields = None;
+        // The value and the request it satisfies change in one write; the resourceVersion
+        // kept from `current` makes a concurrent change (or a second rotation) fail.
+        next.annotations_mut().insert(annotations::ROTATION.into(), request.to_string());
+        let name = current.name_any();
+        Api::<Secret>::namespaced(self.client().clone(), self.ns())
+            .replace(&name, &create_params(), &next)
+            .await
+            .map_err(|e| write_error::<Secret>(self.ns(), &name, e))?;
+        self.outcome.secrets_rotated.push(name);
+        Ok(())
+    }
+
+    async fn release_secret(&mut self, env: &str) -> Result<()> {
+        let Some(current) = self.observed.generated.get(env) else { return Ok(()) };
+        let keep: Vec<_> = current.owner_references().iter().filter(|o| o.uid != self.app.uid).cloned().collect();
+        let patch = serde_json::json!({"metadata": {
+            "ownerReferences": keep,
+            "resourceVersion": current.resource_version(),
+        }});
+        let name = current.name_any();
+        Api::<Secret>::namespaced(self.client().clone(), self.ns())
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| write_error::<Secret>(self.ns(), &name, e))?;
+        Ok(())
+    }
+
+    /// Service, HPA and PDB of the current spec; an HPA or PDB no longer wanted goes.
+    async fn serving(&mut self) -> Result<()> {
+        let children = &self.observed.children;
+        let uid = self.app.uid.as_str();
+        let service = build::service::build(self.app);
+        ensure(self.ctx, &service, children.get("Service", &service.name_any()), uid).await?;
+        let name = names::workload(&self.app.name);
+        match build::hpa::build(self.app) {
+            Some(hpa) => ensure(self.ctx, &hpa, children.hpa.as_ref(), uid).await?,
+            None if children.hpa.as_ref().is_some_and(|m| controlled_by(m, uid)) => {
+                delete::<HorizontalPodAutoscaler>(self.client(), self.ns(), &name).await?;
+            }
+            None => {}
+        }
+        match build::pdb::build(self.app) {
+            Some(pdb) => ensure(self.ctx, &pdb, children.pdb.as_ref(), uid).await?,
+            None if children.pdb.as_ref().is_some_and(|m| controlled_by(m, uid)) => {
+                delete::<PodDisruptionBudget>(self.client(), self.ns(), &name).await?;
+            }
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+trait Object:
+    Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug
 {
+}
+impl<K> Object for K where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug
+{
+}
+
+/// Create; never touches an existing object (a conflict is an error).
+async fn create<K: Object>(client: &Client, obj: &K) -> Result<K> {
     let ns = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
-    let api: Api<K> = Api::namespaced(client.clone(), &ns);
-    let mut value = serde_json::to_value(obj).expect("Kubernetes objects serialize");
-    value["apiVersion"] = K::api_version(&()).into();
-    value["kind"] = K::kind(&()).into();
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(value))
+    Api::<K>::namespaced(client.clone(), &ns)
+        .create(&create_params(), obj)
         .await
         .map_err(|e| write_error::<K>(&ns, &name, e))
 }
 
-/// Apply a child unless `live` (its cached or freshly read metadata) shows it already is
-/// exactly what we would apply. The hash of the desired object travels in an annotation.
-pub async fn apply_child<K>(ctx: &Context, obj: &K, live: Option<&ObjectMeta>) -> Result<()>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
-{
+fn name_taken<K: Object>(obj: &K) -> Error {
+    Error::NameTaken {
+        kind: K::kind(&()).into_owned(),
+        namespace: obj.namespace().unwrap_or_default(),
+        name: obj.name_any(),
+    }
+}
+
+/// Create a child (with its applied-hash), reporting an existing object as NameTaken.
+async fn create_child<K: Object>(ctx: &Context, obj: &K) -> Result<()> {
+    let mut obj = obj.clone();
+    let hash = crate::hash::content_hash(&obj);
+    obj.meta_mut().annotations.get_or_insert_with(Default::default).insert(APPLIED_ANNOTATION.into(), hash);
+    let ns = obj.namespace().unwrap_or_default();
+    match Api::<K>::namespaced(ctx.client.clone(), &ns).create(&create_params(), &obj).await {
+        Ok(created) => {
+            ctx.applied.record(&K::kind(&()), created.meta());
+            ctx.metrics.child_applies.with_label_values(&[K::kind(&()).as_ref(), "created"]).inc();
+            Ok(())
+        }
+        // Not in our view as ours, yet it exists: someone else's (or our view lags; the next
+        // reconcile sees it then).
+        Err(e) if is_conflict(&e) => Err(name_taken(&obj)),
+        Err(e) => Err(write_error::<K>(&ns, &obj.name_any(), e)),
+    }
+}
+
+/// A child this app must have: created when absent from `live` (cached or freshly read
+/// metadata), server-side applied only when it carries this app's controller reference.
+async fn ensure<K: Object>(ctx: &Context, obj: &K, live: Option<&ObjectMeta>, uid: &str) -> Result<()> {
+    match live {
+        None => create_child(ctx, obj).await,
+        Some(live) if controlled_by(live, uid) => apply_child(ctx, obj, live).await,
+        Some(_) => Err(name_taken(obj)),
+    }
+}
+
+/// Server-side apply of a child we control, unless `live` shows it already is exactly
+/// what we would apply. The hash of the desired object travels in an annotation; the UID
+/// in the body makes the API server refuse the write if the object was replaced meanwhile.
+async fn apply_child<K: Object>(ctx: &Context, obj: &K, live: &ObjectMeta) -> Result<()> {
     let kind = K::kind(&()).into_owned();
     let hash = crate::hash::content_hash(obj);
-    if live.is_some_and(|live| ctx.applied.is_current(&kind, live, &hash)) {
+    if ctx.applied.is_current(&kind, live, &hash) {
         ctx.metrics.child_applies.with_label_values(&[kind.as_str(), "skipped"]).inc();
         return Ok(());
     }
     let mut obj = obj.clone();
     obj.meta_mut().annotations.get_or_insert_with(Default::default).insert(APPLIED_ANNOTATION.into(), hash);
-    let applied = match apply(&ctx.client, &obj).await {
+    obj.meta_mut().uid = live.uid.clone();
+    let ns = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut value = serde_json::to_value(&obj).expect("Kubernetes objects serialize");
+    value["apiVersion"] = K::api_version(&()).into();
+    value["kind"] = kind.clone().into();
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let applied = match api.patch(&name, &params, &Patch::Apply(&value)).await {
         // Someone else's edit of a keyed list (say a Service port) can leave entries our apply
         // cannot remove, making the merged object invalid. Take the object back with a merge
-        // patch (lists replaced whole), then apply again so we own the fields.
-        // Only for objects this app already controls: never a way to take over someone else's.
-        Err(Error::Write { source, .. })
-            if matches!(source.as_ref(), kube::Error::Api(s) if s.code == 422) && controlled_by_us(&obj, live) =>
-        {
-            let ns = obj.namespace().unwrap_or_default();
-            let name = obj.name_any();
-            let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
-            let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-            api.patch(&name, &params, &Patch::Merge(&obj)).await.map_err(|e| write_error::<K>(&ns, &name, e))?;
-            apply(&ctx.client, &obj).await?
+        // patch (lists replaced whole), then apply again so we own the fields. Only for
+        // objects this app controls (the UID in the body guards that).
+        Err(kube::Error::Api(s)) if s.code == 422 => {
+            let merge = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+            api.patch(&name, &merge, &Patch::Merge(&obj)).await.map_err(|e| write_error::<K>(&ns, &name, e))?;
+            api.patch(&name, &params, &Patch::Apply(&value)).await.map_err(|e| write_error::<K>(&ns, &name, e))?
         }
-        other => other?,
+        other => other.map_err(|e| write_error::<K>(&ns, &name, e))?,
     };
     ctx.applied.record(&kind, applied.meta());
     ctx.metrics.child_applies.with_label_values(&[kind.as_str(), "applied"]).inc();
     Ok(())
 }
 
-/// The live object already carries the controller reference the desired one has.
-fn controlled_by_us<K: Resource>(desired: &K, live: Option<&ObjectMeta>) -> bool {
-    let ours = desired.meta().owner_references.iter().flatten().find(|o| o.controller == Some(true));
-    let theirs = live.and_then(|l| l.owner_references.as_ref());
-    match (ours, theirs) {
-        (Some(ours), Some(refs)) => refs.iter().any(|o| o.uid == ours.uid && o.controller == Some(true)),
-        _ => false,
-    }
-}
-
-/// [`apply_child`] for a kind whose live metadata the controller's caches hold.
-pub async fn apply_cached_child<K>(ctx: &Context, obj: &K) -> Result<()>
-where
-    K: CachedMeta
-        + Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + Debug,
-{
-    let ns = obj.namespace().unwrap_or_default();
-    let live = ctx.stores.get().and_then(|stores| K::cached_meta(stores, &ns, &obj.name_any()));
-    apply_child(ctx, obj, live.as_ref()).await
-}
-
-/// Create unless it exists; never touches an existing object. Returns whether it created.
-pub async fn create_if_absent<K>(client: &Client, obj: &K) -> Result<bool>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
-{
-    let ns = obj.namespace().unwrap_or_default();
-    let name = obj.name_any();
-    let api: Api<K> = Api::namespaced(client.clone(), &ns);
-    match api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, obj).await {
-        Ok(_) => Ok(true),
-        Err(e) if is_conflict(&e) => Ok(false),
-        Err(e) => Err(write_error::<K>(&ns, &name, e)),
-    }
-}
-
 /// Delete if present (background propagation, so a Job's pods go too).
-pub async fn delete_if_present<K>(client: &Client, ns: &str, name: &str) -> Result<bool>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + DeserializeOwned + Clone + Debug,
-{
+async fn delete<K: Object>(client: &Client, ns: &str, name: &str) -> Result<bool> {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let params = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
     match api.delete(name, &params).await {
@@ -136,102 +371,4 @@ where
         Err(e) if is_not_found(&e) => Ok(false),
         Err(e) => Err(write_error::<K>(ns, name, e)),
     }
-}
-
-/// Delete a child we no longer want, if it exists and this app owns it. Reads first so a
-/// settled app sends no write at all.
-pub async fn delete_owned<K>(client: &Client, app: &ValidatedApp, name: &str) -> Result<bool>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + DeserializeOwned + Clone + Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), &app.namespace);
-    let existing = api.get_metadata_opt(name).await.map_err(|source| Error::Read {
-        kind: K::kind(&()).into_owned(),
-        namespace: app.namespace.clone(),
-        name: name.to_string(),
-        source: Box::new(source),
-    })?;
-    let owned = existing.is_some_and(|m| m.owner_references().iter().any(|o| o.uid == app.uid));
-    if !owned {
-        return Ok(false);
-    }
-    delete_if_present::<K>(client, &app.namespace, name).await
-}
-
-/// Outcome of [`ensure_generated_secrets`], for Events and metrics (names only, never values).
-#[derive(Debug, Default)]
-pub struct GeneratedSecrets {
-    pub created: Vec<String>,
-    pub rotated: Vec<String>,
-    /// Existing Secrets with a generated name that the operator did not create: left alone.
-    pub foreign: Vec<String>,
-}
-
-/// Create each generated Secret that does not exist yet; with `rotate`, give each one the
-/// operator created a new value (optimistic concurrency: a concurrent change fails the write).
-pub async fn ensure_generated_secrets(client: &Client, app: &ValidatedApp, rotate: bool) -> Result<GeneratedSecrets> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), &app.namespace);
-    let mut outcome = GeneratedSecrets::default();
-    for entry in app.spec.secrets().iter().filter(|e| e.generate.is_some()) {
-        let length = entry.generate.as_ref().map(|g| g.length()).unwrap_or_default();
-        let name = names::generated_secret(&app.name, &entry.env);
-        let existing = api.get_opt(&name).await.map_err(|source| Error::Read {
-            kind: "Secret".into(),
-            namespace: app.namespace.clone(),
-            name: name.clone(),
-            source: Box::new(source),
-        })?;
-        match existing {
-            None => {
-                let secret = build::secret::build(app, entry, &SecretValue::generate(length))
-                    .expect("entry has generate, so a Secret is built");
-                if create_if_absent(client, &secret).await? {
-                    outcome.created.push(name);
-                }
-            }
-            Some(current) if rotate => {
-                let ours = current.labels().get(labels::GENERATED_SECRET).is_some_and(|v| v == "true");
-                if !ours {
-                    outcome.foreign.push(name);
-                    continue;
-                }
-                let mut next = current.clone();
-                let fresh = build::secret::build(app, entry, &SecretValue::generate(length))
-                    .expect("entry has generate, so a Secret is built");
-                next.data = fresh.data;
-                next.string_data = None;
-                // resourceVersion is kept from `current`: replace fails on a concurrent change.
-                api.replace(
-                    &name,
-                    &PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() },
-                    &next,
-                )
-                .await
-                .map_err(|e| write_error::<Secret>(&app.namespace, &name, e))?;
-                outcome.rotated.push(name);
-            }
-            Some(current) => {
-                if current.labels().get(labels::GENERATED_SECRET).is_none_or(|v| v != "true") {
-                    outcome.foreign.push(name);
-                    continue;
-                }
-                // `retain` turned on after creation: drop our owner reference (metadata only), so
-                // deleting the app no longer garbage-collects the value.
-                let retain = entry.generate.as_ref().is_some_and(|g| g.retain());
-                let owned = current.owner_references().iter().any(|o| o.uid == app.uid);
-                if retain && owned {
-                    let keep: Vec<_> =
-                        current.owner_references().iter().filter(|o| o.uid != app.uid).cloned().collect();
-                    let patch = serde_json::json!({"metadata": {
-                        "ownerReferences": keep,
-                        "resourceVersion": current.resource_version(),
-                    }});
-                    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                        .await
-                        .map_err(|e| write_error::<Secret>(&app.namespace, &name, e))?;
-                }
-            }
-        }
-    }
-    Ok(outcome)
 }

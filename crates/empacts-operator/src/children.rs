@@ -16,6 +16,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 
+use empacts_api::labels;
+
+use crate::observe::controlled_by;
+use crate::validate::ValidatedApp;
+
 /// Annotation carrying the hash of the object as the operator last applied it.
 pub const APPLIED_ANNOTATION: &str = "empacts.io/applied";
 
@@ -50,6 +55,81 @@ cached_meta!(ServiceAccount, service_accounts);
 cached_meta!(ConfigMap, config_maps);
 cached_meta!(HorizontalPodAutoscaler, hpas);
 cached_meta!(PodDisruptionBudget, pdbs);
+
+/// The cached metadata of one app's children, taken once per reconcile.
+#[derive(Debug, Clone, Default)]
+pub struct ChildMetas {
+    pub service_account: Option<ObjectMeta>,
+    pub service: Option<ObjectMeta>,
+    pub hpa: Option<ObjectMeta>,
+    pub pdb: Option<ObjectMeta>,
+    /// Every cached ConfigMap of the app (by instance label).
+    pub config_maps: Vec<ObjectMeta>,
+}
+
+impl ChildMetas {
+    pub fn snapshot(stores: Option<&ChildStores>, app: &ValidatedApp) -> Self {
+        let Some(stores) = stores else { return ChildMetas::default() };
+        let (ns, name) = (app.namespace.as_str(), app.name.as_str());
+        let config_maps = stores
+            .config_maps
+            .state()
+            .iter()
+            .filter(|m| m.metadata.namespace.as_deref() == Some(ns))
+            .filter(|m| {
+                m.metadata.labels.as_ref().and_then(|l| l.get(labels::INSTANCE)).map(String::as_str) == Some(name)
+            })
+            .map(|m| m.metadata.clone())
+            .collect();
+        ChildMetas {
+            service_account: ServiceAccount::cached_meta(stores, ns, name),
+            service: Service::cached_meta(stores, ns, name),
+            hpa: HorizontalPodAutoscaler::cached_meta(stores, ns, name),
+            pdb: PodDisruptionBudget::cached_meta(stores, ns, name),
+            config_maps,
+        }
+    }
+
+    /// A child the spec wants whose name an object this app does not control holds.
+    pub fn foreign(&self, app: &ValidatedApp) -> Option<String> {
+        let wanted = [
+            ("ServiceAccount", self.service_account.as_ref(), true),
+            ("Service", self.service.as_ref(), true),
+            ("HorizontalPodAutoscaler", self.hpa.as_ref(), app.spec.autoscaling.is_some()),
+            ("PodDisruptionBudget", self.pdb.as_ref(), app.spec.disruption.is_some()),
+        ];
+        wanted.into_iter().find_map(|(kind, meta, wanted)| {
+            let meta = meta.filter(|m| wanted && !controlled_by(m, &app.uid))?;
+            Some(format!("{kind} {}/{}", app.namespace, meta.name.clone().unwrap_or_default()))
+        })
+    }
+
+    /// Names of the app's env ConfigMaps.
+    pub fn config_maps(&self, app: &ValidatedApp) -> Vec<String> {
+        self.config_maps
+            .iter()
+            .filter(|m| controlled_by(m, &app.uid))
+            .filter(|m| {
+                m.labels.as_ref().and_then(|l| l.get(labels::COMPONENT)).map(String::as_str)
+                    == Some(crate::build::configmap::COMPONENT)
+            })
+            .filter_map(|m| m.name.clone())
+            .collect()
+    }
+
+    /// The cached metadata of a child of this kind and name.
+    pub fn get(&self, kind: &str, name: &str) -> Option<&ObjectMeta> {
+        let named = |m: &&ObjectMeta| m.name.as_deref() == Some(name);
+        match kind {
+            "ServiceAccount" => self.service_account.as_ref().filter(named),
+            "Service" => self.service.as_ref().filter(named),
+            "HorizontalPodAutoscaler" => self.hpa.as_ref().filter(named),
+            "PodDisruptionBudget" => self.pdb.as_ref().filter(named),
+            "ConfigMap" => self.config_maps.iter().find(named),
+            _ => None,
+        }
+    }
+}
 
 /// Generation if the kind has one, else resourceVersion: what moves when someone changes it.
 pub fn change_marker(meta: &ObjectMeta) -> Option<String> {

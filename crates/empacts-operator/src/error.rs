@@ -37,6 +37,11 @@ pub enum Error {
     },
 
     #[error(
+        "{kind} {namespace}/{name} already exists and is not controlled by this EmpactsApp; the operator never takes over objects it does not own: delete or rename it, or rename the app"
+    )]
+    NameTaken { kind: String, namespace: String, name: String },
+
+    #[error(
         "the recorded spec of revision {revision} (ControllerRevision {namespace}/{name}) cannot be read: {source}; delete it to let the operator re-record it"
     )]
     RecordedSpec {
@@ -58,6 +63,7 @@ impl Error {
             Error::Write { .. } => "WriteFailed",
             Error::Status { .. } => "StatusFailed",
             Error::RecordedSpec { .. } => "RecordedSpecUnreadable",
+            Error::NameTaken { .. } => "NameTaken",
         }
     }
 }

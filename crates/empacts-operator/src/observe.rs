@@ -1,4 +1,6 @@
-//! Second reconcile step: read the children and referenced objects. Reads only.
+//! Second reconcile step: every read of the reconcile, and nothing else. The ledger
+//! (ControllerRevisions), the Deployment, the Jobs and the referenced Secrets are read
+//! fresh from the API server; children the controller already watches come from its caches.
 
 use std::collections::BTreeMap;
 
@@ -6,27 +8,236 @@ use empacts_api::{EmpactsAppSpec, annotations, conditions::reasons, labels};
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::ListParams;
-use kube::{Api, Client};
+use kube::{Api, Client, Resource, ResourceExt};
 
+use crate::build::{self, configmap, revision as cr};
+use crate::children::ChildMetas;
 use crate::error::{Error, Result, is_not_found};
-use crate::hash;
-use crate::names;
-use crate::plan::{DeploymentState, JobState};
+use crate::ledger::{self, Entry, Ledger};
+use crate::plan::{DeploymentState, GeneratedSecret, JobKind, JobState, ObservedJob, PlanInput, RollbackRequest};
+use crate::revision::{RevisionSpec, identity};
 use crate::validate::ValidatedApp;
+use crate::{hash, names};
 
-/// What the cluster holds for one app.
-#[derive(Debug, Clone, Default)]
+/// What the cluster holds for one app, and the decision input made of it.
+#[derive(Debug, Clone)]
 pub struct Observed {
+    pub input: PlanInput,
+    /// The Deployment, if this app controls it.
     pub deployment: Option<Deployment>,
-    /// The Deployment as the decision sees it (computed once per reconcile).
-    pub deployment_state: Option<DeploymentState>,
-    /// Migration and rollback Jobs of the app.
+    /// Recorded spec of each readable revision (D: the current spec).
+    pub specs: BTreeMap<String, EmpactsAppSpec>,
+    /// Hash of the referenced Secret content per revision whose references are all present.
+    pub config_hashes: BTreeMap<String, Option<String>>,
+    /// Generated Secrets that exist, by env name (for rotation and release).
+    pub generated: BTreeMap<String, Secret>,
+    /// Metadata of the children from the controller's caches.
+    pub children: ChildMetas,
+    /// The app's Jobs as read (for the migration metrics).
     pub jobs: Vec<Job>,
-    /// Recorded specs of the app's revisions.
-    pub revisions: Vec<ControllerRevision>,
-    /// Hash of the content of every referenced Secret key, or what is missing.
-    pub references: References,
+}
+
+pub fn instance_selector(app: &str) -> String {
+    format!("{}={app},{}={}", labels::INSTANCE, labels::MANAGED_BY, labels::MANAGER)
+}
+
+/// This app is the controller of the object.
+pub fn controlled_by(meta: &ObjectMeta, uid: &str) -> bool {
+    meta.owner_references.iter().flatten().any(|o| o.controller == Some(true) && o.uid == uid)
+}
+
+fn read_error(kind: &str, ns: &str, name: &str, source: kube::Error) -> Error {
+    Error::Read { kind: kind.into(), namespace: ns.into(), name: name.into(), source: Box::new(source) }
+}
+
+pub async fn observe(client: &Client, app: &ValidatedApp, children: ChildMetas) -> Result<Observed> {
+    let ns = &app.namespace;
+    let selector = ListParams::default().labels(&instance_selector(&app.name));
+    let deployment = Api::<Deployment>::namespaced(client.clone(), ns)
+        .get_opt(&names::workload(&app.name))
+        .await
+        .map_err(|e| read_error("Deployment", ns, &app.name, e))?;
+    let revisions = Api::<ControllerRevision>::namespaced(client.clone(), ns)
+        .list(&selector)
+        .await
+        .map_err(|e| read_error("ControllerRevision", ns, &instance_selector(&app.name), e))?;
+    let jobs = Api::<Job>::namespaced(client.clone(), ns)
+        .list(&selector)
+        .await
+        .map_err(|e| read_error("Job", ns, &instance_selector(&app.name), e))?;
+
+    let mut specs = BTreeMap::new();
+    let mut entries = Vec::new();
+    for record in revisions.items.iter().filter(|c| controlled_by(&c.metadata, &app.uid)) {
+        let Some(revision) = cr::revision_of(record) else { continue };
+        let spec = cr::recorded_spec(record).ok();
+        let mut entry = describe(app, revision, spec.as_ref());
+        ledger::read_marks(record, &mut entry);
+        entry.recorded_at = record.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
+        if let Some(spec) = spec {
+            specs.insert(revision.to_string(), spec);
+        }
+        entries.push(entry);
+    }
+    entries.sort_by_key(|e| e.number);
+    let desired = desired_revision(&app.spec, &entries, &specs);
+    // D's effective spec is the current one (a rollbackCommand added later counts).
+    specs.insert(desired.clone(), app.spec.clone());
+    let desired_entry = describe(app, &desired, Some(&app.spec));
+    if let Some(e) = entries.iter_mut().find(|e| e.revision == desired) {
+        e.has_rollback_command = desired_entry.has_rollback_command;
+        e.spec_readable = true;
+    }
+    let ledger = Ledger { entries };
+
+    let mut name_taken = None;
+    let deployment = match deployment {
+        Some(d) if !controlled_by(&d.metadata, &app.uid) => {
+            name_taken = Some(format!("Deployment {ns}/{}", d.name_any()));
+            None
+        }
+        other => other,
+    };
+    name_taken = name_taken.or_else(|| children.foreign(app));
+
+    let mut generated = BTreeMap::new();
+    let mut secrets = Vec::new();
+    let secret_api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    for entry in app.spec.secrets().iter().filter(|e| e.generate.is_some()) {
+        let name = names::generated_secret(&app.name, &entry.env);
+        let live = secret_api.get_opt(&name).await.map_err(|e| read_error("Secret", ns, &name, e))?;
+        let retain = entry.generate.as_ref().is_some_and(|g| g.retain());
+        let observed = match &live {
+            None => GeneratedSecret { env: entry.env.clone(), name: name.clone(), retain, ..Default::default() },
+            Some(s) => GeneratedSecret {
+                env: entry.env.clone(),
+                name: name.clone(),
+                exists: true,
+                ours: generated_for(s, app),
+                owned: s.owner_references().iter().any(|o| o.uid == app.uid),
+                retain,
+                rotation: s.annotations().get(annotations::ROTATION).cloned(),
+            },
+        };
+        if let Some(s) = live {
+            generated.insert(entry.env.clone(), s);
+        }
+        secrets.push(observed);
+    }
+
+    // References of D, and of the revision a rollback would restore.
+    let mut config_hashes = BTreeMap::new();
+    let mut missing_reference = None;
+    match references(client, app, &app.spec).await? {
+        References::Present { config_hash } => drop(config_hashes.insert(desired.clone(), config_hash)),
+        References::Missing { reason, message } => missing_reference = Some((reason.to_string(), message)),
+    }
+    let mut candidates: Vec<String> =
+        ledger.rollback_target(&desired).map(|e| e.revision.clone()).into_iter().collect();
+    let rollback = rollback_request(app, &ledger);
+    if let Some(r) = &rollback {
+        candidates.push(r.target.clone());
+    }
+    for revision in candidates {
+        if revision == desired || config_hashes.contains_key(&revision) {
+            continue;
+        }
+        let Some(spec) = specs.get(&revision) else { continue };
+        if let References::Present { config_hash } = references(client, app, spec).await? {
+            config_hashes.insert(revision, config_hash);
+        }
+    }
+
+    let input = PlanInput {
+        app: app.name.clone(),
+        generation: app.generation,
+        invalid: None,
+        desired,
+        desired_entry,
+        has_migration: app.spec.migration.is_some(),
+        auto_rollback: app.spec.rollout().auto_rollback(),
+        paused: app.spec.paused(),
+        history_limit: app.spec.rollout().revision_history_limit().max(1) as usize,
+        retry: app.annotations.get(annotations::RETRY).cloned(),
+        rollback,
+        rotation: app.annotations.get(annotations::ROTATE_SECRETS).cloned(),
+        ledger,
+        deployment: deployment.as_ref().map(deployment_state),
+        jobs: jobs.items.iter().filter(|j| controlled_by(&j.metadata, &app.uid)).filter_map(observed_job).collect(),
+        secrets,
+        missing_reference,
+        references_ok: config_hashes.keys().cloned().collect(),
+        name_taken,
+        config_maps: children.config_maps(app),
+    };
+    Ok(Observed { input, deployment, specs, config_hashes, generated, children, jobs: jobs.items })
+}
+
+/// A ledger entry's static facts from a revision's spec.
+fn describe(app: &ValidatedApp, revision: &str, spec: Option<&EmpactsAppSpec>) -> Entry {
+    Entry {
+        revision: revision.to_string(),
+        has_rollback_command: spec.and_then(|s| s.migration.as_ref()).is_some_and(|m| m.rollback_command.is_some()),
+        spec_readable: spec.is_some(),
+        image: spec.map(|s| s.image.clone()).unwrap_or_default(),
+        config_map: spec.and_then(|s| configmap::name(app, &s.env.clone().unwrap_or_default())),
+        ..Default::default()
+    }
+}
+
+/// D: the recorded revision with the same revision-defining spec (newest first; earlier
+/// builds named revisions differently), or a new one named by the current identity.
+pub fn desired_revision(spec: &EmpactsAppSpec, entries: &[Entry], specs: &BTreeMap<String, EmpactsAppSpec>) -> String {
+    let wanted = RevisionSpec::of(spec);
+    entries
+        .iter()
+        .rev()
+        .find(|e| specs.get(&e.revision).is_some_and(|s| RevisionSpec::of(s) == wanted))
+        .map(|e| e.revision.clone())
+        .unwrap_or_else(|| identity(spec))
+}
+
+/// The manual rollback request on the app, with a revision number resolved to its name.
+fn rollback_request(app: &ValidatedApp, ledger: &Ledger) -> Option<RollbackRequest> {
+    let value = app.annotations.get(annotations::ROLLBACK_TO)?;
+    let wanted = value.split('@').next().unwrap_or_default();
+    let target = ledger
+        .entries
+        .iter()
+        .find(|e| e.revision == wanted || e.number.to_string() == wanted)
+        .map(|e| e.revision.clone())
+        .unwrap_or_else(|| wanted.to_string());
+    Some(RollbackRequest { value: value.clone(), target })
+}
+
+/// The operator generated this Secret for this app: it is owned by the app, or (retained,
+/// so without an owner) labelled as generated for an app of this name.
+fn generated_for(secret: &Secret, app: &ValidatedApp) -> bool {
+    let refs = secret.owner_references();
+    let labels = secret.labels();
+    let generated = labels.get(labels::GENERATED_SECRET).is_some_and(|v| v == "true");
+    let owned = refs.iter().any(|o| o.uid == app.uid);
+    let unowned_ours = refs.is_empty() && labels.get(labels::INSTANCE) == Some(&app.name);
+    generated && (owned || unowned_ours)
+}
+
+fn observed_job(job: &Job) -> Option<ObservedJob> {
+    let labels = job.labels();
+    let kind = match labels.get(labels::COMPONENT).map(String::as_str) {
+        Some(build::job::ROLLBACK_COMPONENT) => JobKind::Rollback,
+        Some(build::job::MIGRATION_COMPONENT) => JobKind::Migrate,
+        _ => return None,
+    };
+    Some(ObservedJob {
+        name: job.name_any(),
+        kind,
+        revision: labels.get(labels::REVISION)?.clone(),
+        // Jobs of earlier builds carry no attempt: they ran the first one.
+        attempt: job.annotations().get(ledger::JOB_ATTEMPT).and_then(|a| a.parse().ok()).unwrap_or(1),
+        state: job_state(Some(job)),
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,46 +246,6 @@ pub enum References {
     Present { config_hash: Option<String> },
     /// (reason, message) naming the missing Secret or key.
     Missing { reason: &'static str, message: String },
-}
-
-impl Default for References {
-    fn default() -> Self {
-        References::Present { config_hash: None }
-    }
-}
-
-pub fn instance_selector(app: &str) -> String {
-    format!("{}={app},{}={}", labels::INSTANCE, labels::MANAGED_BY, labels::MANAGER)
-}
-
-pub async fn observe(client: &Client, app: &ValidatedApp) -> Result<Observed> {
-    let ns = &app.namespace;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let deployment = deployments.get_opt(&names::workload(&app.name)).await.map_err(|source| Error::Read {
-        kind: "Deployment".into(),
-        namespace: ns.clone(),
-        name: app.name.clone(),
-        source: Box::new(source),
-    })?;
-    let selector = ListParams::default().labels(&instance_selector(&app.name));
-    let jobs = Api::<Job>::namespaced(client.clone(), ns).list(&selector).await.map_err(|source| Error::Read {
-        kind: "Job".into(),
-        namespace: ns.clone(),
-        name: format!("-l {}", instance_selector(&app.name)),
-        source: Box::new(source),
-    })?;
-    let revisions =
-        Api::<ControllerRevision>::namespaced(client.clone(), ns).list(&selector).await.map_err(|source| {
-            Error::Read {
-                kind: "ControllerRevision".into(),
-                namespace: ns.clone(),
-                name: app.name.clone(),
-                source: Box::new(source),
-            }
-        })?;
-    let references = references(client, app, &app.spec).await?;
-    let deployment_state = deployment.as_ref().map(deployment_state);
-    Ok(Observed { deployment, deployment_state, jobs: jobs.items, revisions: revisions.items, references })
 }
 
 /// Read every Secret `spec` references (user-owned and generated) and hash their values.
@@ -91,14 +262,7 @@ pub async fn references(client: &Client, app: &ValidatedApp, spec: &EmpactsAppSp
             let secret = match secrets.get(&name).await {
                 Ok(s) => Some(s),
                 Err(e) if is_not_found(&e) => None,
-                Err(source) => {
-                    return Err(Error::Read {
-                        kind: "Secret".into(),
-                        namespace: app.namespace.clone(),
-                        name,
-                        source: Box::new(source),
-                    });
-                }
+                Err(source) => return Err(read_error("Secret", &app.namespace, &name, source)),
             };
             cache.insert(name.clone(), secret);
         }
@@ -146,7 +310,7 @@ pub fn deployment_state(deployment: &Deployment) -> DeploymentState {
         c.type_ == "Progressing" && c.status == "False" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
     });
     DeploymentState {
-        revision: deployment.metadata.annotations.as_ref().and_then(|a| a.get(annotations::REVISION)).cloned(),
+        revision: deployment.meta().annotations.as_ref().and_then(|a| a.get(annotations::REVISION)).cloned(),
         generation,
         observed_generation,
         desired_replicas: deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
@@ -172,10 +336,6 @@ pub fn job_state(job: Option<&Job>) -> JobState {
         };
     }
     JobState::Running
-}
-
-pub fn find_job<'a>(observed: &'a Observed, name: &str) -> Option<&'a Job> {
-    observed.jobs.iter().find(|j| j.metadata.name.as_deref() == Some(name))
 }
 
 #[cfg(test)]
@@ -207,5 +367,17 @@ mod tests {
             job_state(Some(&job_with("Failed", "DeadlineExceeded"))),
             JobState::Failed { reason: "DeadlineExceeded".into(), message: String::new() }
         );
+    }
+
+    #[test]
+    fn a_recorded_revision_keeps_its_name_when_the_identity_scheme_changes() {
+        let app = crate::build::test_support::app_from_yaml("spec: {image: 'api:1', port: 8080}");
+        // Named by an earlier build's scheme; same revision-defining content, defaults differ in form.
+        let recorded = crate::build::test_support::app_from_yaml("spec: {image: 'api:1'}").spec;
+        let entries = vec![Entry { revision: "legacy0001".into(), number: 1, ..Default::default() }];
+        let specs = BTreeMap::from([("legacy0001".to_string(), recorded)]);
+        assert_eq!(desired_revision(&app.spec, &entries, &specs), "legacy0001");
+        let other = crate::build::test_support::app_from_yaml("spec: {image: 'api:2'}");
+        assert_eq!(desired_revision(&other.spec, &entries, &specs), identity(&other.spec));
     }
 }

@@ -1,16 +1,28 @@
-//! The rollout decision: a pure function from what was observed to the next step.
+//! The decision: a pure function from what was observed to the complete, ordered list of
+//! writes of this reconcile (ledger marks, Jobs, children, prune sets) and the phase.
 //!
-//! Revisions: D = desired (hash of the spec), C = what the Deployment runs, G = last good,
-//! F = a revision that failed and must not be retried until the spec changes or a retry is
-//! requested. The rules (see DESIGN.md "Lifecycle rules"):
+//! Revisions: D = desired, C = what the Deployment carries, G = the rollback target.
+//! Every fact comes from the ledger (see [`crate::ledger`]), never from `.status`. Marks are
+//! placed before the writes they license, and the plan keeps deciding on the ledger as it
+//! will be after its own marks, so one reconcile can take several dependent steps.
+//! The rules:
 //! - a new revision with a migration runs its Job first; only a succeeded Job lets it roll;
-//! - a failed migration leaves the running version alone;
-//! - a rollout past its progress deadline is failed: with autoRollback the Deployment goes
-//!   back to G, after running rollbackCommand when the failed revision migrated the DB;
-//!   without a rollbackCommand in that case, or without a G, it stalls with the reason.
+//!   a failed migration leaves the running version alone; a Job that vanished before its
+//!   result was recorded is never re-run by itself (the database may be half-migrated);
+//! - a rollout past its progress deadline marks D failed, then (with autoRollback) undoes
+//!   the migrations done after G was good, newest first, each with its own rollbackCommand,
+//!   then restores G; without a rollbackCommand for one of them it stalls;
+//! - a manual rollback request is the same procedure towards the requested good revision;
+//! - D stays failed until another revision was desired after the failure, or a retry.
+
+mod lifecycle;
+mod retention;
 
 use empacts_api::Phase;
 use empacts_api::conditions::reasons;
+
+pub use crate::ledger::{Entry, FailReason, FailedMark, Ledger, Mark, MigrationMark, MigrationState};
+pub use retention::{Retention, retention};
 
 /// State of a Job the operator created.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -23,6 +35,28 @@ pub enum JobState {
         reason: String,
         message: String,
     },
+}
+
+impl JobState {
+    pub fn finished(&self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed { .. })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum JobKind {
+    Migrate,
+    Rollback,
+}
+
+/// A migration or rollback Job of the app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedJob {
+    pub name: String,
+    pub kind: JobKind,
+    pub revision: String,
+    pub attempt: u32,
+    pub state: JobState,
 }
 
 /// What the Deployment shows.
@@ -52,51 +86,114 @@ impl DeploymentState {
             && self.replicas == self.updated_replicas
     }
 
-    fn failed(&self) -> bool {
+    pub fn failed(&self) -> bool {
         self.observed_generation >= self.generation && self.progress_deadline_exceeded
+    }
+
+    /// Complete with at least one pod: proof that the revision runs.
+    pub fn proven(&self) -> bool {
+        self.complete() && self.desired_replicas > 0 && self.ready_replicas > 0
     }
 }
 
-/// Everything the decision needs, gathered by `observe` and `validate`.
+/// A generated Secret of the spec and what exists under its name.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PlanInput {
-    /// D.
-    pub desired: String,
-    pub has_migration: bool,
-    pub has_rollback_command: bool,
-    pub auto_rollback: bool,
-    pub paused: bool,
-    /// A retry annotation value not yet acted upon.
-    pub retry_requested: bool,
-    /// G and F from the status.
-    pub last_good: Option<String>,
-    pub failed: Option<String>,
-    /// The recorded spec of G can be loaded (its ControllerRevision exists).
-    pub last_good_recorded: bool,
-    pub deployment: Option<DeploymentState>,
-    /// Name of D's migration Job, for messages.
-    pub migration_job: String,
-    /// The migration Job of D.
-    pub migration: JobState,
-    /// D's migration is known to have succeeded (Job result or recorded on its ControllerRevision).
-    pub migrated: bool,
-    /// The rollback Job of D (runs rollbackCommand with D's image).
-    pub rollback_job: JobState,
-    /// Another migration Job of this app still running (never two at once on one database).
-    pub other_migration_running: Option<String>,
-    /// A referenced Secret or key that does not exist: (reason, message).
-    pub missing_reference: Option<(String, String)>,
+pub struct GeneratedSecret {
+    pub env: String,
+    pub name: String,
+    pub exists: bool,
+    /// Created by the operator for this app (owner UID, or for retained ones the app's labels).
+    pub ours: bool,
+    /// Carries this app's owner reference.
+    pub owned: bool,
+    pub retain: bool,
+    /// The rotation request it last satisfied.
+    pub rotation: Option<String>,
 }
 
-/// Which pod template the Deployment should carry.
+/// A manual rollback request (`empacts.io/rollback-to`): its value, and the revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeploymentTarget {
-    /// Leave the Deployment as it is (or absent).
-    Keep,
-    /// Apply the template of D.
-    Desired,
-    /// Apply the template of this older revision (a rollback).
-    Revision(String),
+pub struct RollbackRequest {
+    pub value: String,
+    pub target: String,
+}
+
+/// Everything the decision needs, gathered by `validate` and `observe`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PlanInput {
+    /// The app's name (for messages and Job names).
+    pub app: String,
+    pub generation: i64,
+    /// Why the spec cannot be acted upon, if it cannot.
+    pub invalid: Option<String>,
+    /// D (the name it has or will have in the ledger).
+    pub desired: String,
+    /// D as a new ledger entry would describe it (image, rollbackCommand, ConfigMap).
+    pub desired_entry: Entry,
+    pub has_migration: bool,
+    pub auto_rollback: bool,
+    pub paused: bool,
+    pub history_limit: usize,
+    pub retry: Option<String>,
+    pub rollback: Option<RollbackRequest>,
+    pub rotation: Option<String>,
+    pub ledger: Ledger,
+    /// The Deployment, if it exists and this app controls it.
+    pub deployment: Option<DeploymentState>,
+    pub jobs: Vec<ObservedJob>,
+    pub secrets: Vec<GeneratedSecret>,
+    /// Referenced Secrets of D that are missing: (reason, message).
+    pub missing_reference: Option<(String, String)>,
+    /// Revisions whose referenced Secrets are all present (D and rollback candidates).
+    pub references_ok: Vec<String>,
+    /// A child name held by an object this app does not control.
+    pub name_taken: Option<String>,
+    /// Env ConfigMaps of the app that exist.
+    pub config_maps: Vec<String>,
+}
+
+/// One write, in the order the plan gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Create D's ControllerRevision (its spec, desired at this generation).
+    RecordRevision {
+        revision: String,
+    },
+    Mark {
+        revision: String,
+        mark: Mark,
+    },
+    CreateSecret {
+        env: String,
+    },
+    /// New value, recording the request it satisfies (one write).
+    RotateSecret {
+        env: String,
+        request: String,
+    },
+    /// Drop this app's owner reference (retain turned on later).
+    ReleaseSecret {
+        env: String,
+    },
+    /// ServiceAccount and the env ConfigMap of this revision.
+    ApplyConfig {
+        revision: String,
+    },
+    CreateJob {
+        kind: JobKind,
+        revision: String,
+        attempt: u32,
+    },
+    DeleteJob {
+        name: String,
+    },
+    /// The Deployment with this revision's template.
+    ApplyDeployment {
+        revision: String,
+    },
+    /// Service, HPA, PDB from the current spec (removed when no longer in it).
+    ApplyServing,
+    Prune(Retention),
 }
 
 /// The next step and what it implies.
@@ -106,333 +203,205 @@ pub struct Plan {
     /// Condition reason and human message explaining the phase.
     pub reason: &'static str,
     pub message: String,
-    pub deployment: DeploymentTarget,
-    pub create_migration_job: bool,
-    /// A retry of a failed migration: delete the failed Job first (it is complete, so this
-    /// never leaves two Jobs of one revision running).
-    pub delete_failed_migration_job: bool,
-    pub create_rollback_job: bool,
-    /// New value of status.failedRevision.
-    pub failed: Option<String>,
-    /// New value of status.lastGoodRevision.
-    pub last_good: Option<String>,
-    /// The migration of D is done (or not needed): condition MigrationComplete.
+    pub actions: Vec<Action>,
+    /// The ledger as it will be once the marks are written: what status projects.
+    pub ledger: Ledger,
+    /// Revision the Deployment carries once the plan is applied.
+    pub current: Option<String>,
+    /// Migration of D done (or not needed): condition MigrationComplete.
     pub migration_complete: Option<bool>,
+    /// Warnings worth an Event that are not a phase (names only, never values).
+    pub notes: Vec<(&'static str, String)>,
 }
 
-impl Plan {
-    fn new(input: &PlanInput, failed: Option<String>, phase: Phase, reason: &'static str, message: String) -> Self {
+/// The plan under construction: marks update the working ledger as they are emitted.
+pub(crate) struct Builder<'a> {
+    pub input: &'a PlanInput,
+    pub ledger: Ledger,
+    pub actions: Vec<Action>,
+    pub notes: Vec<(&'static str, String)>,
+    pub current: Option<String>,
+}
+
+impl<'a> Builder<'a> {
+    pub fn mark(&mut self, revision: &str, mark: Mark) {
+        if let Some(e) = self.ledger.get_mut(revision) {
+            mark.apply_to(e);
+        }
+        self.actions.push(Action::Mark { revision: revision.to_string(), mark });
+    }
+
+    pub fn push(&mut self, action: Action) {
+        self.actions.push(action);
+    }
+
+    pub fn finish(self, phase: Phase, reason: &'static str, message: String) -> Plan {
+        let d = self.input.desired.as_str();
+        let migration_complete = migration_complete(self.input, self.ledger.get(d));
         Plan {
             phase,
             reason,
             message,
-            deployment: DeploymentTarget::Keep,
-            create_migration_job: false,
-            delete_failed_migration_job: false,
-            create_rollback_job: false,
-            failed,
-            last_good: input.last_good.clone(),
-            migration_complete: migration_complete(input),
+            actions: self.actions,
+            ledger: self.ledger,
+            current: self.current,
+            migration_complete,
+            notes: self.notes,
         }
-    }
-
-    fn deploy(mut self, target: DeploymentTarget) -> Self {
-        self.deployment = target;
-        self
     }
 }
 
-fn migration_complete(input: &PlanInput) -> Option<bool> {
-    if !input.has_migration || input.migrated {
+fn migration_complete(input: &PlanInput, d: Option<&Entry>) -> Option<bool> {
+    if !input.has_migration {
         return Some(true);
     }
-    match input.migration {
-        JobState::Failed { .. } => Some(false),
+    match d.map(|e| e.migration.state) {
+        Some(MigrationState::Succeeded) => Some(true),
+        Some(MigrationState::Failed) => Some(false),
         _ => None,
     }
 }
 
 /// Decide the next step. Pure: same input, same plan.
 pub fn plan(input: &PlanInput) -> Plan {
-    let d = input.desired.as_str();
-    // A retry request forgets the failure so the revision goes through the gates again.
-    // A changed spec (D differs from F) likewise gives a clean slate.
-    let failed = if input.retry_requested { None } else { input.failed.clone().filter(|f| f == d) };
-    let current = input.deployment.as_ref().and_then(|dep| dep.revision.clone());
-
+    let mut b = Builder {
+        input,
+        ledger: input.ledger.clone(),
+        actions: Vec::new(),
+        notes: Vec::new(),
+        current: input.deployment.as_ref().and_then(|d| d.revision.clone()),
+    };
+    if let Some(message) = &input.invalid {
+        return b.finish(Phase::Stalled, reasons::INVALID_SPEC, message.clone());
+    }
+    if let Some(name) = &input.name_taken {
+        let message = format!(
+            "{name} already exists and is not controlled by this EmpactsApp; the operator never takes over objects it does not own: delete or rename it, or rename the app"
+        );
+        return b.finish(Phase::Stalled, reasons::NAME_TAKEN, message);
+    }
+    if input.paused {
+        return b.finish(Phase::Paused, reasons::PAUSED, "spec.paused is set: no new revision is rolled out".into());
+    }
+    if generated_secrets(&mut b) {
+        // Pods and Jobs start once every generated Secret exists (the next reconcile sees them).
+        return b.finish(Phase::Pending, reasons::PROGRESSING, "creating generated Secrets".into());
+    }
     if let Some((reason, message)) = &input.missing_reference {
         let reason = if reason == reasons::SECRET_KEY_NOT_FOUND {
             reasons::SECRET_KEY_NOT_FOUND
         } else {
             reasons::SECRET_NOT_FOUND
         };
-        return Plan::new(input, failed, Phase::Stalled, reason, message.clone());
+        return b.finish(Phase::Stalled, reason, message.clone());
     }
-    if input.paused {
-        return Plan::new(
-            input,
-            failed,
-            Phase::Paused,
-            reasons::PAUSED,
-            "spec.paused is set: no new revision is rolled out".into(),
-        );
+    let d = input.desired.clone();
+    let newest_other =
+        b.ledger.entries.iter().filter(|e| e.revision != d).map(|e| e.desired_generation).max().unwrap_or(0);
+    let mine = b.ledger.get(&d).map(|e| e.desired_generation);
+    if mine.is_none_or(|m| m < newest_other) && input.generation <= newest_other {
+        // Another revision was desired at a later generation than this view shows: the
+        // view is stale. Decide nothing on it.
+        let message = format!("waiting for a current view of the app (generation {} is stale)", input.generation);
+        return b.finish(Phase::Progressing, reasons::PROGRESSING, message);
     }
-
-    // D failed before and nobody asked to retry it.
-    if failed.as_deref() == Some(d) {
-        if current.as_deref() == Some(d) {
-            return rollout_failed(input, failed);
+    match mine {
+        None => {
+            b.push(Action::RecordRevision { revision: d.clone() });
+            b.ledger.entries.push(Entry {
+                revision: d.clone(),
+                number: input.ledger.entries.iter().map(|e| e.number).max().unwrap_or(0) + 1,
+                desired_generation: input.generation,
+                spec_readable: true,
+                ..input.desired_entry.clone()
+            });
         }
-        if let JobState::Failed { reason, message } = &input.migration
-            && !input.migrated
-        {
-            return Plan::new(
-                input,
-                failed,
-                Phase::MigrationFailed,
-                reasons::MIGRATION_FAILED,
-                format!(
-                    "migration Job {} of revision {d} failed ({reason}): {message}; the previous version keeps serving; fix the spec or run `empacts retry`",
-                    input.migration_job
-                ),
-            );
-        }
-        return held_at_last_good(input, failed);
+        Some(m) if m < newest_other => b.mark(&d, Mark::Desired(input.generation)),
+        Some(_) => {}
     }
-
-    // A new revision: migrate first, then roll.
-    if current.as_deref() != Some(d) {
-        if input.has_migration && !input.migrated {
-            match &input.migration {
-                JobState::Absent | JobState::Failed { .. } if input.other_migration_running.is_some() => {
-                    let other = input.other_migration_running.clone().unwrap_or_default();
-                    return Plan::new(
-                        input,
-                        failed,
-                        Phase::Migrating,
-                        reasons::MIGRATING,
-                        format!("waiting for migration Job {other} to finish before migrating revision {d}"),
-                    );
-                }
-                JobState::Absent => {
-                    let mut plan = Plan::new(
-                        input,
-                        failed,
-                        Phase::Migrating,
-                        reasons::MIGRATING,
-                        format!("running the migration of revision {d}"),
-                    );
-                    plan.create_migration_job = true;
-                    return plan;
-                }
-                JobState::Running => {
-                    return Plan::new(
-                        input,
-                        failed,
-                        Phase::Migrating,
-                        reasons::MIGRATING,
-                        format!("migration of revision {d} is running"),
-                    );
-                }
-                JobState::Failed { reason, message } => {
-                    if input.retry_requested {
-                        let mut plan = Plan::new(
-                            input,
-                            failed,
-                            Phase::Migrating,
-                            reasons::MIGRATING,
-                            format!("retrying the migration of revision {d}"),
-                        );
-                        plan.delete_failed_migration_job = true;
-                        plan.migration_complete = None;
-                        return plan;
-                    }
-                    return Plan::new(
-                        input,
-                        Some(d.to_string()),
-                        Phase::MigrationFailed,
-                        reasons::MIGRATION_FAILED,
-                        format!(
-                            "migration Job {} of revision {d} failed ({reason}): {message}; the previous version keeps serving; fix the spec or run `empacts retry`",
-                            input.migration_job
-                        ),
-                    );
-                }
-                JobState::Succeeded => {}
-            }
-        }
-        return Plan::new(input, failed, Phase::Progressing, reasons::PROGRESSING, format!("rolling out revision {d}"))
-            .deploy(DeploymentTarget::Desired);
+    requests(&mut b);
+    b.push(Action::ApplyConfig { revision: d.clone() });
+    let mut plan = lifecycle::decide(b);
+    plan.actions.push(Action::ApplyServing);
+    let prune = retention(&plan.ledger, &input.desired, plan.current.as_deref(), input);
+    if !prune.is_empty() {
+        plan.actions.push(Action::Prune(prune));
     }
-
-    // The Deployment carries D: watch it.
-    let dep = input.deployment.as_ref().expect("current is Some only with a Deployment");
-    if dep.failed() {
-        return rollout_failed(input, Some(d.to_string()));
-    }
-    // Re-applying D keeps replicas, referenced-secret hashes and drifted fields in line;
-    // server-side apply makes it a no-op when nothing changed.
-    if dep.complete() {
-        let mut plan = Plan::new(
-            input,
-            failed,
-            Phase::Ready,
-            reasons::AVAILABLE,
-            format!("revision {d} is available ({}/{} ready)", dep.ready_replicas, dep.desired_replicas),
-        );
-        plan.last_good = Some(d.to_string());
-        return plan.deploy(DeploymentTarget::Desired);
-    }
-    Plan::new(
-        input,
-        failed,
-        Phase::Progressing,
-        reasons::PROGRESSING,
-        format!(
-            "rolling out revision {d}: {}/{} updated, {}/{} ready",
-            dep.updated_replicas, dep.desired_replicas, dep.ready_replicas, dep.desired_replicas
-        ),
-    )
-    .deploy(DeploymentTarget::Desired)
+    plan
 }
 
-/// D's rollout missed its progress deadline (now or earlier) and the Deployment still carries D.
-fn rollout_failed(input: &PlanInput, failed: Option<String>) -> Plan {
-    let d = input.desired.as_str();
-    let stalled =
-        |reason: &'static str, message: String| Plan::new(input, failed.clone(), Phase::Stalled, reason, message);
-    if !input.auto_rollback {
-        return stalled(
-            reasons::AUTO_ROLLBACK_DISABLED,
-            format!(
-                "rollout of revision {d} exceeded its progress deadline and rollout.autoRollback is false; fix the spec or run `empacts rollback`"
-            ),
-        );
-    }
-    let good = match &input.last_good {
-        Some(g) if g != d && input.last_good_recorded => g.clone(),
-        _ => {
-            return stalled(
-                reasons::NO_GOOD_REVISION,
+/// Create missing generated Secrets, rotate on request, release retained ones. Returns
+/// whether any is being created.
+fn generated_secrets(b: &mut Builder<'_>) -> bool {
+    let mut creating = false;
+    for s in &b.input.secrets {
+        if !s.exists {
+            b.push(Action::CreateSecret { env: s.env.clone() });
+            creating = true;
+        } else if !s.ours {
+            b.notes.push((
+                "SecretNotOwned",
                 format!(
-                    "rollout of revision {d} exceeded its progress deadline and there is no earlier good revision to roll back to; fix the spec"
+                    "Secret {} exists but was not generated by the operator for this app; it is used as is and never rotated",
+                    s.name
                 ),
-            );
-        }
-    };
-    if input.has_migration && input.migrated {
-        if !input.has_rollback_command {
-            return stalled(
-                reasons::ROLLBACK_NEEDS_COMMAND,
-                format!(
-                    "rollout of revision {d} failed after its migration ran; without migration.rollbackCommand the operator will not run revision {good} against the migrated database; add a rollbackCommand and run `empacts retry`, or fix forward"
-                ),
-            );
-        }
-        match &input.rollback_job {
-            JobState::Absent => {
-                let mut plan = Plan::new(
-                    input,
-                    failed,
-                    Phase::RollingBack,
-                    reasons::ROLLING_BACK,
-                    format!(
-                        "rollout of revision {d} failed; running its rollbackCommand before restoring revision {good}"
-                    ),
-                );
-                plan.create_rollback_job = true;
-                return plan;
+            ));
+        } else {
+            if let Some(request) = b.input.rotation.as_ref().filter(|r| s.rotation.as_ref() != Some(*r)) {
+                b.push(Action::RotateSecret { env: s.env.clone(), request: request.clone() });
             }
-            JobState::Running => {
-                return Plan::new(
-                    input,
-                    failed,
-                    Phase::RollingBack,
-                    reasons::ROLLING_BACK,
-                    format!("rollout of revision {d} failed; its rollbackCommand is running"),
-                );
+            if s.retain && s.owned {
+                b.push(Action::ReleaseSecret { env: s.env.clone() });
             }
-            JobState::Failed { reason, message } => {
-                return stalled(
-                    reasons::ROLLBACK_MIGRATION_FAILED,
-                    format!(
-                        "rollout of revision {d} failed and its rollbackCommand failed too ({reason}: {message}); the database needs a human; the Deployment stays on {d}"
-                    ),
-                );
-            }
-            JobState::Succeeded => {}
         }
     }
-    Plan::new(
-        input,
-        failed,
-        Phase::RollingBack,
-        reasons::ROLLING_BACK,
-        format!("rollout of revision {d} failed; restoring revision {good}"),
-    )
-    .deploy(DeploymentTarget::Revision(good))
+    creating
 }
 
-/// D failed and the Deployment no longer carries it: hold the last good revision.
-fn held_at_last_good(input: &PlanInput, failed: Option<String>) -> Plan {
+/// Acknowledge retry and rollback requests on D's ledger entry, before acting on them.
+fn requests(b: &mut Builder<'_>) {
+    let input = b.input;
     let d = input.desired.as_str();
-    let current = input.deployment.as_ref().and_then(|dep| dep.revision.clone());
-    let Some(dep) = input.deployment.as_ref() else {
-        // The Deployment was deleted while holding a rollback: bring the last good revision back.
-        return match &input.last_good {
-            Some(g) if g != d && input.last_good_recorded => Plan::new(
-                input,
-                failed,
-                Phase::RollingBack,
-                reasons::ROLLING_BACK,
-                format!("revision {d} failed and the Deployment is gone; restoring revision {g}"),
-            )
-            .deploy(DeploymentTarget::Revision(g.clone())),
-            _ => Plan::new(
-                input,
-                failed,
-                Phase::Stalled,
-                reasons::NO_GOOD_REVISION,
-                format!("revision {d} failed and there is no earlier good revision to run; fix the spec"),
-            ),
+    let entry = b.ledger.get(d).cloned().unwrap_or_default();
+    if let Some(value) = input.retry.as_ref().filter(|v| entry.retry_ack.as_ref() != Some(*v)) {
+        let m = entry.migration;
+        let migration = match m.state {
+            MigrationState::Failed => Some(MigrationMark::new(m.attempt, MigrationState::Retried)),
+            MigrationState::DownFailed => Some(MigrationMark::new(m.attempt, MigrationState::Succeeded)),
+            // A lost Job: the user checked the database and asks to run it again.
+            MigrationState::Created if entry.failed.map(|f| f.reason) == Some(FailReason::MigrationLost) => {
+                Some(MigrationMark::new(m.attempt, MigrationState::Retried))
+            }
+            _ => None,
         };
-    };
-    let on = current.unwrap_or_else(|| "an unknown revision".into());
-    if dep.failed() {
-        return Plan::new(
-            input,
-            failed,
-            Phase::Stalled,
-            reasons::ROLLOUT_FAILED,
-            format!("revision {d} failed and the rollback to {on} is not progressing either; fix the spec"),
-        );
+        b.mark(d, Mark::RetryAck { value: value.clone(), migration });
     }
-    // Holding G: keep applying it, so scaling and rollout settings of the spec (not part of a
-    // revision) and drift are still handled; unchanged applies are skipped anyway.
-    let hold = match &input.last_good {
-        Some(g) if *g == on && input.last_good_recorded => DeploymentTarget::Revision(g.clone()),
-        _ => DeploymentTarget::Keep,
-    };
-    if dep.complete() {
-        return Plan::new(
-            input,
-            failed,
-            Phase::RolledBack,
-            reasons::ROLLED_BACK,
-            format!(
-                "revision {d} failed its rollout; rolled back to revision {on}, which serves; change the spec or run `empacts retry`"
-            ),
-        )
-        .deploy(hold);
+    if let Some(request) = input.rollback.as_ref().filter(|r| entry.rollback_ack.as_ref() != Some(&r.value)) {
+        let mut probe = b.ledger.clone();
+        if let Some(e) = probe.get_mut(d) {
+            e.rollback_target = Some(request.target.clone());
+            e.failed = None;
+        }
+        let acceptable = request.target != d && probe.rollback_target(d).is_some();
+        if acceptable {
+            let failed = FailedMark { generation: input.generation, reason: FailReason::RollbackRequested };
+            let mark = Mark::RollbackAck {
+                value: request.value.clone(),
+                target: Some(request.target.clone()),
+                failed: Some(failed),
+            };
+            b.mark(d, mark);
+        } else {
+            b.notes.push((
+                "RollbackRefused",
+                format!(
+                    "rollback to revision {} refused: it is the desired revision, unknown, never became available, failed since, or its record cannot be read; see `empacts history`",
+                    request.target
+                ),
+            ));
+            b.mark(d, Mark::RollbackAck { value: request.value.clone(), target: None, failed: None });
+        }
     }
-    Plan::new(
-        input,
-        failed,
-        Phase::RollingBack,
-        reasons::ROLLING_BACK,
-        format!("revision {d} failed; waiting for revision {on} to become available again"),
-    )
-    .deploy(hold)
 }
 
 #[cfg(test)]

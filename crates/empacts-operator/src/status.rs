@@ -1,4 +1,5 @@
-//! Last reconcile step, pure part: the new status from the plan and what was observed.
+//! Last reconcile step, pure part: the status as a projection of the plan's ledger and
+//! what was observed.
 //! Conditions follow kstatus (Ready, Reconciling, Stalled) plus MigrationComplete;
 //! lastTransitionTime moves only when a condition's status changes.
 
@@ -6,125 +7,176 @@ use empacts_api::conditions::{self, reasons};
 use empacts_api::{EmpactsAppStatus, MigrationPhase, MigrationStatus, Phase, RevisionRecord, RevisionResult};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::plan::{DeploymentState, DeploymentTarget, JobState, Plan};
+use crate::ledger::{FailReason, MigrationState};
+use crate::plan::{Action, DeploymentState, JobKind, JobState, Plan, PlanInput};
 
-/// Inputs of the status besides the plan.
+/// Inputs of the status besides the plan. The previous status only keeps condition
+/// transition times; nothing else is carried over, so a lost status is rebuilt whole.
 pub struct StatusInput<'a> {
     pub previous: &'a EmpactsAppStatus,
-    pub generation: i64,
-    pub desired: &'a str,
-    pub image: &'a str,
-    pub has_migration: bool,
-    pub migration_job: &'a str,
-    pub migration: &'a JobState,
-    pub deployment: Option<&'a DeploymentState>,
-    pub history_limit: usize,
-    /// The retry annotation's value, recorded once acted upon.
-    pub retry: Option<&'a str>,
-    pub rotation: Option<&'a str>,
+    pub input: &'a PlanInput,
     /// A write of this reconcile failed: Ready=False and Reconciling=True say so until it succeeds.
     pub error: Option<&'a str>,
     pub now: Time,
 }
 
-pub fn compute(plan: &Plan, input: &StatusInput<'_>) -> EmpactsAppStatus {
-    let prev = input.previous;
+pub fn compute(plan: &Plan, s: &StatusInput<'_>) -> EmpactsAppStatus {
+    let input = s.input;
+    let d = input.desired.as_str();
+    let dep = input.deployment.as_ref();
     let mut status = EmpactsAppStatus {
         observed_generation: Some(input.generation),
         phase: Some(plan.phase),
-        conditions: prev.conditions.clone(),
+        conditions: s.previous.conditions.clone(),
         // After a failed write the Deployment still carries what was observed.
-        current_revision: match &plan.deployment {
-            _ if input.error.is_some() => input.deployment.and_then(|d| d.revision.clone()),
-            DeploymentTarget::Desired => Some(input.desired.to_string()),
-            DeploymentTarget::Revision(r) => Some(r.clone()),
-            DeploymentTarget::Keep => input.deployment.and_then(|d| d.revision.clone()),
-        },
-        desired_revision: Some(input.desired.to_string()),
-        last_good_revision: plan.last_good.clone(),
-        failed_revision: plan.failed.clone(),
-        history: prev.history.clone(),
-        replicas: input.deployment.map(|d| d.replicas),
-        ready_replicas: input.deployment.map(|d| d.ready_replicas),
-        updated_replicas: input.deployment.map(|d| d.updated_replicas),
-        migration: migration_status(input),
-        observed_retry: input.retry.map(str::to_string).or_else(|| prev.observed_retry.clone()),
-        observed_rotation: input.rotation.map(str::to_string).or_else(|| prev.observed_rotation.clone()),
+        current_revision: if s.error.is_some() { dep.and_then(|d| d.revision.clone()) } else { plan.current.clone() },
+        desired_revision: Some(d.to_string()),
+        last_good_revision: plan.ledger.last_good().map(|e| e.revision.clone()),
+        failed_revision: plan.ledger.effective_failure(d).map(|_| d.to_string()),
+        history: history(plan, s),
+        replicas: dep.map(|d| d.replicas),
+        ready_replicas: dep.map(|d| d.ready_replicas),
+        updated_replicas: dep.map(|d| d.updated_replicas),
+        migration: migration_status(plan, input),
+        observed_retry: plan.ledger.get(d).and_then(|e| e.retry_ack.clone()),
+        observed_rotation: rotation(plan, input).filter(|_| s.error.is_none()),
     };
-    set_conditions(&mut status.conditions, plan, input);
-    if let Some(error) = input.error {
-        let g = input.generation;
-        set(&mut status.conditions, conditions::READY, false, reasons::RECONCILE_ERROR, error, g, &input.now);
-        set(&mut status.conditions, conditions::RECONCILING, true, reasons::RECONCILE_ERROR, error, g, &input.now);
+    let (generation, has_migration) = (input.generation, input.has_migration);
+    set_conditions(&mut status.conditions, plan, d, dep, has_migration, generation, &s.now);
+    if let Some(error) = s.error {
+        let g = generation;
+        set(&mut status.conditions, conditions::READY, false, reasons::RECONCILE_ERROR, error, g, &s.now);
+        set(&mut status.conditions, conditions::RECONCILING, true, reasons::RECONCILE_ERROR, error, g, &s.now);
     }
-    update_history(&mut status.history, plan, input);
     status
 }
 
-fn migration_status(input: &StatusInput<'_>) -> Option<MigrationStatus> {
+/// The rotation request every generated Secret satisfies (or will, by this plan).
+fn rotation(plan: &Plan, input: &PlanInput) -> Option<String> {
+    let request = input.rotation.clone()?;
+    let rotating =
+        |env: &str| plan.actions.iter().any(|a| matches!(a, Action::RotateSecret { env: e, .. } if e == env));
+    input
+        .secrets
+        .iter()
+        .filter(|g| g.ours)
+        .all(|g| g.rotation.as_ref() == Some(&request) || rotating(&g.env))
+        .then_some(request)
+}
+
+fn migration_status(plan: &Plan, input: &PlanInput) -> Option<MigrationStatus> {
     if !input.has_migration {
         return None;
     }
-    let (phase, reason, message) = match input.migration {
-        JobState::Absent => return input.previous.migration.clone().filter(|m| m.revision == input.desired),
-        JobState::Running => (MigrationPhase::Running, None, None),
-        JobState::Succeeded => (MigrationPhase::Succeeded, None, None),
-        JobState::Failed { reason, message } => {
+    let d = input.desired.as_str();
+    let entry = plan.ledger.get(d)?;
+    let job = input.jobs.iter().find(|j| j.kind == JobKind::Migrate && j.revision == d);
+    let job_name = job.map(|j| j.name.clone()).unwrap_or_else(|| crate::names::migration_job(&input.app, d));
+    let (phase, reason, message) = match (entry.migration.state, job.map(|j| &j.state)) {
+        (MigrationState::Created, Some(JobState::Failed { reason, message }))
+        | (MigrationState::Failed, Some(JobState::Failed { reason, message })) => {
             (MigrationPhase::Failed, Some(reason.clone()), Some(message.clone()).filter(|m| !m.is_empty()))
         }
+        (MigrationState::Created, Some(JobState::Succeeded)) => (MigrationPhase::Succeeded, None, None),
+        (MigrationState::Created, _) => (MigrationPhase::Running, None, None),
+        (MigrationState::Failed, _) => (MigrationPhase::Failed, None, None),
+        (state, _) if entry.migration.in_effect() || state == MigrationState::Succeeded => {
+            (MigrationPhase::Succeeded, None, None)
+        }
+        _ => return None,
     };
-    Some(MigrationStatus {
-        job: input.migration_job.to_string(),
-        revision: input.desired.to_string(),
-        phase,
-        reason,
-        message,
-    })
+    Some(MigrationStatus { job: job_name, revision: d.to_string(), phase, reason, message })
 }
 
-fn set_conditions(conds: &mut Vec<Condition>, plan: &Plan, input: &StatusInput<'_>) {
+/// Newest first, from the ledger, bounded by the history limit.
+fn history(plan: &Plan, s: &StatusInput<'_>) -> Vec<RevisionRecord> {
+    let d = s.input.desired.as_str();
+    let mut entries: Vec<_> = plan.ledger.entries.iter().collect();
+    entries.sort_by_key(|e| std::cmp::Reverse(e.number));
+    entries
+        .into_iter()
+        .take(s.input.history_limit.max(1))
+        .map(|e| {
+            let failure = plan.ledger.effective_failure(&e.revision);
+            let serving = plan.current.as_deref() == Some(e.revision.as_str());
+            let result = match failure.map(|f| f.reason) {
+                Some(FailReason::MigrationFailed) => RevisionResult::MigrationFailed,
+                Some(FailReason::MigrationLost) => RevisionResult::Failed,
+                Some(_) if serving => RevisionResult::Failed,
+                Some(_) => RevisionResult::RolledBack,
+                None if e.revision == d && plan.phase == Phase::Ready && e.good.is_some() => RevisionResult::Succeeded,
+                None if e.revision == d => RevisionResult::InProgress,
+                None if e.good.is_some() => RevisionResult::Succeeded,
+                None => RevisionResult::Superseded,
+            };
+            let at = e.recorded_at.parse().map(Time).unwrap_or_else(|_| s.now.clone());
+            let terminal =
+                e.revision == d && result != RevisionResult::InProgress && result != RevisionResult::Succeeded;
+            RevisionRecord {
+                revision: e.revision.clone(),
+                image: if e.image.is_empty() && e.revision == d {
+                    s.input.desired_entry.image.clone()
+                } else {
+                    e.image.clone()
+                },
+                migrated: e.migration.in_effect(),
+                result,
+                at,
+                message: terminal.then(|| plan.message.clone()),
+            }
+        })
+        .collect()
+}
+
+fn set_conditions(
+    conds: &mut Vec<Condition>,
+    plan: &Plan,
+    desired: &str,
+    dep: Option<&DeploymentState>,
+    has_migration: bool,
+    g: i64,
+    now: &Time,
+) {
     let phase = plan.phase;
     let (ready, ready_reason) = match phase {
-        Phase::Ready => (true, reasons::AVAILABLE),
+        Phase::Ready => (true, plan.reason),
         Phase::Paused => {
-            let serving =
-                input.deployment.is_some_and(|d| d.complete() && d.revision.as_deref() == Some(input.desired));
+            let serving = dep.is_some_and(|d| d.complete() && d.revision.as_deref() == Some(desired));
             (serving, reasons::PAUSED)
         }
         _ => (false, plan.reason),
     };
     let reconciling = matches!(phase, Phase::Pending | Phase::Migrating | Phase::Progressing | Phase::RollingBack);
     let stalled = matches!(phase, Phase::Stalled | Phase::MigrationFailed | Phase::RolledBack);
-    let g = input.generation;
-    set(conds, conditions::READY, ready, ready_reason, &plan.message, g, &input.now);
-    set(conds, conditions::RECONCILING, reconciling, plan.reason, &plan.message, g, &input.now);
-    set(conds, conditions::STALLED, stalled, plan.reason, &plan.message, g, &input.now);
+    set(conds, conditions::READY, ready, ready_reason, &plan.message, g, now);
+    set(conds, conditions::RECONCILING, reconciling, plan.reason, &plan.message, g, now);
+    set(conds, conditions::STALLED, stalled, plan.reason, &plan.message, g, now);
     match plan.migration_complete {
         Some(done) => {
-            let reason = if !input.has_migration {
+            let reason = if !has_migration {
                 reasons::NO_MIGRATION
             } else if done {
                 reasons::MIGRATION_SUCCEEDED
             } else {
                 reasons::MIGRATION_FAILED
             };
-            let message = if !input.has_migration {
+            let message = if !has_migration {
                 "spec.migration is not set".to_string()
             } else if done {
-                format!("migration of revision {} succeeded", input.desired)
+                format!("migration of revision {desired} succeeded")
             } else {
                 plan.message.clone()
             };
-            set(conds, conditions::MIGRATION_COMPLETE, done, reason, &message, g, &input.now);
+            set(conds, conditions::MIGRATION_COMPLETE, done, reason, &message, g, now);
         }
         None => set_status(
             conds,
             conditions::MIGRATION_COMPLETE,
             conditions::UNKNOWN,
             reasons::MIGRATING,
-            &format!("migration of revision {} has not finished", input.desired),
+            &format!("migration of revision {desired} has not finished"),
             g,
-            &input.now,
+            now,
         ),
     }
 }
@@ -152,54 +204,6 @@ fn set_status(conds: &mut Vec<Condition>, type_: &str, status: &str, reason: &st
         Some(slot) => *slot = new,
         None => conds.push(new),
     }
-}
-
-fn update_history(history: &mut Vec<RevisionRecord>, plan: &Plan, input: &StatusInput<'_>) {
-    let d = input.desired;
-    let failed_here = plan.failed.as_deref() == Some(d);
-    let acted_on = match plan.phase {
-        Phase::Paused | Phase::Pending => false,
-        // A missing reference stalls before D is acted upon; only D's own failure is history.
-        Phase::Stalled => failed_here,
-        _ => true,
-    };
-    if !acted_on {
-        return;
-    }
-    for record in history.iter_mut() {
-        if record.revision != d && record.result == RevisionResult::InProgress {
-            record.result = RevisionResult::Superseded;
-        }
-    }
-    let result = match plan.phase {
-        Phase::Ready => RevisionResult::Succeeded,
-        Phase::MigrationFailed => RevisionResult::MigrationFailed,
-        Phase::RolledBack => RevisionResult::RolledBack,
-        Phase::RollingBack if failed_here => RevisionResult::RolledBack,
-        Phase::Stalled => RevisionResult::Failed,
-        _ => RevisionResult::InProgress,
-    };
-    let migrated = input.has_migration && plan.migration_complete == Some(true);
-    let terminal = result != RevisionResult::InProgress;
-    match history.iter_mut().find(|r| r.revision == d) {
-        Some(record) => {
-            record.result = result;
-            record.migrated |= migrated;
-            record.message = terminal.then(|| plan.message.clone());
-        }
-        None => history.insert(
-            0,
-            RevisionRecord {
-                revision: d.to_string(),
-                image: input.image.to_string(),
-                migrated,
-                result,
-                at: input.now.clone(),
-                message: terminal.then(|| plan.message.clone()),
-            },
-        ),
-    }
-    history.truncate(input.history_limit.max(1));
 }
 
 #[cfg(test)]

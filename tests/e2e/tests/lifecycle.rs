@@ -491,7 +491,7 @@ async fn generated_secret_survives_restart_reapply_and_retained_recreation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn manual_rollback_via_cli_rewrites_the_spec() {
+async fn manual_rollback_is_a_request_that_leaves_the_spec_and_holds() {
     let (_env, client) = cluster().await;
     let ns = TestNamespace::new(&client, "manual").await;
     let op = Operator::start(&client, &ns.name).await;
@@ -499,20 +499,43 @@ async fn manual_rollback_via_cli_rewrites_the_spec() {
     apply_app(&ns, &v1).await;
     let first = ready_on(&ns, "api", "registry.example.com/api:1.0.0").await;
     let rev1 = first.status.unwrap().current_revision.unwrap();
-    let mut v2 = with_image(v1, "registry.example.com/api:2.0.0");
+    let mut v2 = with_image(v1.clone(), "registry.example.com/api:2.0.0");
     v2.spec.env = None;
     apply_app(&ns, &v2).await;
     ready_on(&ns, "api", "registry.example.com/api:2.0.0").await;
 
     let history = empacts_cli::commands::history(&client, &ns.name, "api").await.unwrap();
     assert!(history.contains(&rev1), "{history}");
-    let rev = empacts_cli::commands::rollback(&client, &ns.name, "api", &rev1).await.unwrap();
-    assert_eq!(rev, rev1);
+    let rev = empacts_cli::commands::rollback(&client, &ns.name, "api", "1").await.unwrap();
+    assert_eq!(rev, rev1, "revision number 1 resolves to the first revision");
+    let held = wait_app(&ns, "api", "RolledBack to revision 1", T, |a| {
+        phase(a) == Some(Phase::RolledBack) && a.status.as_ref().unwrap().current_revision.as_deref() == Some(&rev1)
+    })
+    .await;
+    assert_eq!(held.spec.image, "registry.example.com/api:2.0.0", "the spec stays as Git has it");
+    assert_eq!(image_of(&deployment(&ns, "api").await), "registry.example.com/api:1.0.0");
+    let cm = deployment(&ns, "api").await.spec.unwrap().template.spec.unwrap().containers[0].env_from.clone();
+    assert!(cm.is_some(), "revision 1's env ConfigMap is restored with it");
+    // Held: the same spec does not roll forward again (watched continuously for 5 s).
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        assert_eq!(image_of(&deployment(&ns, "api").await), "registry.example.com/api:1.0.0", "rolled forward");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // A retry rolls the spec's revision out again.
+    empacts_cli::commands::retry(&client, &ns.name, "api").await.unwrap();
+    ready_on(&ns, "api", "registry.example.com/api:2.0.0").await;
+
+    // The spec-rewriting variant leaves no field ownership that makes a later GitOps apply conflict.
+    empacts_cli::commands::rewrite_spec(&client, &ns.name, "api", &rev1).await.unwrap();
     let back = ready_on(&ns, "api", "registry.example.com/api:1.0.0").await;
     assert_eq!(back.spec.env.as_ref().unwrap()["A"], "one", "the whole recorded spec is restored");
-    assert_eq!(back.status.unwrap().current_revision.as_deref(), Some(rev1.as_str()));
-    let status = empacts_cli::commands::status(&client, &ns.name, "api").await.unwrap();
-    assert!(status.contains("phase:            Ready"), "{status}");
+    let mut value = serde_json::to_value(&v2).unwrap();
+    value.as_object_mut().unwrap().remove("status");
+    let apps: Api<EmpactsApp> = ns.api();
+    apps.patch("api", &PatchParams::apply("e2e-gitops"), &Patch::Apply(&value))
+        .await
+        .expect("a non-forced server-side apply from Git does not conflict after a spec rewrite");
     op.stop().await;
     ns.cleanup().await;
 }
@@ -684,18 +707,61 @@ async fn a_child_name_controlled_by_someone_else_is_not_taken_over() {
     ns.api::<Service>().create(&PostParams::default(), &svc).await.unwrap();
     let op = Operator::start(&client, &ns.name).await;
     apply_app(&ns, &app("api", "{image: 'registry.example.com/api:1.0.0'}")).await;
-    let event = wait_event(&ns, "api", "WriteFailed").await;
-    assert!(event.message.unwrap_or_default().contains("Service"), "the Event names the object it could not write");
-    let stuck = wait_app(&ns, "api", "the error in status", T, |a| {
-        condition(a, "Ready").is_some_and(|c| c.reason == "ReconcileError" && c.message.contains("Service"))
+    let stuck = wait_app(&ns, "api", "Stalled with NameTaken", T, |a| {
+        condition(a, "Stalled").is_some_and(|c| c.status == "True" && c.reason == "NameTaken")
     })
     .await;
-    assert_eq!(condition(&stuck, "Reconciling").unwrap().status, "True");
+    assert!(condition(&stuck, "Stalled").unwrap().message.contains("Service"), "the condition names the object");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let svc = ns.api::<Service>().get("api").await.unwrap();
     assert_eq!(svc.owner_references().len(), 1, "still controlled by its owner only");
     assert_eq!(svc.owner_references()[0].uid, owner.uid().unwrap());
     assert_eq!(svc.spec.unwrap().ports.unwrap()[0].port, 1234, "its spec untouched");
+    op.stop().await;
+    ns.cleanup().await;
+}
+
+/// Objects made by hand or by Helm with the app's name (no owner at all) are never adopted:
+/// not written, not owned, and they survive deleting the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unowned_objects_named_like_the_app_are_untouched_and_survive_its_deletion() {
+    let (_env, client) = cluster().await;
+    let ns = TestNamespace::new(&client, "unowned").await;
+    let helm = serde_json::json!({"app.kubernetes.io/managed-by": "Helm"});
+    let svc: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "api", "labels": helm},
+        "spec": {"ports": [{"port": 1234}], "selector": {"someone": "else"}}
+    }))
+    .unwrap();
+    let svc = ns.api::<Service>().create(&PostParams::default(), &svc).await.unwrap();
+    let sa: ServiceAccount =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "api", "labels": helm}})).unwrap();
+    let sa = ns.api::<ServiceAccount>().create(&PostParams::default(), &sa).await.unwrap();
+    let op = Operator::start(&client, &ns.name).await;
+    apply_app(&ns, &app("api", "{image: 'registry.example.com/api:1.0.0'}")).await;
+    let stuck = wait_app(&ns, "api", "Stalled with NameTaken", T, |a| {
+        condition(a, "Stalled").is_some_and(|c| c.status == "True" && c.reason == "NameTaken")
+    })
+    .await;
+    assert!(condition(&stuck, "Stalled").unwrap().message.contains("ServiceAccount"), "names the first one met");
+    // Watched for 5 s: neither object changes (resourceVersion), and no Deployment appears.
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        let now_svc = ns.api::<Service>().get("api").await.unwrap();
+        let now_sa = ns.api::<ServiceAccount>().get("api").await.unwrap();
+        assert_eq!(now_svc.resource_version(), svc.resource_version(), "the Service was written");
+        assert_eq!(now_sa.resource_version(), sa.resource_version(), "the ServiceAccount was written");
+        assert!(ns.api::<Deployment>().get_opt("api").await.unwrap().is_none(), "no pods of a stalled app");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    ns.api::<EmpactsApp>().delete("api", &DeleteParams::default()).await.unwrap();
+    wait_until("app gone", T, || async {
+        ns.api::<EmpactsApp>().get_opt("api").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(ns.api::<Service>().get_opt("api").await.unwrap().is_some(), "the Service survives the app");
+    assert!(ns.api::<ServiceAccount>().get_opt("api").await.unwrap().is_some(), "the ServiceAccount survives the app");
     op.stop().await;
     ns.cleanup().await;
 }

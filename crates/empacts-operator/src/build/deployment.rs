@@ -7,12 +7,12 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy,
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::{build::meta, build::pod, hash, names, validate::ValidatedApp};
+use crate::{build::meta, build::pod, names, validate::ValidatedApp};
 
 pub const COMPONENT: &str = "server";
 
 /// The pod template as the spec defines it, without the revision label and the hash of
-/// referenced secrets. Its hash, with the migration, is the revision.
+/// referenced secrets.
 pub fn base_template(app: &ValidatedApp) -> PodTemplateSpec {
     let mut labels = meta::selector_labels(app);
     if let Some(version) = meta::image_version_label(&app.spec.image) {
@@ -26,11 +26,6 @@ pub fn base_template(app: &ValidatedApp) -> PodTemplateSpec {
         }),
         spec: Some(pod::pod_spec(app, vec![pod::app_container(app)], None)),
     }
-}
-
-/// Revision of the spec: hash of everything that changes the pod template or the migration.
-pub fn revision(app: &ValidatedApp) -> String {
-    hash::content_hash(&(base_template(app), &app.spec.migration))
 }
 
 /// Replica count to apply. With autoscaling the HPA moves it through the scale subresource;
@@ -49,8 +44,14 @@ pub fn replicas(app: &ValidatedApp, current: Option<i32>) -> i32 {
 /// The Deployment for `app` (whose spec may be an older revision's, during a rollback).
 /// `config_hash` is the hash of referenced Secret content: a change rolls the pods.
 /// `current_replicas` is the live Deployment's spec.replicas, if it exists.
-pub fn build(app: &ValidatedApp, config_hash: Option<&str>, current_replicas: Option<i32>) -> Deployment {
-    let revision = revision(app);
+/// `revision` is the ledger name of the revision whose spec `app` carries.
+pub fn build(
+    app: &ValidatedApp,
+    revision: &str,
+    config_hash: Option<&str>,
+    current_replicas: Option<i32>,
+) -> Deployment {
+    let revision = revision.to_string();
     let mut template = base_template(app);
     let template_meta = template.metadata.get_or_insert_with(Default::default);
     template_meta.labels.get_or_insert_with(BTreeMap::new).insert(labels::REVISION.into(), revision.clone());
@@ -108,7 +109,7 @@ spec:
     #[test]
     fn deployment_runs_the_image_with_config_secrets_and_probes() {
         let app = app_from_yaml(API);
-        let d = build(&app, Some("abc"), None);
+        let d = build(&app, "r1", Some("abc"), None);
         let spec = d.spec.unwrap();
         assert_eq!(spec.replicas, Some(3));
         assert_eq!(spec.progress_deadline_seconds, Some(120));
@@ -117,7 +118,7 @@ spec:
         assert_eq!(ru.max_unavailable, Some(IntOrString::Int(1)));
         let tmeta = spec.template.metadata.unwrap();
         assert_eq!(tmeta.annotations.unwrap()[annotations::CONFIG_HASH], "abc");
-        assert_eq!(tmeta.labels.as_ref().unwrap()[labels::REVISION], revision(&app));
+        assert_eq!(tmeta.labels.as_ref().unwrap()[labels::REVISION], "r1");
         assert_eq!(tmeta.labels.unwrap()[labels::VERSION], "1.8.0");
         let pod = spec.template.spec.unwrap();
         assert_eq!(pod.service_account_name.as_deref(), Some("demo"));
@@ -148,8 +149,8 @@ spec:
 
     #[test]
     fn selector_is_stable_across_versions() {
-        let a = build(&app_from_yaml("spec: {image: 'api:1'}"), None, None);
-        let b = build(&app_from_yaml("spec: {image: 'api:2', replicas: 5}"), None, None);
+        let a = build(&app_from_yaml("spec: {image: 'api:1'}"), "r", None, None);
+        let b = build(&app_from_yaml("spec: {image: 'api:2', replicas: 5}"), "r", None, None);
         assert_eq!(a.spec.as_ref().unwrap().selector, b.spec.as_ref().unwrap().selector);
     }
 
@@ -158,28 +159,19 @@ spec:
         let app = app_from_yaml(
             "spec: {image: 'api:1', replicas: 3, autoscaling: {minReplicas: 2, maxReplicas: 5, targetCPU: 70}}",
         );
-        assert_eq!(build(&app, None, None).spec.unwrap().replicas, Some(3), "first rollout seeds spec.replicas");
-        assert_eq!(build(&app, None, Some(4)).spec.unwrap().replicas, Some(4), "the HPA's choice stays");
-        assert_eq!(build(&app, None, Some(9)).spec.unwrap().replicas, Some(5), "clamped to maxReplicas");
-        assert_eq!(build(&app, None, Some(1)).spec.unwrap().replicas, Some(2), "clamped to minReplicas");
+        assert_eq!(build(&app, "r", None, None).spec.unwrap().replicas, Some(3), "first rollout seeds spec.replicas");
+        assert_eq!(build(&app, "r", None, Some(4)).spec.unwrap().replicas, Some(4), "the HPA's choice stays");
+        assert_eq!(build(&app, "r", None, Some(9)).spec.unwrap().replicas, Some(5), "clamped to maxReplicas");
+        assert_eq!(build(&app, "r", None, Some(1)).spec.unwrap().replicas, Some(2), "clamped to minReplicas");
         let fixed = app_from_yaml("spec: {image: 'api:1', replicas: 3}");
-        assert_eq!(build(&fixed, None, Some(7)).spec.unwrap().replicas, Some(3), "without an HPA the spec rules");
-    }
-
-    #[test]
-    fn revision_follows_template_and_migration_but_not_replicas() {
-        let base = revision(&app_from_yaml("spec: {image: 'api:1', replicas: 1}"));
-        assert_eq!(base, revision(&app_from_yaml("spec: {image: 'api:1', replicas: 7}")));
-        assert_ne!(base, revision(&app_from_yaml("spec: {image: 'api:2', replicas: 1}")));
-        assert_ne!(base, revision(&app_from_yaml("spec: {image: 'api:1', env: {A: b}}")));
-        assert_ne!(base, revision(&app_from_yaml("spec: {image: 'api:1', migration: {command: [m]}}")));
+        assert_eq!(build(&fixed, "r", None, Some(7)).spec.unwrap().replicas, Some(3), "without an HPA the spec rules");
     }
 
     #[test]
     fn referenced_secret_change_rolls_pods_without_a_new_revision() {
         let app = app_from_yaml("spec: {image: 'api:1'}");
-        let a = build(&app, Some("h1"), None);
-        let b = build(&app, Some("h2"), None);
+        let a = build(&app, "r", Some("h1"), None);
+        let b = build(&app, "r", Some("h2"), None);
         assert_ne!(a.spec.as_ref().unwrap().template, b.spec.as_ref().unwrap().template);
         assert_eq!(a.metadata.annotations, b.metadata.annotations);
     }

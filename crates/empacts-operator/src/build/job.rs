@@ -10,31 +10,34 @@ use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::{build::deployment, build::meta, build::pod, names, validate::ValidatedApp};
+use crate::{build::meta, build::pod, names, validate::ValidatedApp};
 
 pub const MIGRATION_COMPONENT: &str = "migration";
 pub const ROLLBACK_COMPONENT: &str = "rollback-migration";
 
-/// Migration Job of the app's current spec, or None without `spec.migration`.
-pub fn migration(app: &ValidatedApp) -> Option<Job> {
+/// Migration Job (attempt `attempt`) of revision `revision` whose spec `app` carries, or
+/// None without `spec.migration`.
+pub fn migration(app: &ValidatedApp, revision: &str, attempt: u32) -> Option<Job> {
     let m = app.spec.migration.as_ref()?;
-    let revision = deployment::revision(app);
-    Some(job(app, names::migration_job(&app.name, &revision), MIGRATION_COMPONENT, &revision, &m.command))
+    let name = names::migration_job(&app.name, revision);
+    Some(job(app, name, MIGRATION_COMPONENT, revision, attempt, &m.command))
 }
 
-/// Down-migration Job for a failed revision whose spec is `failed`, or None without a rollbackCommand.
-pub fn rollback(failed: &ValidatedApp) -> Option<Job> {
-    let m = failed.spec.migration.as_ref()?;
-    let command = m.rollback_command.as_ref()?;
-    let revision = deployment::revision(failed);
-    Some(job(failed, names::rollback_job(&failed.name, &revision), ROLLBACK_COMPONENT, &revision, command))
+/// Down-migration Job undoing attempt `attempt` of revision `revision` (spec in `app`), or
+/// None without a rollbackCommand.
+pub fn rollback(app: &ValidatedApp, revision: &str, attempt: u32) -> Option<Job> {
+    let command = app.spec.migration.as_ref()?.rollback_command.as_ref()?;
+    Some(job(app, names::rollback_job(&app.name, revision), ROLLBACK_COMPONENT, revision, attempt, command))
 }
 
-fn job(app: &ValidatedApp, name: String, component: &str, revision: &str, command: &[String]) -> Job {
+fn job(app: &ValidatedApp, name: String, component: &str, revision: &str, attempt: u32, command: &[String]) -> Job {
     let m = app.spec.migration.as_ref().expect("callers checked spec.migration");
     let mut metadata = meta::child_meta(app, name, component);
     metadata.labels.get_or_insert_with(BTreeMap::new).insert(labels::REVISION.into(), revision.into());
-    metadata.annotations = Some(BTreeMap::from([(annotations::REVISION.to_string(), revision.to_string())]));
+    metadata.annotations = Some(BTreeMap::from([
+        (annotations::REVISION.to_string(), revision.to_string()),
+        (crate::ledger::JOB_ATTEMPT.to_string(), attempt.to_string()),
+    ]));
     let mut pod_labels = meta::common_labels(app, component);
     pod_labels.insert(labels::REVISION.into(), revision.into());
     Job {
@@ -66,9 +69,9 @@ mod tests {
     #[test]
     fn migration_job_runs_the_new_image_with_app_config() {
         let app = app_from_yaml(APP);
-        let job = migration(&app).unwrap();
-        let rev = deployment::revision(&app);
-        assert_eq!(job.metadata.name.as_deref(), Some(format!("demo-migrate-{rev}").as_str()));
+        let job = migration(&app, "r1", 2).unwrap();
+        assert_eq!(job.metadata.name.as_deref(), Some("demo-migrate-r1"));
+        assert_eq!(job.metadata.annotations.as_ref().unwrap()[crate::ledger::JOB_ATTEMPT], "2");
         let spec = job.spec.unwrap();
         assert_eq!(spec.backoff_limit, Some(2));
         assert_eq!(spec.active_deadline_seconds, Some(300));
@@ -85,7 +88,7 @@ mod tests {
     #[test]
     fn rollback_job_runs_rollback_command_with_the_failed_image() {
         let app = app_from_yaml(APP);
-        let job = rollback(&app).unwrap();
+        let job = rollback(&app, "r1", 1).unwrap();
         assert!(job.metadata.name.unwrap().starts_with("demo-rollback-"));
         let c = &job.spec.unwrap().template.spec.unwrap().containers[0];
         assert_eq!(c.command.as_deref().unwrap(), ["npm", "run", "migrate:down"]);
@@ -95,9 +98,9 @@ mod tests {
     #[test]
     fn no_migration_no_job() {
         let app = app_from_yaml("spec: {image: 'api:1'}");
-        assert!(migration(&app).is_none());
-        assert!(rollback(&app).is_none());
+        assert!(migration(&app, "r", 1).is_none());
+        assert!(rollback(&app, "r", 1).is_none());
         let app = app_from_yaml("spec: {image: 'api:1', migration: {command: [m]}}");
-        assert!(rollback(&app).is_none());
+        assert!(rollback(&app, "r", 1).is_none());
     }
 }

@@ -34,7 +34,7 @@ pub struct Children {
     pub pdb: Option<PodDisruptionBudget>,
 }
 
-/// All children of `app`. `secret_value` supplies the value of each generated secret
+/// All children of `app` as a new revision of it would have them. `secret_value` supplies the value of each generated secret
 /// (a placeholder when rendering); None leaves generated secrets out, as the reconciler
 /// does: it only ever creates them, separately.
 pub fn build_all(
@@ -43,6 +43,7 @@ pub fn build_all(
     current_replicas: Option<i32>,
     mut secret_value: impl FnMut(&empacts_api::SecretEnv) -> Option<SecretValue>,
 ) -> Children {
+    let revision = crate::revision::identity(&app.spec);
     Children {
         service_account: serviceaccount::build(app),
         config_map: configmap::build(app),
@@ -53,8 +54,8 @@ pub fn build_all(
             .filter(|e| e.generate.is_some())
             .filter_map(|e| secret::build(app, e, &secret_value(e)?))
             .collect(),
-        migration_job: job::migration(app),
-        deployment: deployment::build(app, config_hash, current_replicas),
+        migration_job: job::migration(app, &revision, 1),
+        deployment: deployment::build(app, &revision, config_hash, current_replicas),
         service: service::build(app),
         hpa: hpa::build(app),
         pdb: pdb::build(app),
@@ -106,5 +107,23 @@ pub(crate) mod test_support {
         map.insert("metadata".into(), serde_yaml::from_str("{name: demo, namespace: ns, uid: u-1}").unwrap());
         let app: EmpactsApp = serde_yaml::from_value(value).expect("test app deserializes");
         validate(&app).unwrap_or_else(|e| panic!("test app is valid: {e}"))
+    }
+
+    /// (file, spec) of every EmpactsApp in examples/.
+    pub fn example_specs() -> Vec<(String, empacts_api::EmpactsAppSpec)> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let mut files: Vec<_> =
+            std::fs::read_dir(&dir).expect("examples/ exists").flatten().map(|f| f.path()).collect();
+        files.sort();
+        let mut out = Vec::new();
+        for path in files {
+            let text = std::fs::read_to_string(&path).expect("example reads");
+            let value: serde_yaml::Value = serde_yaml::from_str(&text).expect("example parses");
+            if value.get("kind").and_then(|k| k.as_str()) == Some("EmpactsApp") {
+                let app: EmpactsApp = serde_yaml::from_value(value).expect("example deserializes");
+                out.push((path.file_name().unwrap().to_string_lossy().into_owned(), app.spec));
+            }
+        }
+        out
     }
 }

@@ -1,5 +1,6 @@
 //! ControllerRevision recording the full spec of one revision, so a rollback (automatic or
-//! `empacts rollback`) can rebuild exactly that revision's children. Keeping specs here
+//! requested) can rebuild exactly that revision's children; its annotations are the
+//! revision's ledger (see `crate::ledger`). Keeping specs here
 //! rather than in status keeps the status small and out of the CRD's CEL cost budget.
 
 use std::collections::BTreeMap;
@@ -11,12 +12,13 @@ use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use crate::{build::meta, names, validate::ValidatedApp};
 
 pub const COMPONENT: &str = "revision";
-/// Set on a ControllerRevision once its migration succeeded (Jobs may be pruned later).
-pub const MIGRATED_ANNOTATION: &str = "empacts.io/migrated";
 
-pub fn build(app: &ValidatedApp, revision: &str, number: i64) -> ControllerRevision {
+/// The ledger entry of a revision first desired at app generation `generation`.
+pub fn build(app: &ValidatedApp, revision: &str, number: i64, generation: i64) -> ControllerRevision {
     let mut metadata = meta::child_meta(app, names::controller_revision(&app.name, revision), COMPONENT);
     metadata.labels.get_or_insert_with(BTreeMap::new).insert(labels::REVISION.into(), revision.into());
+    metadata.annotations =
+        Some(BTreeMap::from([(crate::ledger::DESIRED_GENERATION.to_string(), generation.to_string())]));
     ControllerRevision {
         metadata,
         data: Some(RawExtension(serde_json::to_value(&app.spec).expect("specs serialize"))),
@@ -33,10 +35,6 @@ pub fn revision_of(cr: &ControllerRevision) -> Option<&str> {
     cr.metadata.labels.as_ref()?.get(labels::REVISION).map(String::as_str)
 }
 
-pub fn migrated(cr: &ControllerRevision) -> bool {
-    cr.metadata.annotations.as_ref().and_then(|a| a.get(MIGRATED_ANNOTATION)).is_some_and(|v| v == "true")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,11 +43,11 @@ mod tests {
     #[test]
     fn recorded_spec_round_trips() {
         let app = app_from_yaml("spec: {image: 'api:1', env: {A: b}, migration: {command: [m]}}");
-        let cr = build(&app, "abc", 3);
+        let cr = build(&app, "abc", 3, 7);
         assert_eq!(cr.revision, 3);
         assert_eq!(cr.metadata.name.as_deref(), Some("demo-abc"));
         assert_eq!(revision_of(&cr), Some("abc"));
         assert_eq!(recorded_spec(&cr).unwrap(), app.spec);
-        assert!(!migrated(&cr));
+        assert_eq!(cr.metadata.annotations.unwrap()[crate::ledger::DESIRED_GENERATION], "7");
     }
 }

@@ -1,89 +1,84 @@
+//! Status projection: rebuilt whole from the plan's ledger, conditions keep their times.
+
 use super::*;
+use crate::ledger::{Entry, FailReason, FailedMark, Ledger};
 use crate::plan::{PlanInput, plan};
 
 fn t(secs: i64) -> Time {
     Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
 }
 
-fn input<'a>(prev: &'a EmpactsAppStatus, desired: &'a str, now: i64) -> StatusInput<'a> {
-    StatusInput {
-        previous: prev,
-        generation: 1,
-        desired,
-        image: "api:1",
-        has_migration: false,
-        migration_job: "app-migrate-x",
-        migration: &JobState::Absent,
-        deployment: None,
-        history_limit: 3,
-        retry: None,
-        rotation: None,
-        error: None,
-        now: t(now),
-    }
-}
-
-fn progressing(desired: &str) -> Plan {
-    plan(&PlanInput { desired: desired.into(), auto_rollback: true, ..Default::default() })
-}
-
 fn cond<'a>(s: &'a EmpactsAppStatus, type_: &str) -> &'a Condition {
     s.conditions.iter().find(|c| c.type_ == type_).unwrap()
 }
 
-#[test]
-fn kstatus_conditions_while_progressing() {
-    let prev = EmpactsAppStatus::default();
-    let s = compute(&progressing("r1"), &input(&prev, "r1", 10));
-    assert_eq!(s.phase, Some(Phase::Progressing));
-    assert_eq!(cond(&s, "Ready").status, "False");
-    assert_eq!(cond(&s, "Reconciling").status, "True");
-    assert_eq!(cond(&s, "Stalled").status, "False");
-    assert_eq!(cond(&s, "MigrationComplete").reason, "NoMigration");
-    assert_eq!(s.observed_generation, Some(1));
-    assert_eq!(s.current_revision.as_deref(), Some("r1"));
-    assert_eq!(s.history[0].result, RevisionResult::InProgress);
-}
-
-#[test]
-fn last_transition_time_moves_only_on_a_status_flip() {
-    let prev = EmpactsAppStatus::default();
-    let first = compute(&progressing("r1"), &input(&prev, "r1", 10));
-    let again = compute(&progressing("r1"), &input(&first, "r1", 20));
-    assert_eq!(cond(&again, "Reconciling").last_transition_time, t(10));
-    assert_eq!(first, again, "same situation, same status: no write");
-    let mut ready_plan = progressing("r1");
-    ready_plan.phase = Phase::Ready;
-    let ready = compute(&ready_plan, &input(&again, "r1", 30));
-    assert_eq!(cond(&ready, "Ready").last_transition_time, t(30));
-    assert_eq!(cond(&ready, "Reconciling").last_transition_time, t(30));
-    assert_eq!(cond(&ready, "Stalled").last_transition_time, t(10));
-    assert_eq!(ready.history[0].result, RevisionResult::Succeeded);
-}
-
-#[test]
-fn history_is_bounded_newest_first_and_supersedes_unfinished() {
-    let mut status = EmpactsAppStatus::default();
-    for (i, rev) in ["r1", "r2", "r3", "r4"].iter().enumerate() {
-        status = compute(&progressing(rev), &input(&status, rev, i as i64));
+fn held_input() -> PlanInput {
+    let g = Entry {
+        revision: "g".into(),
+        number: 1,
+        good: Some(1),
+        desired_generation: 1,
+        spec_readable: true,
+        image: "api:1".into(),
+        ..Default::default()
+    };
+    let d = Entry {
+        revision: "d".into(),
+        number: 2,
+        desired_generation: 2,
+        failed: Some(FailedMark { generation: 2, reason: FailReason::RolloutFailed }),
+        spec_readable: true,
+        image: "api:2".into(),
+        ..Default::default()
+    };
+    PlanInput {
+        app: "api".into(),
+        generation: 2,
+        desired: "d".into(),
+        auto_rollback: true,
+        history_limit: 5,
+        ledger: Ledger { entries: vec![g, d] },
+        deployment: Some(DeploymentState {
+            revision: Some("g".into()),
+            generation: 3,
+            observed_generation: 3,
+            desired_replicas: 1,
+            replicas: 1,
+            updated_replicas: 1,
+            ready_replicas: 1,
+            available_replicas: 1,
+            progress_deadline_exceeded: false,
+        }),
+        references_ok: vec!["g".into(), "d".into()],
+        ..Default::default()
     }
-    let revs: Vec<&str> = status.history.iter().map(|r| r.revision.as_str()).collect();
-    assert_eq!(revs, ["r4", "r3", "r2"]);
-    assert_eq!(status.history[1].result, RevisionResult::Superseded);
-    assert_eq!(status.history[0].result, RevisionResult::InProgress);
 }
 
 #[test]
-fn a_failed_write_shows_in_ready_and_reconciling() {
-    let prev = EmpactsAppStatus::default();
-    let mut ready_plan = progressing("r1");
-    ready_plan.phase = Phase::Ready;
-    let s = compute(
-        &ready_plan,
-        &StatusInput { error: Some("writing Service ns/api failed: boom"), ..input(&prev, "r1", 1) },
-    );
-    let ready = cond(&s, "Ready");
-    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "ReconcileError"));
-    assert!(ready.message.contains("Service ns/api"));
-    assert_eq!(cond(&s, "Reconciling").status, "True");
+fn a_deleted_status_is_rebuilt_from_the_ledger() {
+    let input = held_input();
+    let p = plan(&input);
+    let s = compute(&p, &StatusInput { previous: &EmpactsAppStatus::default(), input: &input, error: None, now: t(5) });
+    assert_eq!(s.phase, Some(Phase::RolledBack));
+    assert_eq!(s.last_good_revision.as_deref(), Some("g"));
+    assert_eq!(s.failed_revision.as_deref(), Some("d"));
+    assert_eq!(s.current_revision.as_deref(), Some("g"));
+    let results: Vec<_> = s.history.iter().map(|r| (r.revision.as_str(), r.result)).collect();
+    assert_eq!(results, [("d", RevisionResult::RolledBack), ("g", RevisionResult::Succeeded)]);
+    assert_eq!(cond(&s, "Stalled").status, "True");
+    assert_eq!(cond(&s, "Ready").status, "False");
+}
+
+#[test]
+fn transition_times_move_only_when_a_condition_flips() {
+    let input = held_input();
+    let p = plan(&input);
+    let first =
+        compute(&p, &StatusInput { previous: &EmpactsAppStatus::default(), input: &input, error: None, now: t(5) });
+    let again = compute(&p, &StatusInput { previous: &first, input: &input, error: None, now: t(50) });
+    assert_eq!(cond(&again, "Stalled").last_transition_time, t(5));
+    let errored = compute(&p, &StatusInput { previous: &first, input: &input, error: Some("boom"), now: t(60) });
+    assert_eq!(cond(&errored, "Reconciling").status, "True");
+    assert_eq!(cond(&errored, "Reconciling").last_transition_time, t(60));
+    assert_eq!(cond(&errored, "Ready").reason, reasons::RECONCILE_ERROR);
 }
