@@ -125,15 +125,7 @@ pub async fn recorded_spec(
 pub async fn rollback(client: &Client, ns: &str, name: &str, to: &str) -> anyhow::Result<String> {
     let (revision, _) = recorded_spec(client, ns, name, to).await?;
     let value = format!("{revision}@{}", k8s_openapi::jiff::Timestamp::now());
-    let patch = serde_json::json!({"metadata": {"annotations": {annotations::ROLLBACK_TO: value}}});
-    Api::<EmpactsApp>::namespaced(client.clone(), ns)
-        .patch(
-            name,
-            &PatchParams { field_manager: Some(CLI_MANAGER.into()), ..Default::default() },
-            &Patch::Merge(&patch),
-        )
-        .await
-        .with_context(|| format!("annotating {ns}/{name}"))?;
+    annotate_with(client, ns, name, annotations::ROLLBACK_TO, &value).await?;
     Ok(revision)
 }
 
@@ -169,6 +161,12 @@ pub async fn rewrite_spec(client: &Client, ns: &str, name: &str, to: &str) -> an
 
 async fn annotate(client: &Client, ns: &str, name: &str, key: &str) -> anyhow::Result<String> {
     let value = k8s_openapi::jiff::Timestamp::now().to_string();
+    annotate_with(client, ns, name, key, &value).await?;
+    Ok(value)
+}
+
+/// A request on the app: one annotation, written under the CLI's own field manager.
+async fn annotate_with(client: &Client, ns: &str, name: &str, key: &str, value: &str) -> anyhow::Result<()> {
     let patch = serde_json::json!({"metadata": {"annotations": {key: value}}});
     Api::<EmpactsApp>::namespaced(client.clone(), ns)
         .patch(
@@ -178,7 +176,7 @@ async fn annotate(client: &Client, ns: &str, name: &str, key: &str) -> anyhow::R
         )
         .await
         .with_context(|| format!("annotating {ns}/{name}"))?;
-    Ok(value)
+    Ok(())
 }
 
 /// Ask the operator to retry a failed revision (migration or rollout).
