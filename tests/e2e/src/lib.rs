@@ -401,6 +401,29 @@ pub fn service_account_kubeconfig(env: &ClusterEnv, namespace: &str, service_acc
 }
 
 impl OperatorProcess {
+    /// A single `empacts run` replica without leader election (so a restarted process starts
+    /// reconciling at once), watching `namespace`, talking to the API server through `kubeconfig`.
+    pub fn start_single(kubeconfig: &Path, name: &str, namespace: &str, log: &Path) -> Self {
+        let metrics_port = free_port();
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+        let child = std::process::Command::new(empacts_binary())
+            .args(["run", "--namespace", namespace, "--leader-elect=false", "--instance", name])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}"), "--log-format", "json"])
+            .env("KUBECONFIG", kubeconfig)
+            .env_remove("POD_NAMESPACE")
+            .env_remove("POD_NAME")
+            .stdout(std::process::Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("empacts run starts");
+        OperatorProcess { child, metrics_port, name: name.to_string() }
+    }
+
+    /// The process has exited (or was killed).
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Like [`OperatorProcess::start`], but the process authenticates with `kubeconfig` (e.g. one
     /// from [`service_account_kubeconfig`]) instead of the admin kubeconfig.
     pub fn start_with_kubeconfig(kubeconfig: &Path, name: &str, namespace: &str, lease: &str, log: &Path) -> Self {

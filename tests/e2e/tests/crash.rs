@@ -1,0 +1,345 @@
+//! Crash at every write: each lifecycle scenario runs once without faults, counting the
+//! operator's writes at the fault proxy, then once per crash point k with the operator
+//! process SIGKILLed right after its k-th write reached the API server (before it saw the
+//! answer) and restarted. Every run must converge to the fault-free final state, create
+//! each Job and generated Secret exactly once, rotate exactly as often as asked, never serve
+//! a rolled-back image again and keep the last good revision.
+//!
+//! By default a spread of about 6 crash points per scenario runs (3 at a time, each in its
+//! own namespace); `EMPACTS_CRASH_EXHAUSTIVE=1` runs every crash point.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use empacts_api::{EmpactsApp, Phase};
+use empacts_e2e::fault_proxy::{FaultProxy, RequestRecord};
+use empacts_e2e::*;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+
+const T: Duration = Duration::from_secs(120);
+const V1: &str = "registry.example.com/api:1.0.0";
+const V2: &str = "registry.example.com/api:2.0.0";
+const BAD: &str = "registry.example.com/api:3.0.0-fail-rollout";
+const PARALLEL: usize = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    InstallWithMigration,
+    UpgradeWithMigration,
+    RollbackWithCommand,
+    RollbackWithoutCommand,
+    RetryAfterDownMigration,
+    Rotation,
+}
+
+impl Scenario {
+    /// Jobs and generated Secrets created, rotations done, in a correct run.
+    fn expected(self) -> (usize, usize, usize) {
+        match self {
+            Scenario::InstallWithMigration => (1, 1, 0),
+            Scenario::UpgradeWithMigration => (2, 1, 0),
+            Scenario::RollbackWithCommand => (3, 1, 0),
+            Scenario::RollbackWithoutCommand => (2, 1, 0),
+            Scenario::RetryAfterDownMigration => (5, 1, 0),
+            Scenario::Rotation => (1, 1, 1),
+        }
+    }
+}
+
+fn app(image: &str, rollback_command: bool) -> EmpactsApp {
+    let down = if rollback_command { ", rollbackCommand: [down]" } else { "" };
+    app_yaml(&format!(
+        "apiVersion: empacts.io/v1alpha1\nkind: EmpactsApp\nmetadata: {{name: api}}\nspec: {{image: '{image}', \
+         secrets: [{{env: JWT, generate: {{}}}}], migration: {{command: [up]{down}}}, rollout: {{progressDeadlineSeconds: 10}}}}\n"
+    ))
+}
+
+/// One run of a scenario: its namespace, proxy and operator process.
+struct Run {
+    client: Client,
+    ns: TestNamespace,
+    proxy: FaultProxy,
+    kubeconfig: PathBuf,
+    log: PathBuf,
+    op: OperatorProcess,
+    restarts: usize,
+    /// Images of the Deployment's template, in the order they appeared.
+    images: Arc<Mutex<Vec<String>>>,
+    watch: tokio::task::JoinHandle<()>,
+}
+
+impl Run {
+    async fn start(env: &ClusterEnv, client: &Client, label: &str, crash_at: Option<usize>) -> Run {
+        let ns = TestNamespace::new(client, label).await;
+        let proxy = FaultProxy::start(env).await;
+        let dir = std::env::temp_dir().join(format!("empacts-crash-{}", ns.name));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kubeconfig = dir.join("kubeconfig");
+        proxy.kubeconfig(&kubeconfig);
+        let log = dir.join("operator.log");
+        let op = OperatorProcess::start_single(&kubeconfig, &ns.name, &ns.name, &log);
+        if let Some(k) = crash_at {
+            proxy.kill_after_write(k, op.child.id());
+        }
+        let images = Arc::new(Mutex::new(Vec::new()));
+        let seen = images.clone();
+        let deployments: Api<Deployment> = ns.api();
+        let watch = tokio::spawn(async move {
+            let stream = watcher(deployments, watcher::Config::default()).applied_objects();
+            let _ = stream
+                .try_for_each(|d| {
+                    let image = d.spec.and_then(|s| s.template.spec).and_then(|p| p.containers[0].image.clone());
+                    let mut seen = seen.lock().unwrap();
+                    if let Some(image) = image
+                        && seen.last() != Some(&image)
+                    {
+                        seen.push(image);
+                    }
+                    futures::future::ready(Ok(()))
+                })
+                .await;
+        });
+        Run { client: client.clone(), ns, proxy, kubeconfig, log, op, restarts: 0, images, watch }
+    }
+
+    /// Restart the operator if the proxy killed it.
+    fn keep_alive(&mut self) {
+        if self.op.exited() {
+            self.restarts += 1;
+            self.op = OperatorProcess::start_single(&self.kubeconfig, &self.ns.name, &self.ns.name, &self.log);
+        }
+    }
+
+    async fn wait(&mut self, what: &str, pred: impl Fn(&EmpactsApp) -> bool) -> EmpactsApp {
+        let api: Api<EmpactsApp> = self.ns.api();
+        let start = Instant::now();
+        loop {
+            self.keep_alive();
+            let app = api.get("api").await.ok();
+            if let Some(app) = app.as_ref().filter(|a| pred(a) && observed_current(a)) {
+                return app.clone();
+            }
+            if start.elapsed() > T {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!(
+                    "{}: timed out waiting for {what}; status: {:?}; crash points {:?}; operator log tail:\n{}",
+                    self.ns.name,
+                    app.and_then(|a| a.status),
+                    self.proxy.crash_points(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn phase(&mut self, image: &str, phase: Phase) -> EmpactsApp {
+        let image = image.to_string();
+        self.wait(&format!("{phase} on {image}"), move |a| {
+            empacts_e2e::phase(a) == Some(phase) && a.spec.image == image
+        })
+        .await
+    }
+
+    async fn secret(&self) -> Vec<u8> {
+        let secret = self.ns.api::<Secret>().get("api-gen-jwt").await.expect("generated secret");
+        secret.data.unwrap()["value"].0.clone()
+    }
+
+    fn count(&self, f: impl Fn(&RequestRecord) -> bool) -> usize {
+        self.proxy.requests_matching(f).len()
+    }
+}
+
+/// What a run ended with.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    phase: Option<Phase>,
+    reason: String,
+    image: String,
+    current: Option<String>,
+    last_good: Option<String>,
+    jobs_created: usize,
+    secrets_created: usize,
+    rotations: usize,
+}
+
+struct Finished {
+    outcome: Outcome,
+    writes: usize,
+    restarts: usize,
+    crash_point: Option<RequestRecord>,
+}
+
+async fn run(env: &ClusterEnv, client: &Client, scenario: Scenario, crash_at: Option<usize>) -> Finished {
+    let label = format!("crash-{}", crash_at.map(|k| k.to_string()).unwrap_or_else(|| "none".into()));
+    let mut r = Run::start(env, client, &label, crash_at).await;
+    let with_command = scenario != Scenario::RollbackWithoutCommand;
+    apply_app(&r.ns, &app(V1, with_command)).await;
+    r.phase(V1, Phase::Ready).await;
+    match scenario {
+        Scenario::InstallWithMigration => {}
+        Scenario::UpgradeWithMigration => {
+            apply_app(&r.ns, &app(V2, true)).await;
+            r.phase(V2, Phase::Ready).await;
+        }
+        Scenario::RollbackWithCommand | Scenario::RetryAfterDownMigration => {
+            apply_app(&r.ns, &app(BAD, true)).await;
+            r.phase(BAD, Phase::RolledBack).await;
+            if scenario == Scenario::RetryAfterDownMigration {
+                let rolled_back = r.images.lock().unwrap().len();
+                assert_no_bad_after_rollback(&r, &r.images.lock().unwrap()[..rolled_back]);
+                let value = empacts_cli::commands::retry(&r.client, &r.ns.name, "api").await.unwrap();
+                r.wait("RolledBack after the retry", |a| {
+                    empacts_e2e::phase(a) == Some(Phase::RolledBack)
+                        && a.status.as_ref().and_then(|s| s.observed_retry.as_deref()) == Some(value.as_str())
+                })
+                .await;
+            }
+        }
+        Scenario::RollbackWithoutCommand => {
+            apply_app(&r.ns, &app(BAD, false)).await;
+            r.wait("Stalled without a rollbackCommand", |a| {
+                condition(a, "Stalled")
+                    .is_some_and(|c| c.status == "True" && c.reason == "RollbackNeedsRollbackCommand")
+            })
+            .await;
+        }
+        Scenario::Rotation => {
+            let before = r.secret().await;
+            let value = empacts_cli::commands::rotate_secrets(&r.client, &r.ns.name, "api").await.unwrap();
+            r.wait("the rotation acknowledged", |a| {
+                a.status.as_ref().and_then(|s| s.observed_rotation.as_deref()) == Some(value.as_str())
+                    && empacts_e2e::phase(a) == Some(Phase::Ready)
+            })
+            .await;
+            assert_ne!(r.secret().await, before, "{}: the secret was rotated", r.ns.name);
+        }
+    }
+    if matches!(scenario, Scenario::RollbackWithCommand | Scenario::RollbackWithoutCommand) {
+        assert_no_bad_after_rollback(&r, &r.images.lock().unwrap());
+    }
+    // Settled: give a crashed-and-restarted operator time to do anything it would still do.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    r.keep_alive();
+    let app = r.ns.api::<EmpactsApp>().get("api").await.unwrap();
+    let status = app.status.clone().unwrap_or_default();
+    let ns = r.ns.name.clone();
+    let jobs_path = format!("/apis/batch/v1/namespaces/{ns}/jobs");
+    let secrets_path = format!("/api/v1/namespaces/{ns}/secrets");
+    let outcome = Outcome {
+        phase: status.phase,
+        reason: condition(&app, "Stalled").map(|c| c.reason.clone()).unwrap_or_default(),
+        image: r.images.lock().unwrap().last().cloned().unwrap_or_default(),
+        current: status.current_revision,
+        last_good: status.last_good_revision,
+        jobs_created: r.count(|q| q.method == "POST" && q.path_only() == jobs_path && q.status == Some(201)),
+        secrets_created: r.count(|q| q.method == "POST" && q.path_only() == secrets_path && q.status == Some(201)),
+        rotations: r.count(|q| {
+            q.method == "PUT" && q.path_only().starts_with(&format!("{secrets_path}/")) && q.status == Some(200)
+        }),
+    };
+    let finished = Finished {
+        writes: r.proxy.writes().len(),
+        restarts: r.restarts,
+        crash_point: r.proxy.crash_points().into_iter().next(),
+        outcome,
+    };
+    r.watch.abort();
+    r.ns.cleanup().await;
+    finished
+}
+
+/// Once the Deployment went back from the failed image, it never carries it again.
+fn assert_no_bad_after_rollback(r: &Run, images: &[String]) {
+    if let Some(first_bad) = images.iter().position(|i| i == BAD) {
+        let after = &images[first_bad..];
+        if let Some(back) = after.iter().position(|i| i != BAD) {
+            assert!(!after[back..].contains(&BAD.to_string()), "{}: failed image served again: {images:?}", r.ns.name);
+        }
+    }
+}
+
+fn crash_points(total: usize) -> Vec<usize> {
+    if std::env::var("EMPACTS_CRASH_EXHAUSTIVE").is_ok_and(|v| v == "1") {
+        return (1..=total).collect();
+    }
+    let step = total.div_ceil(6).max(1);
+    let mut points: Vec<usize> = (1..=total).step_by(step).collect();
+    if points.last() != Some(&total) {
+        points.push(total);
+    }
+    points
+}
+
+async fn every_crash_point(scenario: Scenario) {
+    let (env, client) = cluster().await;
+    let clean = run(&env, &client, scenario, None).await;
+    let (jobs, secrets, rotations) = scenario.expected();
+    let expected = &clean.outcome;
+    assert_eq!(
+        (expected.jobs_created, expected.secrets_created, expected.rotations),
+        (jobs, secrets, rotations),
+        "{scenario:?} without faults"
+    );
+    let points = crash_points(clean.writes);
+    let runs: Vec<(usize, Finished)> = futures::stream::iter(points.clone())
+        .map(|k| {
+            let (env, client) = (env.clone(), client.clone());
+            async move { (k, run(&env, &client, scenario, Some(k)).await) }
+        })
+        .buffer_unordered(PARALLEL)
+        .collect()
+        .await;
+    let mut crashed = 0;
+    for (k, f) in &runs {
+        let at = f.crash_point.as_ref().map(|c| format!("{} {} -> {:?}", c.method, c.path_only(), c.status));
+        assert_eq!(&f.outcome, expected, "{scenario:?} crashed after write {k} ({at:?})");
+        if f.crash_point.is_some() {
+            crashed += 1;
+            assert!(f.restarts >= 1, "{scenario:?} k={k}: the operator was restarted");
+        }
+    }
+    println!(
+        "{scenario:?}: {} writes without faults; {} crash points exercised ({crashed} fired), all converged: {points:?}",
+        clean.writes,
+        runs.len()
+    );
+    assert!(crashed >= runs.len().saturating_sub(1), "crash points fired: {crashed} of {}", runs.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_at_every_write_install_with_migration() {
+    every_crash_point(Scenario::InstallWithMigration).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_at_every_write_upgrade_with_migration() {
+    every_crash_point(Scenario::UpgradeWithMigration).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_at_every_write_failed_rollout_rollback_with_rollback_command() {
+    every_crash_point(Scenario::RollbackWithCommand).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_at_every_write_failed_rollout_without_rollback_command() {
+    every_crash_point(Scenario::RollbackWithoutCommand).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_at_every_write_retry_after_down_migration() {
+    every_crash_point(Scenario::RetryAfterDownMigration).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_at_every_write_rotation() {
+    every_crash_point(Scenario::Rotation).await;
+}
