@@ -29,6 +29,10 @@ pub const DESIRED_GENERATION: &str = "empacts.io/desired-generation";
 pub const RETRY_ACK: &str = "empacts.io/retry-ack";
 pub const ROLLBACK_ACK: &str = "empacts.io/rollback-ack";
 pub const ROLLBACK_TARGET: &str = "empacts.io/rollback-target";
+/// Set on every revision recorded (or imported) by a build that keeps this ledger. A
+/// ControllerRevision without it and without a desired generation was recorded by an
+/// earlier build: its facts are imported once from what that build left (status, Jobs).
+pub const LEDGER_VERSION: &str = "empacts.io/ledger";
 /// On migration and rollback Jobs: the attempt they run.
 pub const JOB_ATTEMPT: &str = "empacts.io/attempt";
 
@@ -176,6 +180,8 @@ pub struct Entry {
     pub resource_version: Option<String>,
     /// When it was first recorded (RFC 3339), for the status history.
     pub recorded_at: String,
+    /// Recorded by an earlier build, not imported yet.
+    pub legacy: bool,
 }
 
 fn parse_i64(a: &BTreeMap<String, String>, key: &str) -> Option<i64> {
@@ -202,6 +208,7 @@ pub fn read_marks(cr: &ControllerRevision, entry: &mut Entry) {
     entry.rollback_target = a.get(ROLLBACK_TARGET).cloned();
     entry.number = cr.revision;
     entry.resource_version = cr.metadata.resource_version.clone();
+    entry.legacy = !a.contains_key(LEDGER_VERSION) && !a.contains_key(DESIRED_GENERATION);
 }
 
 /// A change to one revision's marks; None removes the annotation.
@@ -222,6 +229,12 @@ pub enum Mark {
         target: Option<String>,
         failed: Option<FailedMark>,
     },
+    /// Facts of a revision recorded by an earlier build, written once.
+    Import {
+        migration: MigrationMark,
+        failed: Option<FailedMark>,
+        good: Option<i64>,
+    },
 }
 
 impl Mark {
@@ -241,6 +254,12 @@ impl Mark {
                 }
                 out
             }
+            Mark::Import { migration, failed: f, good } => BTreeMap::from([
+                (LEDGER_VERSION, Some("1".to_string())),
+                (MIGRATION, Some(migration.encode())),
+                (FAILED, f.as_ref().map(failed)),
+                (GOOD, good.map(|g| g.to_string())),
+            ]),
             Mark::RollbackAck { value, target, failed: f } => {
                 let mut out = BTreeMap::from([(ROLLBACK_ACK, Some(value.clone()))]);
                 if let Some(t) = target {
@@ -268,6 +287,12 @@ impl Mark {
                 if let Some(m) = migration {
                     e.migration = *m;
                 }
+            }
+            Mark::Import { migration, failed, good } => {
+                e.migration = *migration;
+                e.failed = *failed;
+                e.good = *good;
+                e.legacy = false;
             }
             Mark::RollbackAck { value, target, failed } => {
                 e.rollback_ack = Some(value.clone());
@@ -364,6 +389,11 @@ mod tests {
                 target: Some("g".into()),
                 failed: Some(FailedMark { generation: 6, reason: FailReason::RollbackRequested }),
             },
+            Mark::Import {
+                migration: MigrationMark::new(1, MigrationState::DownSucceeded),
+                failed: Some(FailedMark { generation: 3, reason: FailReason::RolloutFailed }),
+                good: None,
+            },
         ];
         for mark in marks {
             let mut expected = entry("r", 1);
@@ -374,7 +404,9 @@ mod tests {
             cr.metadata.annotations = Some(annotations);
             let mut got = entry("r", 1);
             read_marks(&cr, &mut got);
+            let legacy = std::mem::take(&mut got.legacy);
             assert_eq!(got, expected, "{mark:?}");
+            assert_eq!(legacy, !matches!(mark, Mark::Desired(_) | Mark::Import { .. }), "{mark:?}");
         }
     }
 

@@ -150,6 +150,8 @@ pub struct PlanInput {
     pub name_taken: Option<String>,
     /// Env ConfigMaps of the app that exist.
     pub config_maps: Vec<String>,
+    /// Facts of revisions recorded by an earlier build, to write once (already in `ledger`).
+    pub imports: Vec<(String, Mark)>,
 }
 
 /// One write, in the order the plan gives.
@@ -282,6 +284,9 @@ pub fn plan(input: &PlanInput) -> Plan {
     }
     if input.paused {
         return b.finish(Phase::Paused, reasons::PAUSED, "spec.paused is set: no new revision is rolled out".into());
+    }
+    for (revision, mark) in &input.imports {
+        b.push(Action::Mark { revision: revision.clone(), mark: mark.clone() });
     }
     if generated_secrets(&mut b) {
         // Pods and Jobs start once every generated Secret exists (the next reconcile sees them).

@@ -39,7 +39,7 @@ pub async fn reconcile(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Action
         Err(invalid) => return invalid_spec(&app, &ctx, &previous, Error::Invalid(invalid)).await,
     };
     let children = ChildMetas::snapshot(ctx.stores.get(), &valid);
-    let observed = observe::observe(&ctx.client, &valid, children).await?;
+    let observed = observe::observe(&ctx.client, &valid, &previous, children).await?;
     let mut plan = plan::plan(&observed.input);
 
     // A failed write still gets its status: users see why their app is not moving.

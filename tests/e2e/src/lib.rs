@@ -404,9 +404,14 @@ impl OperatorProcess {
     /// A single `empacts run` replica without leader election (so a restarted process starts
     /// reconciling at once), watching `namespace`, talking to the API server through `kubeconfig`.
     pub fn start_single(kubeconfig: &Path, name: &str, namespace: &str, log: &Path) -> Self {
+        Self::start_single_with(&empacts_binary(), kubeconfig, name, namespace, log)
+    }
+
+    /// [`OperatorProcess::start_single`] with another build of the binary.
+    pub fn start_single_with(binary: &Path, kubeconfig: &Path, name: &str, namespace: &str, log: &Path) -> Self {
         let metrics_port = free_port();
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
-        let child = std::process::Command::new(empacts_binary())
+        let child = std::process::Command::new(binary)
             .args(["run", "--namespace", namespace, "--leader-elect=false", "--instance", name])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}"), "--log-format", "json"])
             .env("KUBECONFIG", kubeconfig)

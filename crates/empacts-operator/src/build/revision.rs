@@ -17,8 +17,10 @@ pub const COMPONENT: &str = "revision";
 pub fn build(app: &ValidatedApp, revision: &str, number: i64, generation: i64) -> ControllerRevision {
     let mut metadata = meta::child_meta(app, names::controller_revision(&app.name, revision), COMPONENT);
     metadata.labels.get_or_insert_with(BTreeMap::new).insert(labels::REVISION.into(), revision.into());
-    metadata.annotations =
-        Some(BTreeMap::from([(crate::ledger::DESIRED_GENERATION.to_string(), generation.to_string())]));
+    metadata.annotations = Some(BTreeMap::from([
+        (crate::ledger::LEDGER_VERSION.to_string(), "1".to_string()),
+        (crate::ledger::DESIRED_GENERATION.to_string(), generation.to_string()),
+    ]));
     ControllerRevision {
         metadata,
         data: Some(RawExtension(serde_json::to_value(&app.spec).expect("specs serialize"))),
