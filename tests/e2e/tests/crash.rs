@@ -7,6 +7,10 @@
 //!
 //! By default a spread of about 6 crash points per scenario runs (3 at a time, each in its
 //! own namespace); `EMPACTS_CRASH_EXHAUSTIVE=1` runs every crash point.
+//!
+//! The same scenarios also run with the operator's watch of EmpactsApps delayed by 2 s (a
+//! stale view) and with the status deleted every second throughout (a lost status): both must
+//! end exactly as the fault-free run.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -74,7 +78,7 @@ struct Run {
 }
 
 impl Run {
-    async fn start(env: &ClusterEnv, client: &Client, label: &str, crash_at: Option<usize>) -> Run {
+    async fn start(env: &ClusterEnv, client: &Client, label: &str, fault: Fault) -> Run {
         let ns = TestNamespace::new(client, label).await;
         let proxy = FaultProxy::start(env).await;
         let dir = std::env::temp_dir().join(format!("empacts-crash-{}", ns.name));
@@ -83,8 +87,12 @@ impl Run {
         proxy.kubeconfig(&kubeconfig);
         let log = dir.join("operator.log");
         let op = OperatorProcess::start_single(&kubeconfig, &ns.name, &ns.name, &log);
-        if let Some(k) = crash_at {
-            proxy.kill_after_write(k, op.child.id());
+        match fault {
+            Fault::None | Fault::DeleteStatus => {}
+            Fault::CrashAfter(k) => proxy.kill_after_write(k, op.child.id()),
+            Fault::StaleView => {
+                let _ = proxy.delay_watches("/empactsapps", Duration::from_secs(2));
+            }
         }
         let images = Arc::new(Mutex::new(Vec::new()));
         let seen = images.clone();
@@ -157,6 +165,27 @@ impl Run {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    None,
+    CrashAfter(usize),
+    /// The operator's EmpactsApp watch events arrive 2 s late.
+    StaleView,
+    /// The status subresource is cleared every second until the scenario's last step is done.
+    DeleteStatus,
+}
+
+/// Clear the app's status every second until dropped.
+fn delete_status_repeatedly(api: Api<EmpactsApp>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let clear = serde_json::json!({"status": null});
+            let _ = api.patch_status("api", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&clear)).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+}
+
 /// What a run ended with.
 #[derive(Debug, PartialEq)]
 struct Outcome {
@@ -177,11 +206,17 @@ struct Finished {
     crash_point: Option<RequestRecord>,
 }
 
-async fn run(env: &ClusterEnv, client: &Client, scenario: Scenario, crash_at: Option<usize>) -> Finished {
-    let label = format!("crash-{}", crash_at.map(|k| k.to_string()).unwrap_or_else(|| "none".into()));
-    let mut r = Run::start(env, client, &label, crash_at).await;
+async fn run(env: &ClusterEnv, client: &Client, scenario: Scenario, fault: Fault) -> Finished {
+    let label = match fault {
+        Fault::None => "fault-none".to_string(),
+        Fault::CrashAfter(k) => format!("crash-{k}"),
+        Fault::StaleView => "stale-view".into(),
+        Fault::DeleteStatus => "lost-status".into(),
+    };
+    let mut r = Run::start(env, client, &label, fault).await;
     let with_command = scenario != Scenario::RollbackWithoutCommand;
     apply_app(&r.ns, &app(V1, with_command)).await;
+    let deleter = (fault == Fault::DeleteStatus).then(|| delete_status_repeatedly(r.ns.api()));
     r.phase(V1, Phase::Ready).await;
     match scenario {
         Scenario::InstallWithMigration => {}
@@ -225,6 +260,11 @@ async fn run(env: &ClusterEnv, client: &Client, scenario: Scenario, crash_at: Op
     if matches!(scenario, Scenario::RollbackWithCommand | Scenario::RollbackWithoutCommand) {
         assert_no_bad_after_rollback(&r, &r.images.lock().unwrap());
     }
+    if let Some(deleter) = deleter {
+        deleter.abort();
+        // The last deletion may land after the scenario's last wait: wait for the rebuilt status.
+        r.wait("the status rebuilt", |a| a.status.as_ref().is_some_and(|s| s.phase.is_some())).await;
+    }
     // Settled: give a crashed-and-restarted operator time to do anything it would still do.
     tokio::time::sleep(Duration::from_secs(2)).await;
     r.keep_alive();
@@ -245,6 +285,10 @@ async fn run(env: &ClusterEnv, client: &Client, scenario: Scenario, crash_at: Op
             q.method == "PUT" && q.path_only().starts_with(&format!("{secrets_path}/")) && q.status == Some(200)
         }),
     };
+    if fault == Fault::StaleView {
+        let delayed = r.count(|q| q.watch && q.path.contains("/empactsapps") && q.fault.is_some());
+        assert!(delayed >= 1, "{}: the EmpactsApp watch went through the delay rule", r.ns.name);
+    }
     let finished = Finished {
         writes: r.proxy.writes().len(),
         restarts: r.restarts,
@@ -280,7 +324,7 @@ fn crash_points(total: usize) -> Vec<usize> {
 
 async fn every_crash_point(scenario: Scenario) {
     let (env, client) = cluster().await;
-    let clean = run(&env, &client, scenario, None).await;
+    let clean = run(&env, &client, scenario, Fault::None).await;
     let (jobs, secrets, rotations) = scenario.expected();
     let expected = &clean.outcome;
     assert_eq!(
@@ -292,7 +336,7 @@ async fn every_crash_point(scenario: Scenario) {
     let runs: Vec<(usize, Finished)> = futures::stream::iter(points.clone())
         .map(|k| {
             let (env, client) = (env.clone(), client.clone());
-            async move { (k, run(&env, &client, scenario, Some(k)).await) }
+            async move { (k, run(&env, &client, scenario, Fault::CrashAfter(k)).await) }
         })
         .buffer_unordered(PARALLEL)
         .collect()
@@ -342,4 +386,41 @@ async fn crash_at_every_write_retry_after_down_migration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn crash_at_every_write_rotation() {
     every_crash_point(Scenario::Rotation).await;
+}
+
+/// A stale view (EmpactsApp watch events 2 s late) and a status deleted every second end
+/// exactly as the fault-free run, for the scenarios whose decisions a stale or lost status
+/// used to change.
+async fn same_outcome_under(scenario: Scenario, faults: &[Fault]) {
+    let (env, client) = cluster().await;
+    let clean = run(&env, &client, scenario, Fault::None).await;
+    let runs: Vec<(Fault, Finished)> = futures::stream::iter(faults.to_vec())
+        .map(|fault| {
+            let (env, client) = (env.clone(), client.clone());
+            async move { (fault, run(&env, &client, scenario, fault).await) }
+        })
+        .buffer_unordered(PARALLEL)
+        .collect()
+        .await;
+    for (fault, f) in &runs {
+        assert_eq!(f.outcome, clean.outcome, "{scenario:?} under {fault:?}");
+        assert_eq!(f.restarts, 0, "{scenario:?} under {fault:?}: the operator did not crash");
+    }
+    println!("{scenario:?}: same outcome as without faults under {faults:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stale_view_and_lost_status_rollback_with_rollback_command() {
+    same_outcome_under(Scenario::RollbackWithCommand, &[Fault::StaleView, Fault::DeleteStatus]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stale_view_and_lost_status_retry_after_down_migration() {
+    same_outcome_under(Scenario::RetryAfterDownMigration, &[Fault::StaleView, Fault::DeleteStatus]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stale_view_and_lost_status_upgrade_and_rotation() {
+    same_outcome_under(Scenario::UpgradeWithMigration, &[Fault::StaleView, Fault::DeleteStatus]).await;
+    same_outcome_under(Scenario::Rotation, &[Fault::StaleView, Fault::DeleteStatus]).await;
 }
