@@ -24,6 +24,19 @@ use crate::context::Context;
 use crate::error::Error;
 use crate::{events, names, reconcile};
 
+/// The kinds the controller watches and how (checked against the registry by a unit test;
+/// keep it next to the watches below).
+pub const WATCHED: &[(&str, crate::registry::Watch)] = &[
+    ("Deployment", crate::registry::Watch::Owned),
+    ("Job", crate::registry::Watch::Owned),
+    ("Service", crate::registry::Watch::OwnedMetadata),
+    ("ServiceAccount", crate::registry::Watch::OwnedMetadata),
+    ("ConfigMap", crate::registry::Watch::OwnedMetadata),
+    ("HorizontalPodAutoscaler", crate::registry::Watch::OwnedMetadata),
+    ("PodDisruptionBudget", crate::registry::Watch::OwnedMetadata),
+    ("Secret", crate::registry::Watch::Referenced),
+];
+
 /// Quiet period before a triggered reconcile runs.
 const DEBOUNCE: Duration = Duration::from_millis(500);
 

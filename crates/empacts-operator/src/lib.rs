@@ -15,6 +15,7 @@ pub mod names;
 pub mod observe;
 pub mod plan;
 pub mod reconcile;
+pub mod registry;
 pub mod render;
 pub mod revision;
 pub mod secret_value;

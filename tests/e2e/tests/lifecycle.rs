@@ -438,7 +438,16 @@ async fn referenced_secret_change_rolls_the_pods() {
         (h != before).then_some(h)
     })
     .await;
-    assert_ne!(before, after);
+    // The pods rolled: a second ReplicaSet carries the new hash.
+    let sets = ns.api::<ReplicaSet>().list(&ListParams::default()).await.unwrap().items;
+    let hashes: Vec<Option<String>> = sets
+        .iter()
+        .map(|rs| {
+            let template = rs.spec.as_ref()?.template.as_ref()?.metadata.as_ref()?;
+            template.annotations.as_ref()?.get("empacts.io/config-hash").cloned()
+        })
+        .collect();
+    assert!(hashes.contains(&Some(after.clone())) && hashes.contains(&Some(before.clone())), "{hashes:?}");
     // Values never leak into the object.
     assert!(!serde_json::to_string(&deployment(&ns, "api").await).unwrap().contains("postgres://"));
     op.stop().await;
@@ -613,19 +622,19 @@ async fn retry_reruns_a_failed_migration_and_deletion_removes_children() {
     let failed = wait_app(&ns, "api", "MigrationFailed", T, |a| phase(a) == Some(Phase::MigrationFailed)).await;
     let job_name = failed.status.unwrap().migration.unwrap().job;
     let first_uid = ns.api::<Job>().get(&job_name).await.unwrap().uid();
-    empacts_cli::commands::retry(&client, &ns.name, "api").await.unwrap();
-    let second_uid = wait_until("a new Job for the retry", T, || async {
-        let uid = ns.api::<Job>().get_opt(&job_name).await.ok()??.uid();
-        (uid != first_uid).then_some(uid)
+    let requested = empacts_cli::commands::retry(&client, &ns.name, "api").await.unwrap();
+    let second = wait_until("a new Job for the retry", T, || async {
+        let job = ns.api::<Job>().get_opt(&job_name).await.ok()??;
+        (job.uid() != first_uid).then_some(job)
     })
     .await;
-    assert!(second_uid.is_some());
+    assert_eq!(second.annotations().get("empacts.io/attempt").map(String::as_str), Some("2"), "the second attempt");
     // Still failing (same image): back to MigrationFailed, and the retry was acknowledged.
     let again = wait_app(&ns, "api", "MigrationFailed after retry", T, |a| {
         phase(a) == Some(Phase::MigrationFailed) && a.status.as_ref().is_some_and(|s| s.observed_retry.is_some())
     })
     .await;
-    assert!(again.status.unwrap().observed_retry.is_some());
+    assert_eq!(again.status.unwrap().observed_retry, Some(requested), "the acknowledged request is this retry");
 
     // Deleting the app garbage-collects its children.
     ns.api::<EmpactsApp>().delete("api", &DeleteParams::default()).await.unwrap();

@@ -1,0 +1,225 @@
+//! One registry of the kinds the operator creates: for each, the API resource, the verbs the
+//! operator needs (the chart's RBAC must grant them: a unit test reads the chart), how the
+//! controller watches it, and how what is no longer wanted goes away. `kinds_of` destructures
+//! [`Children`] without `..`, so a child kind added to the builders does not compile until it
+//! is registered here, and the tests below then fail until it is watched and granted.
+
+use crate::build::Children;
+
+/// How the controller learns about changes of a kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watch {
+    /// Full objects through `Controller::owns` (their status decides the rollout).
+    Owned,
+    /// Metadata only, also feeding the skip-unchanged caches.
+    OwnedMetadata,
+    /// Metadata of every object of the kind, mapped to the apps that reference it.
+    Referenced,
+    /// Read fresh on every reconcile, not watched (the ledger).
+    ReadFresh,
+}
+
+/// How an object of the kind that is no longer wanted goes away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prune {
+    /// Deleted when the spec no longer asks for it, if this app controls it.
+    WhenUnwanted,
+    /// Deleted by the retention policy (by label and revision).
+    Retention,
+    /// Only through the app's owner reference (garbage collection), never by the operator.
+    OwnerReference,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChildKind {
+    pub kind: &'static str,
+    pub group: &'static str,
+    pub resource: &'static str,
+    pub verbs: &'static [&'static str],
+    pub watch: Watch,
+    pub prune: Prune,
+}
+
+const READ_WRITE: &[&str] = &["get", "list", "watch", "create", "patch", "update", "delete"];
+
+pub const CHILD_KINDS: &[ChildKind] = &[
+    ChildKind {
+        kind: "ServiceAccount",
+        group: "",
+        resource: "serviceaccounts",
+        verbs: READ_WRITE,
+        watch: Watch::OwnedMetadata,
+        prune: Prune::OwnerReference,
+    },
+    ChildKind {
+        kind: "ConfigMap",
+        group: "",
+        resource: "configmaps",
+        verbs: READ_WRITE,
+        watch: Watch::OwnedMetadata,
+        prune: Prune::Retention,
+    },
+    ChildKind {
+        kind: "Secret",
+        group: "",
+        resource: "secrets",
+        // Generated ones are created, replaced on rotation, released by a patch; never deleted.
+        verbs: &["get", "list", "watch", "create", "patch", "update"],
+        watch: Watch::Referenced,
+        prune: Prune::OwnerReference,
+    },
+    ChildKind {
+        kind: "Job",
+        group: "batch",
+        resource: "jobs",
+        verbs: READ_WRITE,
+        watch: Watch::Owned,
+        prune: Prune::Retention,
+    },
+    ChildKind {
+        kind: "Deployment",
+        group: "apps",
+        resource: "deployments",
+        verbs: READ_WRITE,
+        watch: Watch::Owned,
+        prune: Prune::OwnerReference,
+    },
+    ChildKind {
+        kind: "Service",
+        group: "",
+        resource: "services",
+        verbs: READ_WRITE,
+        watch: Watch::OwnedMetadata,
+        prune: Prune::OwnerReference,
+    },
+    ChildKind {
+        kind: "HorizontalPodAutoscaler",
+        group: "autoscaling",
+        resource: "horizontalpodautoscalers",
+        verbs: READ_WRITE,
+        watch: Watch::OwnedMetadata,
+        prune: Prune::WhenUnwanted,
+    },
+    ChildKind {
+        kind: "PodDisruptionBudget",
+        group: "policy",
+        resource: "poddisruptionbudgets",
+        verbs: READ_WRITE,
+        watch: Watch::OwnedMetadata,
+        prune: Prune::WhenUnwanted,
+    },
+    ChildKind {
+        kind: "ControllerRevision",
+        group: "apps",
+        resource: "controllerrevisions",
+        verbs: READ_WRITE,
+        watch: Watch::ReadFresh,
+        prune: Prune::Retention,
+    },
+];
+
+pub fn child_kind(kind: &str) -> Option<&'static ChildKind> {
+    CHILD_KINDS.iter().find(|k| k.kind == kind)
+}
+
+/// The kind of every child the builders make. No `..`: a new field must be mapped here.
+pub fn kinds_of(children: &Children) -> Vec<&'static str> {
+    let Children { service_account, config_map, generated_secrets, migration_job, deployment, service, hpa, pdb } =
+        children;
+    let _ = (service_account, config_map, generated_secrets, migration_job, deployment, service, hpa, pdb);
+    vec![
+        "ServiceAccount",
+        "ConfigMap",
+        "Secret",
+        "Job",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::test_support::app_from_yaml;
+    use crate::secret_value::SecretValue;
+
+    #[test]
+    fn every_built_child_and_the_ledger_are_registered() {
+        let app = app_from_yaml(
+            "spec: {image: 'api:1', env: {A: b}, secrets: [{env: K, generate: {}}], migration: {command: [m]}, \
+             autoscaling: {maxReplicas: 3, targetCPU: 50}, disruption: {minAvailable: 1}}",
+        );
+        let children = crate::build::build_all(&app, None, None, |_| Some(SecretValue::placeholder()));
+        let built: Vec<String> =
+            children.to_manifests().iter().map(|m| m["kind"].as_str().unwrap().to_string()).collect();
+        for kind in &built {
+            assert!(kinds_of(&children).contains(&kind.as_str()), "{kind} built but not in kinds_of");
+            assert!(child_kind(kind).is_some(), "{kind} built but not registered");
+        }
+        assert!(child_kind("ControllerRevision").is_some(), "the ledger's kind");
+    }
+
+    #[test]
+    fn every_registered_kind_is_watched_by_the_controller_as_declared() {
+        for k in CHILD_KINDS {
+            let watched = crate::controller::WATCHED.iter().find(|(kind, _)| *kind == k.kind).map(|(_, w)| *w);
+            match k.watch {
+                Watch::ReadFresh => assert_eq!(watched, None, "{} is read fresh, not watched", k.kind),
+                w => assert_eq!(watched, Some(w), "{} must be watched as {w:?}", k.kind),
+            }
+        }
+    }
+
+    /// (apiGroups, resources, verbs) of each rule in the chart's rules template.
+    fn chart_rules() -> Vec<(Vec<String>, Vec<String>, Vec<String>)> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../charts/empacts-operator/templates/rbac.yaml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let start = text.find("define \"empacts-operator.rules\"").unwrap();
+        let body = &text[start..text[start..].find("{{- end }}").unwrap() + start];
+        let list = |line: &str| -> Vec<String> {
+            let inner = line.split_once('[').and_then(|(_, r)| r.split_once(']')).map(|(l, _)| l).unwrap_or("");
+            inner
+                .split(',')
+                .map(|s| s.trim().trim_matches('"').to_string())
+                .filter(|s| !s.is_empty() || inner.contains("\"\""))
+                .collect()
+        };
+        let mut rules = Vec::new();
+        let mut current: (Vec<String>, Vec<String>) = (vec![], vec![]);
+        for line in body.lines().map(str::trim) {
+            if let Some(rest) = line.strip_prefix("- apiGroups:") {
+                current = (list(rest), vec![]);
+            } else if let Some(rest) = line.strip_prefix("resources:") {
+                current.1 = list(rest);
+            } else if let Some(rest) = line.strip_prefix("verbs:") {
+                rules.push((current.0.clone(), current.1.clone(), list(rest)));
+            }
+        }
+        rules
+    }
+
+    #[test]
+    fn the_chart_grants_every_registered_kind_its_verbs_and_no_more() {
+        let rules = chart_rules();
+        assert!(rules.len() >= 8, "parsed the chart's rules: {rules:?}");
+        for k in CHILD_KINDS {
+            let granted: Vec<&String> = rules
+                .iter()
+                .filter(|(g, r, _)| g.iter().any(|g| g == k.group) && r.iter().any(|r| r == k.resource))
+                .flat_map(|(_, _, v)| v)
+                .collect();
+            for verb in k.verbs {
+                assert!(granted.iter().any(|g| g == verb), "the chart does not grant {verb} on {}", k.resource);
+            }
+            for verb in &granted {
+                assert!(
+                    k.verbs.contains(&verb.as_str()),
+                    "the chart grants {verb} on {} that the operator never uses",
+                    k.resource
+                );
+            }
+        }
+    }
+}
