@@ -152,7 +152,10 @@ pub async fn run(
                 .filter(|app| {
                     app.spec.secrets().iter().any(|e| match &e.secret_key_ref {
                         Some(r) => r.name == name,
-                        None => names::generated_secret(&app.name_any(), &e.env) == name,
+                        None => {
+                            names::generated_secret(&app.name_any(), &e.env) == name
+                                || names::legacy_generated_secret(&app.name_any(), &e.env) == name
+                        }
                     })
                 })
                 .map(|app| ObjectRef::from(app.as_ref()))

@@ -22,12 +22,24 @@ pub fn rollback_job(app: &str, revision: &str) -> String {
     format!("{app}-rollback-{revision}")
 }
 
-/// Operator-generated Secret for one `generate` entry, e.g. JWT_SECRET -> `<app>-gen-jwt-secret`.
-pub fn generated_secret(app: &str, env: &str) -> String {
+fn kebab(env: &str) -> String {
     let kebab = env.to_ascii_lowercase().replace('_', "-");
     let kebab = kebab.trim_matches('-');
     // "_" alone is a valid variable name but would leave nothing to name the Secret by.
-    format!("{app}-gen-{}", if kebab.is_empty() { "env" } else { kebab })
+    if kebab.is_empty() { "env".into() } else { kebab.to_string() }
+}
+
+/// Operator-generated Secret for one `generate` entry, e.g. JWT_SECRET -> `<app>.gen.jwt-secret`.
+/// App names are DNS labels (no dots), so the first dot ends the app's part: two apps can
+/// never share a generated Secret name.
+pub fn generated_secret(app: &str, env: &str) -> String {
+    format!("{app}.gen.{}", kebab(env))
+}
+
+/// The name earlier builds gave it (`<app>-gen-<env>`): still used for a Secret of that
+/// name that was generated for this app, so an upgrade keeps every value.
+pub fn legacy_generated_secret(app: &str, env: &str) -> String {
+    format!("{app}-gen-{}", kebab(env))
 }
 
 /// Key inside a generated Secret.
@@ -43,9 +55,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn generated_secret_names_are_dns_safe() {
-        assert_eq!(generated_secret("api", "JWT_SECRET"), "api-gen-jwt-secret");
-        assert_eq!(generated_secret("api", "_X_"), "api-gen-x");
+    fn generated_secret_names_are_dns_safe_and_never_shared_by_two_apps() {
+        assert_eq!(generated_secret("api", "JWT_SECRET"), "api.gen.jwt-secret");
+        assert_eq!(generated_secret("api", "_X_"), "api.gen.x");
+        // The old scheme gave both of these `a-gen-b-gen-c`.
+        assert_eq!(legacy_generated_secret("a", "B_GEN_C"), legacy_generated_secret("a-gen-b", "C"));
+        assert_ne!(generated_secret("a", "B_GEN_C"), generated_secret("a-gen-b", "C"));
     }
 
     #[test]

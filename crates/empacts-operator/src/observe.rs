@@ -25,6 +25,8 @@ use crate::{hash, names};
 #[derive(Debug, Clone)]
 pub struct Observed {
     pub input: PlanInput,
+    /// The app with the names of its generated Secrets as found.
+    pub app: ValidatedApp,
     /// The Deployment, if this app controls it.
     pub deployment: Option<Deployment>,
     /// Recorded spec of each readable revision (D: the current spec).
@@ -60,7 +62,8 @@ pub async fn observe(
     previous: &EmpactsAppStatus,
     children: ChildMetas,
 ) -> Result<Observed> {
-    let ns = &app.namespace;
+    let mut app = app.clone();
+    let ns = &app.namespace.clone();
     let selector = ListParams::default().labels(&instance_selector(&app.name));
     let deployment = Api::<Deployment>::namespaced(client.clone(), ns)
         .get_opt(&names::workload(&app.name))
@@ -80,7 +83,7 @@ pub async fn observe(
     for record in revisions.items.iter().filter(|c| controlled_by(&c.metadata, &app.uid)) {
         let Some(revision) = cr::revision_of(record) else { continue };
         let spec = cr::recorded_spec(record).ok();
-        let mut entry = describe(app, revision, spec.as_ref());
+        let mut entry = describe(&app, revision, spec.as_ref());
         ledger::read_marks(record, &mut entry);
         entry.recorded_at = record.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
         if let Some(spec) = spec {
@@ -92,7 +95,7 @@ pub async fn observe(
     let desired = desired_revision(&app.spec, &entries, &specs);
     // D's effective spec is the current one (a rollbackCommand added later counts).
     specs.insert(desired.clone(), app.spec.clone());
-    let desired_entry = describe(app, &desired, Some(&app.spec));
+    let desired_entry = describe(&app, &desired, Some(&app.spec));
     if let Some(e) = entries.iter_mut().find(|e| e.revision == desired) {
         e.has_rollback_command = desired_entry.has_rollback_command;
         e.spec_readable = true;
@@ -110,14 +113,23 @@ pub async fn observe(
         }
         other => other,
     };
-    name_taken = name_taken.or_else(|| children.foreign(app));
+    name_taken = name_taken.or_else(|| children.foreign(&app));
 
     let mut generated = BTreeMap::new();
     let mut secrets = Vec::new();
     let secret_api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    for entry in app.spec.secrets().iter().filter(|e| e.generate.is_some()) {
-        let name = names::generated_secret(&app.name, &entry.env);
-        let live = secret_api.get_opt(&name).await.map_err(|e| read_error("Secret", ns, &name, e))?;
+    let generated_entries: Vec<_> = app.spec.secrets().iter().filter(|e| e.generate.is_some()).cloned().collect();
+    for entry in &generated_entries {
+        let mut name = names::generated_secret(&app.name, &entry.env);
+        let mut live = secret_api.get_opt(&name).await.map_err(|e| read_error("Secret", ns, &name, e))?;
+        if live.is_none() {
+            let legacy = names::legacy_generated_secret(&app.name, &entry.env);
+            let old = secret_api.get_opt(&legacy).await.map_err(|e| read_error("Secret", ns, &legacy, e))?;
+            if let Some(old) = old.filter(|s| generated_for(s, &app)) {
+                (name, live) = (legacy, Some(old));
+                app.generated_names.insert(entry.env.clone(), name.clone());
+            }
+        }
         let retain = entry.generate.as_ref().is_some_and(|g| g.retain());
         let observed = match &live {
             None => GeneratedSecret { env: entry.env.clone(), name: name.clone(), retain, ..Default::default() },
@@ -125,7 +137,7 @@ pub async fn observe(
                 env: entry.env.clone(),
                 name: name.clone(),
                 exists: true,
-                ours: generated_for(s, app),
+                ours: generated_for(s, &app),
                 owned: s.owner_references().iter().any(|o| o.uid == app.uid),
                 retain,
                 rotation: s.annotations().get(annotations::ROTATION).cloned(),
@@ -140,13 +152,13 @@ pub async fn observe(
     // References of D, and of the revision a rollback would restore.
     let mut config_hashes = BTreeMap::new();
     let mut missing_reference = None;
-    match references(client, app, &app.spec).await? {
+    match references(client, &app, &app.spec).await? {
         References::Present { config_hash } => drop(config_hashes.insert(desired.clone(), config_hash)),
         References::Missing { reason, message } => missing_reference = Some((reason.to_string(), message)),
     }
     let mut candidates: Vec<String> =
         ledger.rollback_target(&desired).map(|e| e.revision.clone()).into_iter().collect();
-    let rollback = rollback_request(app, &ledger);
+    let rollback = rollback_request(&app, &ledger);
     if let Some(r) = &rollback {
         candidates.push(r.target.clone());
     }
@@ -155,7 +167,7 @@ pub async fn observe(
             continue;
         }
         let Some(spec) = specs.get(&revision) else { continue };
-        if let References::Present { config_hash } = references(client, app, spec).await? {
+        if let References::Present { config_hash } = references(client, &app, spec).await? {
             config_hashes.insert(revision, config_hash);
         }
     }
@@ -180,10 +192,10 @@ pub async fn observe(
         missing_reference,
         references_ok: config_hashes.keys().cloned().collect(),
         name_taken,
-        config_maps: children.config_maps(app),
+        config_maps: children.config_maps(&app),
         imports,
     };
-    Ok(Observed { input, deployment, specs, config_hashes, generated, children, jobs: jobs.items })
+    Ok(Observed { input, app, deployment, specs, config_hashes, generated, children, jobs: jobs.items })
 }
 
 /// Facts of revisions an earlier build recorded, from what it left: its status (failed and
@@ -304,7 +316,7 @@ pub async fn references(client: &Client, app: &ValidatedApp, spec: &EmpactsAppSp
     for entry in spec.secrets() {
         let (name, key, generated) = match &entry.secret_key_ref {
             Some(r) => (r.name.clone(), r.key.clone(), false),
-            None => (names::generated_secret(&app.name, &entry.env), names::GENERATED_SECRET_KEY.to_string(), true),
+            None => (app.generated_secret(&entry.env), names::GENERATED_SECRET_KEY.to_string(), true),
         };
         if !cache.contains_key(&name) {
             let secret = match secrets.get(&name).await {

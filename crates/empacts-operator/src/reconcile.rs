@@ -43,7 +43,7 @@ pub async fn reconcile(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Action
     let mut plan = plan::plan(&observed.input);
 
     // A failed write still gets its status: users see why their app is not moving.
-    let applied = apply::execute(&ctx, &valid, &observed, &plan).await;
+    let applied = apply::execute(&ctx, &observed.app, &observed, &plan).await;
     let mut error = None;
     match &applied {
         Err(e @ Error::NameTaken { .. }) => {

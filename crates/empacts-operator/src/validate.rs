@@ -18,6 +18,9 @@ pub struct ValidatedApp {
     pub generation: i64,
     pub spec: EmpactsAppSpec,
     pub annotations: BTreeMap<String, String>,
+    /// Env name -> the Secret holding its generated value (observe switches an entry to the
+    /// legacy name when an earlier build generated it under that name).
+    pub generated_names: BTreeMap<String, String>,
 }
 
 /// Why an app cannot be reconciled as written. Each message says what to change.
@@ -45,7 +48,15 @@ pub fn validate(app: &EmpactsApp) -> Result<ValidatedApp, InvalidApp> {
             return Err(InvalidApp::GeneratedSecretNameClash { first, second: entry.env.clone(), secret });
         }
     }
+    let generated_names = app
+        .spec
+        .secrets()
+        .iter()
+        .filter(|s| s.generate.is_some())
+        .map(|s| (s.env.clone(), names::generated_secret(&name, &s.env)))
+        .collect();
     Ok(ValidatedApp {
+        generated_names,
         uid: app.uid().unwrap_or_else(|| OFFLINE_UID.to_string()),
         generation: app.meta().generation.unwrap_or(0),
         annotations: app.annotations().clone(),
@@ -56,6 +67,11 @@ pub fn validate(app: &EmpactsApp) -> Result<ValidatedApp, InvalidApp> {
 }
 
 impl ValidatedApp {
+    /// The Secret of a generated entry.
+    pub fn generated_secret(&self, env: &str) -> String {
+        self.generated_names.get(env).cloned().unwrap_or_else(|| names::generated_secret(&self.name, env))
+    }
+
     /// Owner reference that makes the garbage collector delete a child with its app.
     pub fn owner_reference(&self) -> OwnerReference {
         OwnerReference {

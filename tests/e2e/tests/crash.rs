@@ -156,7 +156,7 @@ impl Run {
     }
 
     async fn secret(&self) -> Vec<u8> {
-        let secret = self.ns.api::<Secret>().get("api-gen-jwt").await.expect("generated secret");
+        let secret = self.ns.api::<Secret>().get("api.gen.jwt").await.expect("generated secret");
         secret.data.unwrap()["value"].0.clone()
     }
 

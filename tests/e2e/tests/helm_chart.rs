@@ -532,7 +532,7 @@ async fn helm_install_rbac_is_enough_for_the_operator_and_pods_pass_restricted_p
     .await;
     assert_eq!(phase(&ready), Some(Phase::Ready), "log:\n{}", log_text());
     // Every kind the operator manages was written with the chart's RBAC.
-    let generated = ns.api::<Secret>().get("empacts-api-gen-jwt-secret").await.expect("generated Secret");
+    let generated = ns.api::<Secret>().get("empacts-api.gen.jwt-secret").await.expect("generated Secret");
     assert!(generated.data.is_some_and(|d| d.values().next().is_some_and(|v| v.0.len() == 64)), "64-byte secret");
     ns.api::<Deployment>().get("empacts-api").await.expect("app Deployment");
     ns.api::<HorizontalPodAutoscaler>().get("empacts-api").await.expect("app HPA");

@@ -182,3 +182,36 @@ async fn a_revision_scaled_to_zero_never_becomes_the_rollback_target() {
     op.stop().await;
     ns.cleanup().await;
 }
+
+/// Two apps whose generated Secrets shared a name under the old scheme (`a-gen-b-gen-c`) each
+/// get their own, with distinct values; neither touches the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_secret_names_never_collide_across_apps() {
+    let (_env, client) = cluster().await;
+    let ns = TestNamespace::new(&client, "collide").await;
+    let op = Operator::start(&client, &ns.name).await;
+    let named = |name: &str, env: &str| {
+        app_yaml(&format!(
+            "apiVersion: empacts.io/v1alpha1\nkind: EmpactsApp\nmetadata: {{name: {name}}}\n\
+             spec: {{image: '{V1}', secrets: [{{env: {env}, generate: {{}}}}]}}\n"
+        ))
+    };
+    apply_app(&ns, &named("a", "B_GEN_C")).await;
+    apply_app(&ns, &named("a-gen-b", "C")).await;
+    for name in ["a", "a-gen-b"] {
+        wait_app(&ns, name, "Ready", T, |a| phase(a) == Some(Phase::Ready) && observed_current(a)).await;
+    }
+    let secrets = ns.api::<k8s_openapi::api::core::v1::Secret>();
+    let first = secrets.get("a.gen.b-gen-c").await.expect("a's secret");
+    let second = secrets.get("a-gen-b.gen.c").await.expect("a-gen-b's secret");
+    assert_ne!(first.uid(), second.uid());
+    assert_ne!(
+        first.data.as_ref().unwrap()["value"].0,
+        second.data.as_ref().unwrap()["value"].0,
+        "each app has its own value"
+    );
+    assert_eq!(first.owner_references()[0].name, "a");
+    assert_eq!(second.owner_references()[0].name, "a-gen-b");
+    op.stop().await;
+    ns.cleanup().await;
+}

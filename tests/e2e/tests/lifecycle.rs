@@ -145,7 +145,7 @@ async fn fresh_install_becomes_ready_and_a_noop_reconcile_writes_nothing() {
     assert!(owned(ns.api::<PodDisruptionBudget>().get("api").await.unwrap().metadata.owner_references.as_ref()));
     let hpa: Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> = ns.api();
     assert_eq!(hpa.get("api").await.unwrap().spec.unwrap().max_replicas, 4);
-    let jwt = ns.api::<Secret>().get("api-gen-jwt-secret").await.unwrap();
+    let jwt = ns.api::<Secret>().get("api.gen.jwt-secret").await.unwrap();
     let jwt_value = String::from_utf8(jwt.data.unwrap()["value"].0.clone()).unwrap();
     assert_eq!(jwt_value.len(), 64);
     wait_event(&ns, "api", "SecretGenerated").await;
@@ -464,7 +464,7 @@ async fn generated_secret_survives_restart_reapply_and_retained_recreation() {
     apply_app(&ns, &app("api", spec)).await;
     ready_on(&ns, "api", "registry.example.com/api:1.0.0").await;
     let value =
-        || async { ns.api::<Secret>().get("api-gen-jwt-secret").await.unwrap().data.unwrap()["value"].0.clone() };
+        || async { ns.api::<Secret>().get("api.gen.jwt-secret").await.unwrap().data.unwrap()["value"].0.clone() };
     let original = value().await;
     assert_eq!(original.len(), 64);
 
@@ -657,14 +657,14 @@ async fn turning_on_retain_later_keeps_the_generated_secret_when_the_app_is_dele
     let owned = "{image: 'registry.example.com/api:1.0.0', secrets: [{env: TOKEN, generate: {}}]}";
     apply_app(&ns, &app("api", owned)).await;
     ready_on(&ns, "api", "registry.example.com/api:1.0.0").await;
-    let secret = ns.api::<Secret>().get("api-gen-token").await.unwrap();
+    let secret = ns.api::<Secret>().get("api.gen.token").await.unwrap();
     assert!(!secret.owner_references().is_empty(), "owned while retain is off");
     let value = secret.data.unwrap()["value"].0.clone();
 
     let retained = "{image: 'registry.example.com/api:1.0.0', secrets: [{env: TOKEN, generate: {retain: true}}]}";
     apply_app(&ns, &app("api", retained)).await;
     wait_until("owner reference dropped", T, || async {
-        ns.api::<Secret>().get("api-gen-token").await.ok()?.owner_references().is_empty().then_some(())
+        ns.api::<Secret>().get("api.gen.token").await.ok()?.owner_references().is_empty().then_some(())
     })
     .await;
     ns.api::<EmpactsApp>().delete("api", &DeleteParams::default()).await.unwrap();
@@ -672,7 +672,7 @@ async fn turning_on_retain_later_keeps_the_generated_secret_when_the_app_is_dele
         ns.api::<Service>().get_opt("api").await.ok()?.is_none().then_some(())
     })
     .await;
-    let kept = ns.api::<Secret>().get("api-gen-token").await.expect("the retained secret survives");
+    let kept = ns.api::<Secret>().get("api.gen.token").await.expect("the retained secret survives");
     assert_eq!(kept.data.unwrap()["value"].0, value, "with its value");
     op.stop().await;
     ns.cleanup().await;

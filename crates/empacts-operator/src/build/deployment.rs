@@ -129,7 +129,7 @@ spec:
         let jwt = env[0].value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
         assert_eq!(
             (env[0].name.as_str(), jwt.name.as_str(), jwt.key.as_str()),
-            ("JWT_SECRET", "demo-gen-jwt-secret", "value")
+            ("JWT_SECRET", "demo.gen.jwt-secret", "value")
         );
         let db = env[1].value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
         assert_eq!((db.name.as_str(), db.key.as_str()), ("empacts-db", "url"));

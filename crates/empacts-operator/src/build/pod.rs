@@ -24,7 +24,7 @@ pub fn secret_env(app: &ValidatedApp) -> Vec<EnvVar> {
 fn secret_env_var(app: &ValidatedApp, entry: &SecretEnv) -> EnvVar {
     let (name, key) = match &entry.secret_key_ref {
         Some(r) => (r.name.clone(), r.key.clone()),
-        None => (names::generated_secret(&app.name, &entry.env), names::GENERATED_SECRET_KEY.to_string()),
+        None => (app.generated_secret(&entry.env), names::GENERATED_SECRET_KEY.to_string()),
     };
     EnvVar {
         name: entry.env.clone(),

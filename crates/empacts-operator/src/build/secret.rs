@@ -15,7 +15,7 @@ pub const COMPONENT: &str = "generated-secret";
 /// The generated Secret for `entry`, or None when the entry references a user Secret.
 pub fn build(app: &ValidatedApp, entry: &SecretEnv, value: &SecretValue) -> Option<Secret> {
     let generate = entry.generate.as_ref()?;
-    let mut metadata = meta::child_meta(app, names::generated_secret(&app.name, &entry.env), COMPONENT);
+    let mut metadata = meta::child_meta(app, app.generated_secret(&entry.env), COMPONENT);
     let secret_labels = metadata.labels.get_or_insert_with(BTreeMap::new);
     secret_labels.insert(labels::GENERATED_SECRET.into(), "true".into());
     // Created once and never updated, so a version label would only go stale.
@@ -43,7 +43,7 @@ mod tests {
         let app = app_from_yaml("spec: {image: 'api:1', secrets: [{env: JWT_SECRET, generate: {length: 64}}]}");
         let entry = &app.spec.secrets()[0];
         let secret = build(&app, entry, &SecretValue::from_bytes(b"v".to_vec())).unwrap();
-        assert_eq!(secret.metadata.name.as_deref(), Some("demo-gen-jwt-secret"));
+        assert_eq!(secret.metadata.name.as_deref(), Some("demo.gen.jwt-secret"));
         assert_eq!(secret.data.unwrap()["value"].0, b"v");
         assert_eq!(secret.metadata.labels.unwrap()[labels::GENERATED_SECRET], "true");
         assert!(secret.metadata.owner_references.is_some());
