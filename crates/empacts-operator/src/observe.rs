@@ -152,7 +152,9 @@ pub async fn observe(
     // References of D, and of the revision a rollback would restore.
     let mut config_hashes = BTreeMap::new();
     let mut missing_reference = None;
-    match references(client, &app, &app.spec).await? {
+    let known: BTreeMap<String, Option<Secret>> =
+        generated.values().map(|s| (s.name_any(), Some(s.clone()))).collect();
+    match references(client, &app, &app.spec, &known).await? {
         References::Present { config_hash } => drop(config_hashes.insert(desired.clone(), config_hash)),
         References::Missing { reason, message } => missing_reference = Some((reason.to_string(), message)),
     }
@@ -167,7 +169,7 @@ pub async fn observe(
             continue;
         }
         let Some(spec) = specs.get(&revision) else { continue };
-        if let References::Present { config_hash } = references(client, &app, spec).await? {
+        if let References::Present { config_hash } = references(client, &app, spec, &known).await? {
             config_hashes.insert(revision, config_hash);
         }
     }
@@ -308,10 +310,16 @@ pub enum References {
     Missing { reason: &'static str, message: String },
 }
 
-/// Read every Secret `spec` references (user-owned and generated) and hash their values.
-pub async fn references(client: &Client, app: &ValidatedApp, spec: &EmpactsAppSpec) -> Result<References> {
+/// Read every Secret `spec` references (user-owned and generated; those in `known` were read
+/// already this reconcile) and hash their values.
+pub async fn references(
+    client: &Client,
+    app: &ValidatedApp,
+    spec: &EmpactsAppSpec,
+    known: &BTreeMap<String, Option<Secret>>,
+) -> Result<References> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &app.namespace);
-    let mut cache: BTreeMap<String, Option<Secret>> = BTreeMap::new();
+    let mut cache = known.clone();
     let mut parts: Vec<Vec<u8>> = Vec::new();
     for entry in spec.secrets() {
         let (name, key, generated) = match &entry.secret_key_ref {

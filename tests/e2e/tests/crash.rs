@@ -424,3 +424,41 @@ async fn stale_view_and_lost_status_upgrade_and_rotation() {
     same_outcome_under(Scenario::UpgradeWithMigration, &[Fault::StaleView, Fault::DeleteStatus]).await;
     same_outcome_under(Scenario::Rotation, &[Fault::StaleView, Fault::DeleteStatus]).await;
 }
+
+/// A settled app sends no write, and this says how many reads one reconcile of it costs
+/// (every reconcile of a settled app is what a resync costs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_settled_app_writes_nothing_and_its_reads_per_reconcile_are_counted() {
+    let (env, client) = cluster().await;
+    let mut r = Run::start(&env, &client, "settled", Fault::None).await;
+    let mut full = app(V1, true);
+    full.spec.env = Some([("A".to_string(), "b".to_string())].into());
+    apply_app(&r.ns, &full).await;
+    r.phase(V1, Phase::Ready).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = r.proxy.requests().len();
+    let apps: Api<EmpactsApp> = r.ns.api();
+    let touches = 5;
+    for i in 0..touches {
+        // An annotation the operator ignores: each change is one more reconcile of a settled app.
+        let patch = serde_json::json!({"metadata": {"annotations": {"e2e/touch": i.to_string()}}});
+        apps.patch("api", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let during: Vec<_> = r.proxy.requests().into_iter().skip(before).collect();
+    let writes: Vec<_> =
+        during.iter().filter(|q| q.counted_write).map(|q| format!("{} {}", q.method, q.path)).collect();
+    assert!(writes.is_empty(), "a settled app wrote: {writes:?}");
+    let reads: Vec<_> = during.iter().filter(|q| !q.mutating && !q.watch && !q.path.contains("coordination")).collect();
+    assert!(!reads.is_empty(), "the touches caused reconciles");
+    let per = reads.len() as f64 / touches as f64;
+    let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
+    for q in &reads {
+        let path = q.path_only();
+        let kind = path.split('/').rev().find(|s| s.ends_with('s') && !s.contains('.')).unwrap_or("?").to_string();
+        *kinds.entry(format!("{} {kind}", q.method)).or_default() += 1;
+    }
+    println!("settled app: 0 writes; {per:.1} reads per reconcile over {touches} reconciles: {kinds:?}");
+    r.watch.abort();
+    r.ns.cleanup().await;
+}
