@@ -152,8 +152,7 @@ pub async fn observe(
     // References of D, and of the revision a rollback would restore.
     let mut config_hashes = BTreeMap::new();
     let mut missing_reference = None;
-    let known: BTreeMap<String, Option<Secret>> =
-        generated.values().map(|s| (s.name_any(), Some(s.clone()))).collect();
+    let known: BTreeMap<String, Option<Secret>> = generated.values().map(|s| (s.name_any(), Some(s.clone()))).collect();
     match references(client, &app, &app.spec, &known).await? {
         References::Present { config_hash } => drop(config_hashes.insert(desired.clone(), config_hash)),
         References::Missing { reason, message } => missing_reference = Some((reason.to_string(), message)),

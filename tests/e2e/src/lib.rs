@@ -409,16 +409,22 @@ impl OperatorProcess {
 
     /// [`OperatorProcess::start_single`] with another build of the binary.
     pub fn start_single_with(binary: &Path, kubeconfig: &Path, name: &str, namespace: &str, log: &Path) -> Self {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+        Self::spawn(binary, kubeconfig, name, log, &["--namespace", namespace, "--leader-elect=false"])
+    }
+
+    /// `binary run` with `args`, metrics on a free loopback port, JSON logs to `log`.
+    fn spawn(binary: &Path, kubeconfig: &Path, name: &str, log: std::fs::File, args: &[&str]) -> Self {
         let metrics_port = free_port();
-        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
         let child = std::process::Command::new(binary)
-            .args(["run", "--namespace", namespace, "--leader-elect=false", "--instance", name])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}"), "--log-format", "json"])
+            .arg("run")
+            .args(args)
+            .args(["--instance", name, "--metrics-addr", &format!("127.0.0.1:{metrics_port}"), "--log-format", "json"])
             .env("KUBECONFIG", kubeconfig)
             .env_remove("POD_NAMESPACE")
             .env_remove("POD_NAME")
             .stdout(std::process::Stdio::null())
-            .stderr(log_file)
+            .stderr(log)
             .spawn()
             .expect("empacts run starts");
         OperatorProcess { child, metrics_port, name: name.to_string() }
@@ -432,19 +438,9 @@ impl OperatorProcess {
     /// Like [`OperatorProcess::start`], but the process authenticates with `kubeconfig` (e.g. one
     /// from [`service_account_kubeconfig`]) instead of the admin kubeconfig.
     pub fn start_with_kubeconfig(kubeconfig: &Path, name: &str, namespace: &str, lease: &str, log: &Path) -> Self {
-        let metrics_port = free_port();
-        let log_file = std::fs::File::create(log).expect("log file");
-        let child = std::process::Command::new(empacts_binary())
-            .args(["run", "--namespace", namespace, "--lease-namespace", namespace, "--lease-name", lease])
-            .args(["--instance", name, "--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-            .args(["--lease-duration", "10", "--log-format", "json"])
-            .env("KUBECONFIG", kubeconfig)
-            .env_remove("POD_NAMESPACE")
-            .env_remove("POD_NAME")
-            .stdout(std::process::Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("empacts run starts");
-        OperatorProcess { child, metrics_port, name: name.to_string() }
+        let log = std::fs::File::create(log).expect("log file");
+        let args =
+            ["--namespace", namespace, "--lease-namespace", namespace, "--lease-name", lease, "--lease-duration", "10"];
+        Self::spawn(&empacts_binary(), kubeconfig, name, log, &args)
     }
 }
