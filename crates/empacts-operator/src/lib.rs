@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod hash;
 pub mod ledger;
+pub mod legacy;
 pub mod metrics;
 pub mod names;
 pub mod observe;

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use empacts_api::{EmpactsAppSpec, EmpactsAppStatus, RevisionResult, annotations, conditions::reasons, labels};
+use empacts_api::{EmpactsAppSpec, EmpactsAppStatus, annotations, conditions::reasons, labels};
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
@@ -15,11 +15,11 @@ use kube::{Api, Client, Resource, ResourceExt};
 use crate::build::{self, configmap, revision as cr};
 use crate::children::ChildMetas;
 use crate::error::{Error, Result, is_not_found};
-use crate::ledger::{self, Entry, FailReason, FailedMark, Ledger, Mark, MigrationMark, MigrationState};
+use crate::ledger::{self, Entry, Ledger};
 use crate::plan::{DeploymentState, GeneratedSecret, JobKind, JobState, ObservedJob, PlanInput, RollbackRequest};
 use crate::revision::{RevisionSpec, identity};
 use crate::validate::ValidatedApp;
-use crate::{hash, names};
+use crate::{hash, legacy, names};
 
 /// What the cluster holds for one app, and the decision input made of it.
 #[derive(Debug, Clone)]
@@ -102,7 +102,7 @@ pub async fn observe(
     }
     let observed_jobs: Vec<ObservedJob> =
         jobs.items.iter().filter(|j| controlled_by(&j.metadata, &app.uid)).filter_map(observed_job).collect();
-    let imports = import_legacy(&mut entries, previous, &observed_jobs, app.generation);
+    let imports = legacy::import(&mut entries, previous, &observed_jobs, app.generation);
     let ledger = Ledger { entries };
 
     let mut name_taken = None;
@@ -197,43 +197,6 @@ pub async fn observe(
         imports,
     };
     Ok(Observed { input, app, deployment, specs, config_hashes, generated, children, jobs: jobs.items })
-}
-
-/// Facts of revisions an earlier build recorded, from what it left: its status (failed and
-/// last good revision, history) and its Jobs (a failed migration, a down-migration that ran,
-/// which that build never recorded on the revision). Applied to `entries` and returned as
-/// marks to write once.
-pub fn import_legacy(
-    entries: &mut [Entry],
-    previous: &EmpactsAppStatus,
-    jobs: &[ObservedJob],
-    generation: i64,
-) -> Vec<(String, Mark)> {
-    let mut out = Vec::new();
-    for e in entries.iter_mut().filter(|e| e.legacy) {
-        let job = |kind: JobKind| jobs.iter().find(|j| j.kind == kind && j.revision == e.revision).map(|j| &j.state);
-        let migrate_failed = matches!(job(JobKind::Migrate), Some(JobState::Failed { .. }));
-        let mut migration = e.migration;
-        if matches!(job(JobKind::Rollback), Some(JobState::Succeeded)) {
-            migration = MigrationMark::new(1, MigrationState::DownSucceeded);
-        } else if migrate_failed && !migration.in_effect() {
-            migration = MigrationMark::new(1, MigrationState::Failed);
-        }
-        let reason = if migrate_failed { FailReason::MigrationFailed } else { FailReason::RolloutFailed };
-        let failed = (previous.failed_revision.as_deref() == Some(e.revision.as_str()))
-            .then_some(FailedMark { generation, reason });
-        let succeeded =
-            previous.history.iter().any(|h| h.revision == e.revision && h.result == RevisionResult::Succeeded);
-        let good = if previous.last_good_revision.as_deref() == Some(e.revision.as_str()) {
-            Some(generation)
-        } else {
-            succeeded.then_some(0)
-        };
-        let mark = Mark::Import { migration, failed, good };
-        mark.apply_to(e);
-        out.push((e.revision.clone(), mark));
-    }
-    out
 }
 
 /// A ledger entry's static facts from a revision's spec.
@@ -433,70 +396,6 @@ mod tests {
         assert_eq!(
             job_state(Some(&job_with("Failed", "DeadlineExceeded"))),
             JobState::Failed { reason: "DeadlineExceeded".into(), message: String::new() }
-        );
-    }
-
-    #[test]
-    fn an_app_rolled_back_by_an_earlier_build_stays_rolled_back() {
-        let legacy = |rev: &str, number| Entry {
-            revision: rev.into(),
-            number,
-            legacy: true,
-            spec_readable: true,
-            migration: MigrationMark::new(1, MigrationState::Succeeded),
-            ..Default::default()
-        };
-        let mut entries = vec![legacy("g", 1), legacy("d", 2)];
-        let previous = EmpactsAppStatus {
-            failed_revision: Some("d".into()),
-            last_good_revision: Some("g".into()),
-            ..Default::default()
-        };
-        let jobs = vec![ObservedJob {
-            name: "api-rollback-d".into(),
-            kind: JobKind::Rollback,
-            revision: "d".into(),
-            attempt: 1,
-            state: JobState::Succeeded,
-        }];
-        let imports = import_legacy(&mut entries, &previous, &jobs, 3);
-        assert_eq!(imports.len(), 2, "written once, for both");
-        let input = PlanInput {
-            app: "api".into(),
-            generation: 3,
-            desired: "d".into(),
-            has_migration: true,
-            auto_rollback: true,
-            history_limit: 10,
-            ledger: Ledger { entries },
-            deployment: Some(crate::plan::DeploymentState {
-                revision: Some("g".into()),
-                generation: 1,
-                observed_generation: 1,
-                desired_replicas: 1,
-                replicas: 1,
-                updated_replicas: 1,
-                ready_replicas: 1,
-                available_replicas: 1,
-                progress_deadline_exceeded: false,
-            }),
-            references_ok: vec!["g".into(), "d".into()],
-            jobs,
-            imports,
-            ..Default::default()
-        };
-        let plan = crate::plan::plan(&input);
-        assert_eq!(plan.phase, empacts_api::Phase::RolledBack, "{}", plan.message);
-        let d = plan.ledger.get("d").unwrap();
-        assert!(!d.migration.in_effect(), "its down-migration ran under the earlier build");
-        assert!(
-            !plan.actions.iter().any(|a| match a {
-                crate::plan::Action::CreateJob { .. } => true,
-                crate::plan::Action::ApplyDeployment { revision } => revision == "d",
-                _ => false,
-            }),
-            "{:?}",
-            plan.actions
         );
     }
 
