@@ -296,6 +296,8 @@ async fn run(env: &ClusterEnv, client: &Client, scenario: Scenario, fault: Fault
         outcome,
     };
     r.watch.abort();
+    // Logs stay only for a run that failed (a panic above skips this).
+    let _ = std::fs::remove_dir_all(r.kubeconfig.parent().unwrap());
     r.ns.cleanup().await;
     finished
 }

@@ -167,5 +167,6 @@ async fn apps_settled_by_the_previous_build_keep_their_revisions_jobs_and_pods()
     for name in ["full", "minimal"] {
         wait_phase(&ns, name, V1, Phase::Ready).await;
     }
+    let _ = std::fs::remove_dir_all(&dir);
     ns.cleanup().await;
 }
