@@ -277,10 +277,15 @@ pub fn condition<'a>(
 /// The `empacts` binary, built once per test process so it is never stale (a no-op build when
 /// `cargo test --workspace` already built it). Benchmarks, which run from target/release, get a
 /// release build.
+/// `EMPACTS_E2E_BINARY` runs the process tests against another build instead (e.g. an earlier
+/// one, to see a test fail without a fix).
 pub fn empacts_binary() -> PathBuf {
     static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BINARY
         .get_or_init(|| {
+            if let Some(other) = std::env::var_os("EMPACTS_E2E_BINARY") {
+                return PathBuf::from(other);
+            }
             let exe = std::env::current_exe().expect("test executable path");
             let release = exe.components().any(|c| c.as_os_str() == "release");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
