@@ -12,12 +12,10 @@ use std::fmt::Debug;
 use empacts_api::{EmpactsAppSpec, annotations};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::ControllerRevision;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -30,7 +28,7 @@ use crate::observe::{Observed, controlled_by};
 use crate::plan::{Action, JobKind, Plan};
 use crate::secret_value::SecretValue;
 use crate::validate::ValidatedApp;
-use crate::{ledger, names};
+use crate::{ledger, names, registry};
 
 /// The one field manager of everything the operator writes.
 pub const FIELD_MANAGER: &str = "empacts-operator";
@@ -117,11 +115,12 @@ impl Writer<'_> {
             Action::ApplyConfig { revision } => {
                 let app = self.at(revision)?;
                 let sa = build::serviceaccount::build(&app);
-                ensure(self.ctx, &sa, self.observed.children.get("ServiceAccount", &sa.name_any()), &app.uid).await?;
+                let live = self.observed.children.get("ServiceAccount", &sa.name_any());
+                ensure(self.ctx, build::manifest(&sa), live, &app.uid).await?;
                 if let Some(cm) = configmap::build(&app) {
                     // Immutable and named by content: one that exists is already right.
                     if self.observed.children.get("ConfigMap", &cm.name_any()).is_none() {
-                        create_child(self.ctx, &cm).await?;
+                        create_child(self.ctx, build::manifest(&cm)).await?;
                     } else {
                         self.ctx.metrics.child_applies.with_label_values(&["ConfigMap", "skipped"]).inc();
                     }
@@ -147,7 +146,7 @@ impl Writer<'_> {
                 let live = self.observed.deployment.as_ref();
                 let replicas = live.and_then(|d| d.spec.as_ref()).and_then(|s| s.replicas);
                 let desired = deployment::build(&app, revision, hash.as_deref(), replicas);
-                ensure(self.ctx, &desired, live.map(|d| &d.metadata), &app.uid).await?;
+                ensure(self.ctx, build::manifest(&desired), live.map(|d| &d.metadata), &app.uid).await?;
             }
             Action::ApplyServing => self.serving().await?,
             Action::Prune(prune) => {
@@ -244,29 +243,40 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Service, HPA and PDB of the current spec; an HPA or PDB no longer wanted goes.
+    /// The serving children of the current spec; one no longer wanted goes, if ours.
     async fn serving(&mut self) -> Result<()> {
-        let children = &self.observed.children;
+        let children = build::build_all(self.app, None, None, |_| None);
         let uid = self.app.uid.as_str();
-        let service = build::service::build(self.app);
-        ensure(self.ctx, &service, children.get("Service", &service.name_any()), uid).await?;
         let name = names::workload(&self.app.name);
-        match build::hpa::build(self.app) {
-            Some(hpa) => ensure(self.ctx, &hpa, children.hpa.as_ref(), uid).await?,
-            None if children.hpa.as_ref().is_some_and(|m| controlled_by(m, uid)) => {
-                delete::<HorizontalPodAutoscaler>(self.client(), self.ns(), &name).await?;
+        for (kind, obj) in children.serving() {
+            let live = self.observed.children.get(kind, &name);
+            match obj {
+                Some(obj) => ensure(self.ctx, obj, live, uid).await?,
+                None if live.is_some_and(|m| controlled_by(m, uid)) => {
+                    let api = dynamic_api(self.client(), self.ns(), kind);
+                    let params =
+                        DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
+                    match api.delete(&name, &params).await {
+                        Ok(_) => {}
+                        Err(e) if is_not_found(&e) => {}
+                        Err(e) => return Err(dyn_write_error(kind, self.ns(), &name, e)),
+                    }
+                }
+                None => {}
             }
-            None => {}
-        }
-        match build::pdb::build(self.app) {
-            Some(pdb) => ensure(self.ctx, &pdb, children.pdb.as_ref(), uid).await?,
-            None if children.pdb.as_ref().is_some_and(|m| controlled_by(m, uid)) => {
-                delete::<PodDisruptionBudget>(self.client(), self.ns(), &name).await?;
-            }
-            None => {}
         }
         Ok(())
     }
+}
+
+/// The API of a registered kind, for objects handled as generic JSON.
+fn dynamic_api(client: &Client, ns: &str, kind: &str) -> Api<DynamicObject> {
+    let registered = registry::child_kind(kind).unwrap_or_else(|| panic!("{kind} is registered"));
+    Api::namespaced_with(client.clone(), ns, &registered.api_resource())
+}
+
+fn dyn_write_error(kind: &str, ns: &str, name: &str, source: kube::Error) -> Error {
+    Error::Write { kind: kind.into(), namespace: ns.into(), name: name.into(), source: Box::new(source) }
 }
 
 trait Object:
@@ -288,62 +298,63 @@ async fn create<K: Object>(client: &Client, obj: &K) -> Result<K> {
         .map_err(|e| write_error::<K>(&ns, &name, e))
 }
 
-fn name_taken<K: Object>(obj: &K) -> Error {
-    Error::NameTaken {
-        kind: K::kind(&()).into_owned(),
-        namespace: obj.namespace().unwrap_or_default(),
-        name: obj.name_any(),
-    }
+/// Kind, namespace and name of a child given as generic JSON.
+fn identity(obj: &serde_json::Value) -> (String, String, String) {
+    let field = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    (field(&obj["kind"]), field(&obj["metadata"]["namespace"]), field(&obj["metadata"]["name"]))
+}
+
+fn with_applied_hash(mut obj: serde_json::Value) -> serde_json::Value {
+    let hash = crate::hash::content_hash(&obj);
+    let meta = obj["metadata"].as_object_mut().expect("children have metadata");
+    let annotations = meta.entry("annotations").or_insert_with(|| serde_json::json!({}));
+    annotations[APPLIED_ANNOTATION] = hash.into();
+    obj
 }
 
 /// Create a child (with its applied-hash), reporting an existing object as NameTaken.
-async fn create_child<K: Object>(ctx: &Context, obj: &K) -> Result<()> {
-    let mut obj = obj.clone();
-    let hash = crate::hash::content_hash(&obj);
-    obj.meta_mut().annotations.get_or_insert_with(Default::default).insert(APPLIED_ANNOTATION.into(), hash);
-    let ns = obj.namespace().unwrap_or_default();
-    match Api::<K>::namespaced(ctx.client.clone(), &ns).create(&create_params(), &obj).await {
+async fn create_child(ctx: &Context, obj: serde_json::Value) -> Result<()> {
+    let (kind, ns, name) = identity(&obj);
+    let obj: DynamicObject = serde_json::from_value(with_applied_hash(obj)).expect("children are objects");
+    match dynamic_api(&ctx.client, &ns, &kind).create(&create_params(), &obj).await {
         Ok(created) => {
-            ctx.applied.record(&K::kind(&()), created.meta());
-            ctx.metrics.child_applies.with_label_values(&[K::kind(&()).as_ref(), "created"]).inc();
+            ctx.applied.record(&kind, &created.metadata);
+            ctx.metrics.child_applies.with_label_values(&[kind.as_str(), "created"]).inc();
             Ok(())
         }
         // Not in our view as ours, yet it exists: someone else's (or our view lags; the next
         // reconcile sees it then).
-        Err(e) if is_conflict(&e) => Err(name_taken(&obj)),
-        Err(e) => Err(write_error::<K>(&ns, &obj.name_any(), e)),
+        Err(e) if is_conflict(&e) => Err(Error::NameTaken { kind, namespace: ns, name }),
+        Err(e) => Err(dyn_write_error(&kind, &ns, &name, e)),
     }
 }
 
 /// A child this app must have: created when absent from `live` (cached or freshly read
 /// metadata), server-side applied only when it carries this app's controller reference.
-async fn ensure<K: Object>(ctx: &Context, obj: &K, live: Option<&ObjectMeta>, uid: &str) -> Result<()> {
+async fn ensure(ctx: &Context, obj: serde_json::Value, live: Option<&ObjectMeta>, uid: &str) -> Result<()> {
     match live {
         None => create_child(ctx, obj).await,
         Some(live) if controlled_by(live, uid) => apply_child(ctx, obj, live).await,
-        Some(_) => Err(name_taken(obj)),
+        Some(_) => {
+            let (kind, namespace, name) = identity(&obj);
+            Err(Error::NameTaken { kind, namespace, name })
+        }
     }
 }
 
 /// Server-side apply of a child we control, unless `live` shows it already is exactly
 /// what we would apply. The hash of the desired object travels in an annotation; the UID
 /// in the body makes the API server refuse the write if the object was replaced meanwhile.
-async fn apply_child<K: Object>(ctx: &Context, obj: &K, live: &ObjectMeta) -> Result<()> {
-    let kind = K::kind(&()).into_owned();
-    let hash = crate::hash::content_hash(obj);
+async fn apply_child(ctx: &Context, obj: serde_json::Value, live: &ObjectMeta) -> Result<()> {
+    let (kind, ns, name) = identity(&obj);
+    let hash = crate::hash::content_hash(&obj);
     if ctx.applied.is_current(&kind, live, &hash) {
         ctx.metrics.child_applies.with_label_values(&[kind.as_str(), "skipped"]).inc();
         return Ok(());
     }
-    let mut obj = obj.clone();
-    obj.meta_mut().annotations.get_or_insert_with(Default::default).insert(APPLIED_ANNOTATION.into(), hash);
-    obj.meta_mut().uid = live.uid.clone();
-    let ns = obj.namespace().unwrap_or_default();
-    let name = obj.name_any();
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut value = serde_json::to_value(&obj).expect("Kubernetes objects serialize");
-    value["apiVersion"] = K::api_version(&()).into();
-    value["kind"] = kind.clone().into();
+    let mut value = with_applied_hash(obj);
+    value["metadata"]["uid"] = live.uid.clone().into();
+    let api = dynamic_api(&ctx.client, &ns, &kind);
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let applied = match api.patch(&name, &params, &Patch::Apply(&value)).await {
         // Someone else's edit of a keyed list (say a Service port) can leave entries our apply
@@ -352,12 +363,12 @@ async fn apply_child<K: Object>(ctx: &Context, obj: &K, live: &ObjectMeta) -> Re
         // objects this app controls (the UID in the body guards that).
         Err(kube::Error::Api(s)) if s.code == 422 => {
             let merge = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-            api.patch(&name, &merge, &Patch::Merge(&obj)).await.map_err(|e| write_error::<K>(&ns, &name, e))?;
-            api.patch(&name, &params, &Patch::Apply(&value)).await.map_err(|e| write_error::<K>(&ns, &name, e))?
+            api.patch(&name, &merge, &Patch::Merge(&value)).await.map_err(|e| dyn_write_error(&kind, &ns, &name, e))?;
+            api.patch(&name, &params, &Patch::Apply(&value)).await.map_err(|e| dyn_write_error(&kind, &ns, &name, e))?
         }
-        other => other.map_err(|e| write_error::<K>(&ns, &name, e))?,
+        other => other.map_err(|e| dyn_write_error(&kind, &ns, &name, e))?,
     };
-    ctx.applied.record(&kind, applied.meta());
+    ctx.applied.record(&kind, &applied.metadata);
     ctx.metrics.child_applies.with_label_values(&[kind.as_str(), "applied"]).inc();
     Ok(())
 }

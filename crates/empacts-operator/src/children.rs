@@ -6,63 +6,35 @@
 //! for kinds without one) moved since our own last apply — someone else changed it, so
 //! server-side apply must take our fields back. After a restart every child is applied once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::DynamicObject;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use empacts_api::labels;
 
 use crate::observe::controlled_by;
+use crate::registry::{CHILD_KINDS, Watch};
 use crate::validate::ValidatedApp;
 
 /// Annotation carrying the hash of the object as the operator last applied it.
 pub const APPLIED_ANNOTATION: &str = "empacts.io/applied";
 
-/// Read handles of the metadata caches the controller keeps for its children.
-#[derive(Clone)]
+/// Read handles of the metadata caches the controller keeps, one per registered kind
+/// watched by metadata ([`Watch::OwnedMetadata`]).
+#[derive(Clone, Default)]
 pub struct ChildStores {
-    pub services: Store<PartialObjectMeta<Service>>,
-    pub service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
-    pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
-    pub hpas: Store<PartialObjectMeta<HorizontalPodAutoscaler>>,
-    pub pdbs: Store<PartialObjectMeta<PodDisruptionBudget>>,
+    pub stores: BTreeMap<&'static str, Store<PartialObjectMeta<DynamicObject>>>,
 }
-
-/// Looks up the cached metadata of a child by kind, namespace and name.
-pub trait CachedMeta {
-    fn cached_meta(stores: &ChildStores, namespace: &str, name: &str) -> Option<ObjectMeta>;
-}
-
-macro_rules! cached_meta {
-    ($kind:ty, $field:ident) => {
-        impl CachedMeta for $kind {
-            fn cached_meta(stores: &ChildStores, namespace: &str, name: &str) -> Option<ObjectMeta> {
-                let key = ObjectRef::<PartialObjectMeta<$kind>>::new(name).within(namespace);
-                stores.$field.get(&key).map(|m| m.metadata.clone())
-            }
-        }
-    };
-}
-
-cached_meta!(Service, services);
-cached_meta!(ServiceAccount, service_accounts);
-cached_meta!(ConfigMap, config_maps);
-cached_meta!(HorizontalPodAutoscaler, hpas);
-cached_meta!(PodDisruptionBudget, pdbs);
 
 /// The cached metadata of one app's children, taken once per reconcile.
 #[derive(Debug, Clone, Default)]
 pub struct ChildMetas {
-    pub service_account: Option<ObjectMeta>,
-    pub service: Option<ObjectMeta>,
-    pub hpa: Option<ObjectMeta>,
-    pub pdb: Option<ObjectMeta>,
+    /// The object named like the app, per cached kind (ConfigMaps are named by content).
+    pub named: BTreeMap<&'static str, ObjectMeta>,
     /// Every cached ConfigMap of the app (by instance label).
     pub config_maps: Vec<ObjectMeta>,
 }
@@ -71,36 +43,35 @@ impl ChildMetas {
     pub fn snapshot(stores: Option<&ChildStores>, app: &ValidatedApp) -> Self {
         let Some(stores) = stores else { return ChildMetas::default() };
         let (ns, name) = (app.namespace.as_str(), app.name.as_str());
-        let config_maps = stores
-            .config_maps
-            .state()
-            .iter()
-            .filter(|m| m.metadata.namespace.as_deref() == Some(ns))
-            .filter(|m| {
-                m.metadata.labels.as_ref().and_then(|l| l.get(labels::INSTANCE)).map(String::as_str) == Some(name)
-            })
-            .map(|m| m.metadata.clone())
-            .collect();
-        ChildMetas {
-            service_account: ServiceAccount::cached_meta(stores, ns, name),
-            service: Service::cached_meta(stores, ns, name),
-            hpa: HorizontalPodAutoscaler::cached_meta(stores, ns, name),
-            pdb: PodDisruptionBudget::cached_meta(stores, ns, name),
-            config_maps,
+        let mut out = ChildMetas::default();
+        for kind in CHILD_KINDS.iter().filter(|k| k.watch == Watch::OwnedMetadata) {
+            let Some(store) = stores.stores.get(kind.kind) else { continue };
+            if kind.kind == "ConfigMap" {
+                let instance = |m: &PartialObjectMeta<DynamicObject>| {
+                    m.metadata.labels.as_ref().and_then(|l| l.get(labels::INSTANCE)).map(String::as_str) == Some(name)
+                };
+                out.config_maps = store
+                    .state()
+                    .iter()
+                    .filter(|m| m.metadata.namespace.as_deref() == Some(ns) && instance(m))
+                    .map(|m| m.metadata.clone())
+                    .collect();
+                continue;
+            }
+            let key = ObjectRef::<PartialObjectMeta<DynamicObject>>::new_with(name, kind.api_resource()).within(ns);
+            if let Some(meta) = store.get(&key) {
+                out.named.insert(kind.kind, meta.metadata.clone());
+            }
         }
+        out
     }
 
-    /// A child the spec wants whose name an object this app does not control holds.
-    pub fn foreign(&self, app: &ValidatedApp) -> Option<String> {
-        let wanted = [
-            ("ServiceAccount", self.service_account.as_ref(), true),
-            ("Service", self.service.as_ref(), true),
-            ("HorizontalPodAutoscaler", self.hpa.as_ref(), app.spec.autoscaling.is_some()),
-            ("PodDisruptionBudget", self.pdb.as_ref(), app.spec.disruption.is_some()),
-        ];
-        wanted.into_iter().find_map(|(kind, meta, wanted)| {
-            let meta = meta.filter(|m| wanted && !controlled_by(m, &app.uid))?;
-            Some(format!("{kind} {}/{}", app.namespace, meta.name.clone().unwrap_or_default()))
+    /// A child the app wants (`wanted`: kinds of its built children) whose name an object this
+    /// app does not control holds.
+    pub fn foreign(&self, app: &ValidatedApp, wanted: &[&str]) -> Option<String> {
+        self.named.iter().find_map(|(kind, meta)| {
+            let taken = wanted.contains(kind) && !controlled_by(meta, &app.uid);
+            taken.then(|| format!("{kind} {}/{}", app.namespace, meta.name.clone().unwrap_or_default()))
         })
     }
 
@@ -121,12 +92,8 @@ impl ChildMetas {
     pub fn get(&self, kind: &str, name: &str) -> Option<&ObjectMeta> {
         let named = |m: &&ObjectMeta| m.name.as_deref() == Some(name);
         match kind {
-            "ServiceAccount" => self.service_account.as_ref().filter(named),
-            "Service" => self.service.as_ref().filter(named),
-            "HorizontalPodAutoscaler" => self.hpa.as_ref().filter(named),
-            "PodDisruptionBudget" => self.pdb.as_ref().filter(named),
             "ConfigMap" => self.config_maps.iter().find(named),
-            _ => None,
+            _ => self.named.get(kind).filter(named),
         }
     }
 }

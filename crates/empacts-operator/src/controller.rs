@@ -6,10 +6,9 @@ use std::time::Duration;
 use empacts_api::{EmpactsApp, labels};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::DynamicObject;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
@@ -17,6 +16,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 
 use crate::children::ChildStores;
+use crate::registry::{CHILD_KINDS, Watch};
 use kube::{Api, Client, ResourceExt};
 use tracing::{info, warn};
 
@@ -24,18 +24,16 @@ use crate::context::Context;
 use crate::error::Error;
 use crate::{events, names, reconcile};
 
-/// The kinds the controller watches and how (checked against the registry by a unit test;
-/// keep it next to the watches below).
-pub const WATCHED: &[(&str, crate::registry::Watch)] = &[
-    ("Deployment", crate::registry::Watch::Owned),
-    ("Job", crate::registry::Watch::Owned),
-    ("Service", crate::registry::Watch::OwnedMetadata),
-    ("ServiceAccount", crate::registry::Watch::OwnedMetadata),
-    ("ConfigMap", crate::registry::Watch::OwnedMetadata),
-    ("HorizontalPodAutoscaler", crate::registry::Watch::OwnedMetadata),
-    ("PodDisruptionBudget", crate::registry::Watch::OwnedMetadata),
-    ("Secret", crate::registry::Watch::Referenced),
-];
+/// The kinds watched by hand below (typed, or mapped through the apps); every other
+/// registered kind watched by metadata gets its watch and cache from the registry.
+const WATCHED_BY_HAND: &[(&str, Watch)] =
+    &[("Deployment", Watch::Owned), ("Job", Watch::Owned), ("Secret", Watch::Referenced)];
+
+/// Every kind the controller watches, and how (a unit test compares it with the registry).
+pub fn watched() -> Vec<(&'static str, Watch)> {
+    let from_registry = CHILD_KINDS.iter().filter(|k| k.watch == Watch::OwnedMetadata).map(|k| (k.kind, k.watch));
+    WATCHED_BY_HAND.iter().copied().chain(from_registry).collect()
+}
 
 /// Quiet period before a triggered reconcile runs.
 const DEBOUNCE: Duration = Duration::from_millis(500);
@@ -57,15 +55,12 @@ where
     }
 }
 
-/// A metadata watch of one child kind that also fills `writer`'s cache.
-fn cached<K>(
-    writer: reflector::store::Writer<PartialObjectMeta<K>>,
-    api: Api<PartialObjectMeta<K>>,
+/// A metadata watch of one registered child kind that also fills `writer`'s cache.
+fn cached(
+    writer: reflector::store::Writer<PartialObjectMeta<DynamicObject>>,
+    api: Api<PartialObjectMeta<DynamicObject>>,
     config: &watcher::Config,
-) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
-where
-    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + std::fmt::Debug + serde::de::DeserializeOwned + 'static,
-{
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<DynamicObject>, watcher::Error>> + Send + 'static {
     // Status-only updates (an HPA reports metrics every 15 s, a PDB follows pod health) do not
     // concern us: for kinds with a generation, pass an update only when the generation, labels
     // or annotations moved. Deletions always pass, so a deleted child comes back at once.
@@ -125,22 +120,24 @@ pub async fn run(
             break;
         }
     });
-    // Children are watched by metadata only. For the kinds we never read in full, the watches
-    // also fill caches that let a reconcile skip applies that would change nothing.
-    let (services, services_w) = reflector::store();
-    let (service_accounts, service_accounts_w) = reflector::store();
-    let (config_maps, config_maps_w) = reflector::store();
-    let (hpas, hpas_w) = reflector::store();
-    let (pdbs, pdbs_w) = reflector::store();
-    let _ = ctx.stores.set(ChildStores { services, service_accounts, config_maps, hpas, pdbs });
-    let controller = controller
+    // Registered children watched by metadata also fill caches that let a reconcile skip
+    // applies that would change nothing (and tell whose object a name is).
+    let mut stores = ChildStores::default();
+    let mut controller = controller
         .owns(api::<Deployment>(&client, &scope), ours.clone())
-        .owns(api::<Job>(&client, &scope), ours.clone())
-        .owns_stream(cached(services_w, api::<PartialObjectMeta<Service>>(&client, &scope), &ours))
-        .owns_stream(cached(service_accounts_w, api::<PartialObjectMeta<ServiceAccount>>(&client, &scope), &ours))
-        .owns_stream(cached(config_maps_w, api::<PartialObjectMeta<ConfigMap>>(&client, &scope), &ours))
-        .owns_stream(cached(hpas_w, api::<PartialObjectMeta<HorizontalPodAutoscaler>>(&client, &scope), &ours))
-        .owns_stream(cached(pdbs_w, api::<PartialObjectMeta<PodDisruptionBudget>>(&client, &scope), &ours))
+        .owns(api::<Job>(&client, &scope), ours.clone());
+    for kind in CHILD_KINDS.iter().filter(|k| k.watch == Watch::OwnedMetadata) {
+        let ar = kind.api_resource();
+        let writer = reflector::store::Writer::new(ar.clone());
+        stores.stores.insert(kind.kind, writer.as_reader());
+        let api: Api<PartialObjectMeta<DynamicObject>> = match &scope.namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+            None => Api::all_with(client.clone(), &ar),
+        };
+        controller = controller.owns_stream_with(cached(writer, api, &ours), ar);
+    }
+    let _ = ctx.stores.set(stores);
+    let controller = controller
         .watches(api::<PartialObjectMeta<Secret>>(&client, &scope), watcher::Config::default(), move |secret| {
             // A referenced (or generated) Secret changed: reconcile every app that uses it.
             let ns = secret.namespace();

@@ -113,7 +113,12 @@ pub async fn observe(
         }
         other => other,
     };
-    name_taken = name_taken.or_else(|| children.foreign(&app));
+    // The named children the spec asks for: the ServiceAccount and the serving ones.
+    let built = build::build_all(&app, None, None, |_| None);
+    let wanted: Vec<&str> = std::iter::once("ServiceAccount")
+        .chain(built.serving().into_iter().filter(|(_, obj)| obj.is_some()).map(|(kind, _)| kind))
+        .collect();
+    name_taken = name_taken.or_else(|| children.foreign(&app, &wanted));
 
     let mut generated = BTreeMap::new();
     let mut secrets = Vec::new();

@@ -1,8 +1,9 @@
 //! One registry of the kinds the operator creates: for each, the API resource, the verbs the
 //! operator needs (the chart's RBAC must grant them: a unit test reads the chart), how the
-//! controller watches it, and how what is no longer wanted goes away. `kinds_of` destructures
-//! [`Children`] without `..`, so a child kind added to the builders does not compile until it
-//! is registered here, and the tests below then fail until it is watched and granted.
+//! controller watches it, and how what is no longer wanted goes away. The controller's
+//! metadata watches and caches, and the writes of children, are driven from here.
+//! `kinds_of` destructures [`Children`] without `..`, so a child kind added to the builders
+//! does not compile until it is registered here.
 
 use crate::build::Children;
 
@@ -34,6 +35,7 @@ pub enum Prune {
 pub struct ChildKind {
     pub kind: &'static str,
     pub group: &'static str,
+    pub version: &'static str,
     pub resource: &'static str,
     pub verbs: &'static [&'static str],
     pub watch: Watch,
@@ -46,6 +48,7 @@ pub const CHILD_KINDS: &[ChildKind] = &[
     ChildKind {
         kind: "ServiceAccount",
         group: "",
+        version: "v1",
         resource: "serviceaccounts",
         verbs: READ_WRITE,
         watch: Watch::OwnedMetadata,
@@ -54,6 +57,7 @@ pub const CHILD_KINDS: &[ChildKind] = &[
     ChildKind {
         kind: "ConfigMap",
         group: "",
+        version: "v1",
         resource: "configmaps",
         verbs: READ_WRITE,
         watch: Watch::OwnedMetadata,
@@ -62,6 +66,7 @@ pub const CHILD_KINDS: &[ChildKind] = &[
     ChildKind {
         kind: "Secret",
         group: "",
+        version: "v1",
         resource: "secrets",
         // Generated ones are created, replaced on rotation, released by a patch; never deleted.
         verbs: &["get", "list", "watch", "create", "patch", "update"],
@@ -71,6 +76,7 @@ pub const CHILD_KINDS: &[ChildKind] = &[
     ChildKind {
         kind: "Job",
         group: "batch",
+        version: "v1",
         resource: "jobs",
         verbs: READ_WRITE,
         watch: Watch::Owned,
@@ -79,6 +85,7 @@ pub const CHILD_KINDS: &[ChildKind] = &[
     ChildKind {
         kind: "Deployment",
         group: "apps",
+        version: "v1",
         resource: "deployments",
         verbs: READ_WRITE,
         watch: Watch::Owned,
@@ -87,6 +94,7 @@ pub const CHILD_KINDS: &[ChildKind] = &[
     ChildKind {
         kind: "Service",
         group: "",
+        version: "v1",
         resource: "services",
         verbs: READ_WRITE,
         watch: Watch::OwnedMetadata,
@@ -95,6 +103,7 @@ pub const CHILD_KINDS: &[ChildKind] = &[
     ChildKind {
         kind: "HorizontalPodAutoscaler",
         group: "autoscaling",
+        version: "v2",
         resource: "horizontalpodautoscalers",
         verbs: READ_WRITE,
         watch: Watch::OwnedMetadata,
@@ -103,6 +112,7 @@ pub const CHILD_KINDS: &[ChildKind] = &[
     ChildKind {
         kind: "PodDisruptionBudget",
         group: "policy",
+        version: "v1",
         resource: "poddisruptionbudgets",
         verbs: READ_WRITE,
         watch: Watch::OwnedMetadata,
@@ -111,12 +121,27 @@ pub const CHILD_KINDS: &[ChildKind] = &[
     ChildKind {
         kind: "ControllerRevision",
         group: "apps",
+        version: "v1",
         resource: "controllerrevisions",
         verbs: READ_WRITE,
         watch: Watch::ReadFresh,
         prune: Prune::Retention,
     },
 ];
+
+impl ChildKind {
+    pub fn api_resource(&self) -> kube::api::ApiResource {
+        let api_version =
+            if self.group.is_empty() { self.version.to_string() } else { format!("{}/{}", self.group, self.version) };
+        kube::api::ApiResource {
+            group: self.group.to_string(),
+            version: self.version.to_string(),
+            api_version,
+            kind: self.kind.to_string(),
+            plural: self.resource.to_string(),
+        }
+    }
+}
 
 pub fn child_kind(kind: &str) -> Option<&'static ChildKind> {
     CHILD_KINDS.iter().find(|k| k.kind == kind)
@@ -164,7 +189,7 @@ mod tests {
     #[test]
     fn every_registered_kind_is_watched_by_the_controller_as_declared() {
         for k in CHILD_KINDS {
-            let watched = crate::controller::WATCHED.iter().find(|(kind, _)| *kind == k.kind).map(|(_, w)| *w);
+            let watched = crate::controller::watched().into_iter().find(|(kind, _)| *kind == k.kind).map(|(_, w)| w);
             match k.watch {
                 Watch::ReadFresh => assert_eq!(watched, None, "{} is read fresh, not watched", k.kind),
                 w => assert_eq!(watched, Some(w), "{} must be watched as {w:?}", k.kind),

@@ -62,33 +62,55 @@ pub fn build_all(
     }
 }
 
+/// A child as a generic object with apiVersion and kind set (in kubectl's key order).
+pub fn manifest<K: k8s_openapi::Resource + serde::Serialize>(obj: &K) -> serde_json::Value {
+    let mut v = serde_json::to_value(obj).expect("Kubernetes objects serialize");
+    let map = v.as_object_mut().expect("objects serialize to maps");
+    map.insert("apiVersion".into(), K::API_VERSION.into());
+    map.insert("kind".into(), K::KIND.into());
+    let mut ordered = serde_json::Map::new();
+    for key in ["apiVersion", "kind", "metadata"] {
+        if let Some(val) = map.remove(key) {
+            ordered.insert(key.into(), val);
+        }
+    }
+    ordered.extend(std::mem::take(map));
+    serde_json::Value::Object(ordered)
+}
+
 impl Children {
     /// The children as generic JSON values with apiVersion/kind set, in apply order.
     pub fn to_manifests(&self) -> Vec<serde_json::Value> {
-        fn manifest<K: k8s_openapi::Resource + serde::Serialize>(obj: &K) -> serde_json::Value {
-            let mut v = serde_json::to_value(obj).expect("Kubernetes objects serialize");
-            let map = v.as_object_mut().expect("objects serialize to maps");
-            map.insert("apiVersion".into(), K::API_VERSION.into());
-            map.insert("kind".into(), K::KIND.into());
-            // apiVersion and kind first, as kubectl prints them.
-            let mut ordered = serde_json::Map::new();
-            for key in ["apiVersion", "kind", "metadata"] {
-                if let Some(val) = map.remove(key) {
-                    ordered.insert(key.into(), val);
-                }
-            }
-            ordered.extend(std::mem::take(map));
-            serde_json::Value::Object(ordered)
-        }
         let mut out = vec![manifest(&self.service_account)];
         out.extend(self.config_map.iter().map(manifest));
         out.extend(self.generated_secrets.iter().map(manifest));
         out.extend(self.migration_job.iter().map(manifest));
         out.push(manifest(&self.deployment));
-        out.push(manifest(&self.service));
-        out.extend(self.hpa.iter().map(manifest));
-        out.extend(self.pdb.iter().map(manifest));
+        out.extend(self.serving().into_iter().filter_map(|(_, obj)| obj));
         out
+    }
+
+    /// The children that serve whatever version runs, built from the current spec (never
+    /// from a recorded revision): kind, and the object, or None when the spec does not ask
+    /// for one (an existing one this app controls is removed). A new kind of this sort needs
+    /// only its builder, a field here and its registry entry: the writes, watches and caches
+    /// follow from the registry.
+    pub fn serving(&self) -> Vec<(&'static str, Option<serde_json::Value>)> {
+        let Children {
+            service_account: _,
+            config_map: _,
+            generated_secrets: _,
+            migration_job: _,
+            deployment: _,
+            service,
+            hpa,
+            pdb,
+        } = self;
+        vec![
+            ("Service", Some(manifest(service))),
+            ("HorizontalPodAutoscaler", hpa.as_ref().map(manifest)),
+            ("PodDisruptionBudget", pdb.as_ref().map(manifest)),
+        ]
     }
 }
 
