@@ -9,6 +9,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::DynamicObject;
 use kube::core::PartialObjectMeta;
@@ -28,6 +30,9 @@ pub const APPLIED_ANNOTATION: &str = "empacts.io/applied";
 #[derive(Clone, Default)]
 pub struct ChildStores {
     pub stores: BTreeMap<&'static str, Store<PartialObjectMeta<DynamicObject>>>,
+    /// Full objects of the kinds whose status decides the rollout.
+    pub deployments: Option<Store<Deployment>>,
+    pub jobs: Option<Store<Job>>,
 }
 
 /// The cached metadata of one app's children, taken once per reconcile.
@@ -37,13 +42,30 @@ pub struct ChildMetas {
     pub named: BTreeMap<&'static str, ObjectMeta>,
     /// Every cached ConfigMap of the app (by instance label).
     pub config_maps: Vec<ObjectMeta>,
+    /// The caches exist (the controller runs); without them observe reads everything fresh.
+    pub cached: bool,
+    /// The app's Deployment and Jobs as cached (observe confirms an absence with a fresh read).
+    pub deployment: Option<Deployment>,
+    pub jobs: Vec<Job>,
 }
 
 impl ChildMetas {
     pub fn snapshot(stores: Option<&ChildStores>, app: &ValidatedApp) -> Self {
         let Some(stores) = stores else { return ChildMetas::default() };
         let (ns, name) = (app.namespace.as_str(), app.name.as_str());
-        let mut out = ChildMetas::default();
+        let mut out =
+            ChildMetas { cached: stores.deployments.is_some() && stores.jobs.is_some(), ..Default::default() };
+        if let Some(deployments) = &stores.deployments {
+            out.deployment = deployments.get(&ObjectRef::new(name).within(ns)).map(|d| d.as_ref().clone());
+        }
+        if let Some(jobs) = &stores.jobs {
+            let ours = |j: &Job| {
+                j.metadata.namespace.as_deref() == Some(ns)
+                    && j.metadata.labels.as_ref().and_then(|l| l.get(labels::INSTANCE)).map(String::as_str)
+                        == Some(name)
+            };
+            out.jobs = jobs.state().iter().filter(|j| ours(j)).map(|j| j.as_ref().clone()).collect();
+        }
         for kind in CHILD_KINDS.iter().filter(|k| k.watch == Watch::OwnedMetadata) {
             let Some(store) = stores.stores.get(kind.kind) else { continue };
             if kind.kind == "ConfigMap" {

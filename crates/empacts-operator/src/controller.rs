@@ -122,10 +122,16 @@ pub async fn run(
     });
     // Registered children watched by metadata also fill caches that let a reconcile skip
     // applies that would change nothing (and tell whose object a name is).
-    let mut stores = ChildStores::default();
+    // Deployments and Jobs are cached whole: their status decides the rollout.
+    let deployments = reflector::store::Writer::<Deployment>::default();
+    let jobs = reflector::store::Writer::<Job>::default();
+    let mut stores =
+        ChildStores { deployments: Some(deployments.as_reader()), jobs: Some(jobs.as_reader()), ..Default::default() };
+    let deployment_events = watcher(api::<Deployment>(&client, &scope), ours.clone()).default_backoff();
+    let job_events = watcher(api::<Job>(&client, &scope), ours.clone()).default_backoff();
     let mut controller = controller
-        .owns(api::<Deployment>(&client, &scope), ours.clone())
-        .owns(api::<Job>(&client, &scope), ours.clone());
+        .owns_stream(reflector(deployments, deployment_events).touched_objects())
+        .owns_stream(reflector(jobs, job_events).touched_objects());
     for kind in CHILD_KINDS.iter().filter(|k| k.watch == Watch::OwnedMetadata) {
         let ar = kind.api_resource();
         let writer = reflector::store::Writer::new(ar.clone());

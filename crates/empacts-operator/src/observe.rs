@@ -1,6 +1,7 @@
-//! Second reconcile step: every read of the reconcile, and nothing else. The ledger
-//! (ControllerRevisions), the Deployment, the Jobs and the referenced Secrets are read
-//! fresh from the API server; children the controller already watches come from its caches.
+//! Second reconcile step: every read of the reconcile, and nothing else. Children the
+//! controller watches (the Deployment, Jobs, and the metadata of the others) come from its
+//! caches, an absence the ledger contradicts confirmed by a fresh read; the ledger
+//! (ControllerRevisions) and the referenced Secrets' values are read fresh.
 
 use std::collections::BTreeMap;
 
@@ -15,7 +16,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use crate::build::{self, configmap, revision as cr};
 use crate::children::ChildMetas;
 use crate::error::{Error, Result, is_not_found};
-use crate::ledger::{self, Entry, Ledger};
+use crate::ledger::{self, Entry, Ledger, MigrationState};
 use crate::plan::{DeploymentState, GeneratedSecret, JobKind, JobState, ObservedJob, PlanInput, RollbackRequest};
 use crate::revision::{RevisionSpec, identity};
 use crate::validate::ValidatedApp;
@@ -65,19 +66,19 @@ pub async fn observe(
     let mut app = app.clone();
     let ns = &app.namespace.clone();
     let selector = ListParams::default().labels(&instance_selector(&app.name));
-    let deployment = Api::<Deployment>::namespaced(client.clone(), ns)
-        .get_opt(&names::workload(&app.name))
-        .await
-        .map_err(|e| read_error("Deployment", ns, &app.name, e))?;
+    // From the controller's cache; an absence is confirmed by a fresh read (the cache may
+    // not show yet what the last reconcile created).
+    let deployment = match children.deployment.clone() {
+        Some(d) if children.cached => Some(d),
+        _ => Api::<Deployment>::namespaced(client.clone(), ns)
+            .get_opt(&names::workload(&app.name))
+            .await
+            .map_err(|e| read_error("Deployment", ns, &app.name, e))?,
+    };
     let revisions = Api::<ControllerRevision>::namespaced(client.clone(), ns)
         .list(&selector)
         .await
         .map_err(|e| read_error("ControllerRevision", ns, &instance_selector(&app.name), e))?;
-    let jobs = Api::<Job>::namespaced(client.clone(), ns)
-        .list(&selector)
-        .await
-        .map_err(|e| read_error("Job", ns, &instance_selector(&app.name), e))?;
-
     let mut specs = BTreeMap::new();
     let mut entries = Vec::new();
     for record in revisions.items.iter().filter(|c| controlled_by(&c.metadata, &app.uid)) {
@@ -100,8 +101,30 @@ pub async fn observe(
         e.has_rollback_command = desired_entry.has_rollback_command;
         e.spec_readable = true;
     }
+    // Jobs from the cache, unless the ledger expects one the cache does not show (created by
+    // the last reconcile, not seen yet): then fresh, so a lagging cache never reads as a lost Job.
+    let expected = |jobs: &[Job]| {
+        let seen: Vec<ObservedJob> = jobs.iter().filter_map(observed_job).collect();
+        entries.iter().all(|e| {
+            let kind = match e.migration.state {
+                MigrationState::Created => JobKind::Migrate,
+                MigrationState::DownCreated => JobKind::Rollback,
+                _ => return true,
+            };
+            seen.iter().any(|j| j.kind == kind && j.revision == e.revision && j.attempt == e.migration.attempt)
+        })
+    };
+    let jobs = if children.cached && expected(&children.jobs) {
+        children.jobs.clone()
+    } else {
+        Api::<Job>::namespaced(client.clone(), ns)
+            .list(&selector)
+            .await
+            .map_err(|e| read_error("Job", ns, &instance_selector(&app.name), e))?
+            .items
+    };
     let observed_jobs: Vec<ObservedJob> =
-        jobs.items.iter().filter(|j| controlled_by(&j.metadata, &app.uid)).filter_map(observed_job).collect();
+        jobs.iter().filter(|j| controlled_by(&j.metadata, &app.uid)).filter_map(observed_job).collect();
     let imports = legacy::import(&mut entries, previous, &observed_jobs, app.generation);
     let ledger = Ledger { entries };
 
@@ -201,7 +224,7 @@ pub async fn observe(
         config_maps: children.config_maps(&app),
         imports,
     };
-    Ok(Observed { input, app, deployment, specs, config_hashes, generated, children, jobs: jobs.items })
+    Ok(Observed { input, app, deployment, specs, config_hashes, generated, children, jobs })
 }
 
 /// A ledger entry's static facts from a revision's spec.
