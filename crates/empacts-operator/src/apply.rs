@@ -42,12 +42,7 @@ pub struct Outcome {
 }
 
 fn write_error<K: Resource<DynamicType = ()>>(ns: &str, name: &str, source: kube::Error) -> Error {
-    Error::Write {
-        kind: K::kind(&()).into_owned(),
-        namespace: ns.to_string(),
-        name: name.to_string(),
-        source: Box::new(source),
-    }
+    dyn_write_error(&K::kind(&()), ns, name, source)
 }
 
 fn create_params() -> PostParams {
