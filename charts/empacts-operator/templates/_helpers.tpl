@@ -55,6 +55,13 @@ app.kubernetes.io/part-of: empacts
 {{- printf "%s-metrics" (include "empacts-operator.fullname" . | trunc 55 | trimSuffix "-") }}
 {{- end }}
 
+{{/* The namespaces the operator watches, comma-separated ("" = all): watchNamespaces plus the
+older single watchNamespace. */}}
+{{- define "empacts-operator.watchNamespaces" -}}
+{{- $list := concat (.Values.watchNamespaces | default list) (compact (list .Values.watchNamespace)) | uniq }}
+{{- join "," $list }}
+{{- end }}
+
 {{/* The operator image reference. */}}
 {{- define "empacts-operator.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}

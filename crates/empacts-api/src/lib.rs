@@ -44,6 +44,14 @@ pub mod labels {
     pub const MANAGER: &str = "empacts-operator";
     /// Revision hash of a pod template or migration Job.
     pub const REVISION: &str = "empacts.io/revision";
+    /// On migration Job pods instead of the selector labels: the app they belong to. Job pods
+    /// must not match the app's Service, HPA or PDB selectors (a PDB that selects a Job's pods
+    /// cannot compute maxUnavailable and then allows no eviction at all: node drains hang).
+    pub const APP: &str = "empacts.io/app";
+    /// On a Secret (`"true"`): the operator watches it, so apps referencing it roll within
+    /// seconds of a change. Secrets without it are re-read at every resync of their apps: the
+    /// operator never watches every Secret of a namespace.
+    pub const WATCH: &str = "empacts.io/watch";
     /// Marks Secrets whose value the operator generated.
     pub const GENERATED_SECRET: &str = "empacts.io/generated-secret";
 }

@@ -4,10 +4,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use empacts_operator::context::Context;
+use empacts_operator::client::ClientSettings;
+use empacts_operator::context::{Context, Settings};
 use empacts_operator::controller::{self, Scope};
 use empacts_operator::metrics::Metrics;
 use empacts_operator::server;
@@ -18,9 +20,35 @@ use tracing_subscriber::EnvFilter;
 
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "EMPACTS_WATCH_NAMESPACE")]
-    pub namespace: Option<String>,
+    /// Watch only these namespaces, comma-separated (default: all namespaces). With a list,
+    /// the operator needs a Role in each of them and no ClusterRole at all.
+    #[arg(long, alias = "namespace", env = "EMPACTS_WATCH_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+    /// Reconciles running at once, over all watched namespaces.
+    #[arg(long, env = "EMPACTS_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+    /// Seconds a reconcile may take; past it, it is abandoned and retried with backoff.
+    #[arg(long, env = "EMPACTS_RECONCILE_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub reconcile_timeout: u64,
+    /// Seconds between re-checks of a settled app (drift; referenced Secrets without the
+    /// `empacts.io/watch=true` label are re-read then).
+    #[arg(long, env = "EMPACTS_RESYNC", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub resync: u64,
+    /// Seconds without any finished reconcile, while apps wait, before /healthz fails.
+    #[arg(long, env = "EMPACTS_STALL_TIMEOUT", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub stall_timeout: u64,
+    /// Client-side limit of requests per second to the API server.
+    #[arg(long, env = "EMPACTS_KUBE_API_QPS", default_value_t = 50.0)]
+    pub kube_api_qps: f64,
+    /// Requests allowed in a burst above the QPS limit.
+    #[arg(long, env = "EMPACTS_KUBE_API_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub kube_api_burst: u32,
+    /// Seconds to connect to the API server.
+    #[arg(long, env = "EMPACTS_CONNECT_TIMEOUT", default_value_t = 10)]
+    pub connect_timeout: u64,
+    /// Seconds without a byte of a response before it fails (above the ~60 s watch bookmarks).
+    #[arg(long, env = "EMPACTS_READ_TIMEOUT", default_value_t = 120)]
+    pub read_timeout: u64,
     /// Log filter, e.g. `info` or `empacts_operator=debug,info`.
     #[arg(long, env = "EMPACTS_LOG", default_value = "info")]
     pub log_level: String,
@@ -63,15 +91,32 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 }
 
 pub async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
-    let client =
-        kube::Client::try_default().await.context("connecting to the cluster (in-cluster config or KUBECONFIG)")?;
+    let client_settings = ClientSettings {
+        qps: args.kube_api_qps,
+        burst: args.kube_api_burst,
+        connect_timeout: Duration::from_secs(args.connect_timeout),
+        read_timeout: Duration::from_secs(args.read_timeout),
+        ..ClientSettings::default()
+    };
+    let client = empacts_operator::client::build(&client_settings).await?;
     let identity = args.instance.clone().unwrap_or_else(|| {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "empacts".into());
         format!("{host}-{}", std::process::id())
     });
     let metrics = Arc::new(Metrics::new());
-    let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), Some(identity.clone())));
+    // The config-hash key lives in the operator's own namespace (the Lease's).
+    let own_ns = args.lease_namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
+    let hash_key = empacts_operator::hash_key::load_or_create(&client, &own_ns).await?;
+    let settings = Settings {
+        reconcile_timeout: Duration::from_secs(args.reconcile_timeout),
+        concurrency: usize::from(args.concurrency),
+        resync: Duration::from_secs(args.resync),
+        ..Settings::default()
+    };
+    let ctx =
+        Arc::new(Context::with_settings(client.clone(), metrics.clone(), Some(identity.clone()), hash_key, settings));
     let readiness = ctx.readiness.clone();
+    readiness.set_stall_timeout(Duration::from_secs(args.stall_timeout));
 
     // SIGTERM/SIGINT flips `stop`; everything below shuts down from it.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -90,7 +135,7 @@ pub async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
     if let Ok(addr) = bound_rx.await {
         info!(%addr, "serving /metrics, /healthz, /readyz");
     }
-    let scope = Scope { namespace: args.namespace.clone() };
+    let scope = Scope { namespaces: args.namespaces.iter().filter(|n| !n.is_empty()).cloned().collect() };
 
     if !args.leader_elect {
         readiness.leader.store(true, Ordering::Release);

@@ -156,6 +156,9 @@ impl Writer<'_> {
                 for cm in &prune.config_maps {
                     delete::<ConfigMap>(&client, &ns, cm).await?;
                 }
+                for job in &prune.expire_jobs {
+                    expire_job(&client, &ns, job).await?;
+                }
             }
         }
         Ok(())
@@ -376,5 +379,19 @@ async fn delete<K: Object>(client: &Client, ns: &str, name: &str) -> Result<bool
         Ok(_) => Ok(true),
         Err(e) if is_not_found(&e) => Ok(false),
         Err(e) => Err(write_error::<K>(ns, name, e)),
+    }
+}
+
+/// How long a finished migration Job (and its pod's logs) stays once the ledger holds its result.
+pub const FINISHED_JOB_TTL_SECONDS: i32 = 24 * 3600;
+
+/// Let the TTL controller remove a finished Job whose result is recorded.
+async fn expire_job(client: &Client, ns: &str, name: &str) -> Result<()> {
+    let api: Api<Job> = Api::namespaced(client.clone(), ns);
+    let patch = serde_json::json!({"spec": {"ttlSecondsAfterFinished": FINISHED_JOB_TTL_SECONDS}});
+    match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(write_error::<Job>(ns, name, e)),
     }
 }

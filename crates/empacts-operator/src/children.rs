@@ -128,23 +128,46 @@ pub fn change_marker(meta: &ObjectMeta) -> Option<String> {
 /// What this process applied last, per child.
 #[derive(Default)]
 pub struct AppliedRecord {
-    markers: Mutex<HashMap<(String, String, String), String>>,
+    /// (namespace, app) -> (kind, child name) -> change marker; an app's group goes with it.
+    markers: Mutex<HashMap<(String, String), Markers>>,
+}
+
+type Markers = HashMap<(String, String), String>;
+
+/// The app controlling a child, from its controller reference.
+fn owning_app(meta: &ObjectMeta) -> Option<String> {
+    let refs = meta.owner_references.as_ref()?;
+    refs.iter().find(|o| o.controller == Some(true) && o.kind == "EmpactsApp").map(|o| o.name.clone())
 }
 
 impl AppliedRecord {
     pub fn record(&self, kind: &str, meta: &ObjectMeta) {
-        if let (Some(ns), Some(name), Some(marker)) = (&meta.namespace, &meta.name, change_marker(meta)) {
-            self.markers.lock().expect("applied record lock").insert((kind.into(), ns.clone(), name.clone()), marker);
-        }
+        let (Some(ns), Some(name), Some(app), Some(marker)) =
+            (&meta.namespace, &meta.name, owning_app(meta), change_marker(meta))
+        else {
+            return;
+        };
+        let mut markers = self.markers.lock().expect("applied record lock");
+        markers.entry((ns.clone(), app)).or_default().insert((kind.into(), name.clone()), marker);
     }
 
     /// True when `live` still is exactly what we applied with hash `hash`.
     pub fn is_current(&self, kind: &str, live: &ObjectMeta, hash: &str) -> bool {
         let annotated = live.annotations.as_ref().and_then(|a| a.get(APPLIED_ANNOTATION)).is_some_and(|h| h == hash);
-        let (Some(ns), Some(name)) = (&live.namespace, &live.name) else { return false };
-        let ours =
-            self.markers.lock().expect("applied record lock").get(&(kind.into(), ns.clone(), name.clone())).cloned();
+        let (Some(ns), Some(name), Some(app)) = (&live.namespace, &live.name, owning_app(live)) else { return false };
+        let markers = self.markers.lock().expect("applied record lock");
+        let ours = markers.get(&(ns.clone(), app)).and_then(|m| m.get(&(kind.into(), name.clone()))).cloned();
         annotated && ours.is_some() && ours == change_marker(live)
+    }
+
+    /// Drop what was recorded for a deleted app.
+    pub fn forget(&self, namespace: &str, app: &str) {
+        self.markers.lock().expect("applied record lock").remove(&(namespace.to_string(), app.to_string()));
+    }
+
+    /// Apps with records (for tests of pruning).
+    pub fn apps(&self) -> usize {
+        self.markers.lock().expect("applied record lock").len()
     }
 }
 
@@ -160,6 +183,12 @@ mod tests {
             generation,
             resource_version: Some(rv.into()),
             annotations: Some(BTreeMap::from([(APPLIED_ANNOTATION.to_string(), hash.to_string())])),
+            owner_references: Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                kind: "EmpactsApp".into(),
+                name: "app".into(),
+                controller: Some(true),
+                ..Default::default()
+            }]),
             ..Default::default()
         }
     }
@@ -177,5 +206,9 @@ mod tests {
         let svc = meta(None, "5", "h");
         record.record("Service", &svc);
         assert!(!record.is_current("Service", &meta(None, "6", "h"), "h"), "no generation: any change counts");
+        assert_eq!(record.apps(), 1);
+        record.forget("ns", "app");
+        assert_eq!(record.apps(), 0, "a deleted app leaves nothing behind");
+        assert!(!record.is_current("Deployment", &live, "h1"));
     }
 }

@@ -1,7 +1,9 @@
-//! Shared state of the reconcilers.
+//! Shared state of the reconcilers. Every per-app map here is pruned when its app goes
+//! (`forget`), so a long-lived process holds nothing for apps that no longer exist.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use empacts_api::{EmpactsApp, Phase};
 use k8s_openapi::api::batch::v1::Job;
@@ -10,41 +12,107 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 
 use crate::children::{AppliedRecord, ChildStores};
+use crate::hash::HashKey;
 use crate::metrics::Metrics;
 use crate::server::Readiness;
+
+/// Bounds on the work of one process (flags of `empacts run`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// A reconcile past this is abandoned (counted, retried with backoff).
+    pub reconcile_timeout: Duration,
+    /// Reconciles running at once, over all watched namespaces.
+    pub concurrency: usize,
+    /// Periodic re-check of a settled app (drift, missed events, referenced Secrets nobody
+    /// labelled for watching).
+    pub resync: Duration,
+    /// First retry delay after an error; doubles per consecutive error of the same app.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            reconcile_timeout: Duration::from_secs(60),
+            concurrency: 8,
+            resync: Duration::from_secs(300),
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Consecutive errors of one app, for backoff and for one Event per error transition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failures {
+    pub count: u32,
+    pub category: &'static str,
+}
 
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
-    /// Fed to /readyz.
+    /// Fed to /readyz and /healthz.
     pub readiness: Arc<Readiness>,
-    /// Metadata caches of the children, set when the controller starts.
-    pub stores: OnceLock<ChildStores>,
+    pub settings: Settings,
+    /// Key of the pod-template config hash (see `hash_key`).
+    pub hash_key: HashKey,
+    /// Metadata caches of the children per watched namespace ("" when watching all), set
+    /// when each controller starts.
+    stores: RwLock<HashMap<String, ChildStores>>,
     /// What this process last applied, to skip applies that would change nothing.
     pub applied: AppliedRecord,
+    /// Reconciles in flight over every controller of this process.
+    pub slots: Arc<tokio::sync::Semaphore>,
     /// Last phase of each app, feeding the apps-by-phase gauge.
     phases: Mutex<HashMap<ObjectRef<EmpactsApp>, Phase>>,
-    /// Jobs already counted in the migration metrics (by UID).
-    counted_jobs: Mutex<HashSet<String>>,
+    /// Jobs already counted in the migration metrics (by UID), per app.
+    counted_jobs: Mutex<HashMap<ObjectRef<EmpactsApp>, HashSet<String>>>,
+    failures: Mutex<HashMap<ObjectRef<EmpactsApp>, Failures>>,
     /// Jobs that finished before this process started are not counted again.
     started: k8s_openapi::jiff::Timestamp,
 }
 
 impl Context {
-    pub fn new(client: Client, metrics: Arc<Metrics>, instance: Option<String>) -> Self {
+    pub fn new(client: Client, metrics: Arc<Metrics>, instance: Option<String>, hash_key: HashKey) -> Self {
+        Self::with_settings(client, metrics, instance, hash_key, Settings::default())
+    }
+
+    pub fn with_settings(
+        client: Client,
+        metrics: Arc<Metrics>,
+        instance: Option<String>,
+        hash_key: HashKey,
+        settings: Settings,
+    ) -> Self {
         let reporter = Reporter { controller: "empacts-operator".into(), instance };
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
             readiness: Arc::default(),
-            stores: OnceLock::new(),
+            slots: Arc::new(tokio::sync::Semaphore::new(settings.concurrency.max(1))),
+            settings,
+            hash_key,
+            stores: RwLock::default(),
             applied: AppliedRecord::default(),
             phases: Mutex::default(),
             counted_jobs: Mutex::default(),
+            failures: Mutex::default(),
             started: k8s_openapi::jiff::Timestamp::now(),
         }
+    }
+
+    pub fn set_stores(&self, namespace: Option<&str>, stores: ChildStores) {
+        self.stores.write().expect("stores lock").insert(namespace.unwrap_or_default().to_string(), stores);
+    }
+
+    /// The caches that hold `namespace`'s children.
+    pub fn stores(&self, namespace: &str) -> Option<ChildStores> {
+        let stores = self.stores.read().expect("stores lock");
+        stores.get(namespace).or_else(|| stores.get("")).cloned()
     }
 
     pub fn set_phase(&self, app: &EmpactsApp, phase: Phase) {
@@ -54,7 +122,7 @@ impl Context {
     }
 
     /// Count a finished migration Job once: `migrations_total` and its duration.
-    pub fn count_finished_job(&self, job: &Job, kind: &str) {
+    pub fn count_finished_job(&self, app: &EmpactsApp, job: &Job, kind: &str) {
         let Some(status) = job.status.as_ref() else { return };
         let conditions = status.conditions.as_deref().unwrap_or_default();
         let finished = conditions.iter().find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True");
@@ -62,7 +130,11 @@ impl Context {
         let result = if finished.type_ == "Complete" { "succeeded" } else { "failed" };
         let end = status.completion_time.as_ref().or(finished.last_transition_time.as_ref()).map(|t| t.0);
         let (Some(uid), Some(end)) = (job.metadata.uid.clone(), end) else { return };
-        if end < self.started || !self.counted_jobs.lock().expect("job set lock").insert(uid) {
+        if end < self.started {
+            return;
+        }
+        let mut counted = self.counted_jobs.lock().expect("job set lock");
+        if !counted.entry(ObjectRef::from(app)).or_default().insert(uid) {
             return;
         }
         self.metrics.migrations.with_label_values(&[kind, result]).inc();
@@ -72,10 +144,49 @@ impl Context {
         }
     }
 
+    /// Record an error of `app`; returns its consecutive errors so far and whether this is a
+    /// transition (first error, or another kind of error than the last one).
+    pub fn record_failure(&self, app: &EmpactsApp, category: &'static str) -> (u32, bool) {
+        let mut failures = self.failures.lock().expect("failure map lock");
+        let entry = failures.entry(ObjectRef::from(app)).or_insert(Failures { count: 0, category });
+        let transition = entry.count == 0 || entry.category != category;
+        entry.count += 1;
+        entry.category = category;
+        (entry.count, transition)
+    }
+
+    /// `app` reconciled without error: its backoff starts over. Returns the errors it recovered from.
+    pub fn record_success(&self, app: &ObjectRef<EmpactsApp>) -> Option<Failures> {
+        self.failures.lock().expect("failure map lock").remove(app)
+    }
+
+    /// Next retry after `count` consecutive errors: exponential, capped, with jitter so apps
+    /// that failed together (an API server outage) do not retry together.
+    pub fn backoff(&self, count: u32) -> Duration {
+        backoff(&self.settings, count, rand::random::<f64>())
+    }
+
+    /// Everything this process keeps about `app`, gone with it.
     pub fn forget(&self, app: &ObjectRef<EmpactsApp>) {
         let mut phases = self.phases.lock().expect("phase map lock");
         phases.remove(app);
         self.publish_phases(&phases);
+        drop(phases);
+        self.counted_jobs.lock().expect("job set lock").remove(app);
+        self.failures.lock().expect("failure map lock").remove(app);
+        self.applied.forget(app.namespace.as_deref().unwrap_or_default(), &app.name);
+        self.readiness.progress.forget(app);
+    }
+
+    /// Entries kept for apps, per map (for tests of pruning).
+    pub fn tracked(&self) -> [usize; 5] {
+        [
+            self.phases.lock().expect("phase map lock").len(),
+            self.counted_jobs.lock().expect("job set lock").len(),
+            self.failures.lock().expect("failure map lock").len(),
+            self.applied.apps(),
+            self.readiness.progress.tracked(),
+        ]
     }
 
     fn publish_phases(&self, phases: &HashMap<ObjectRef<EmpactsApp>, Phase>) {
@@ -83,5 +194,30 @@ impl Context {
             let n = phases.values().filter(|p| **p == phase).count();
             self.metrics.apps_by_phase.with_label_values(&[phase.as_str()]).set(n as i64);
         }
+    }
+}
+
+/// `base * 2^(count-1)`, capped at `max`, then scaled into [1/2, 1] by `unit` in [0, 1)
+/// ("equal jitter": never less than half the nominal delay, never more than it).
+pub fn backoff(settings: &Settings, count: u32, unit: f64) -> Duration {
+    let exp = count.saturating_sub(1).min(30);
+    let nominal = settings.backoff_base.saturating_mul(1u32 << exp).min(settings.backoff_max);
+    nominal.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_is_capped_and_jittered_within_half_to_full() {
+        let s = Settings::default();
+        assert_eq!(backoff(&s, 1, 1.0), Duration::from_secs(1));
+        assert_eq!(backoff(&s, 2, 1.0), Duration::from_secs(2));
+        assert_eq!(backoff(&s, 5, 1.0), Duration::from_secs(16));
+        assert_eq!(backoff(&s, 40, 1.0), s.backoff_max, "capped, no overflow");
+        assert_eq!(backoff(&s, 5, 0.0), Duration::from_secs(8), "never under half");
+        let spread: HashSet<Duration> = (0..10).map(|i| backoff(&s, 5, i as f64 / 10.0)).collect();
+        assert_eq!(spread.len(), 10, "jitter spreads retries");
     }
 }

@@ -1,10 +1,11 @@
-//! Wiring: the kube-runtime Controller on EmpactsApp, its watches and error policy.
+//! Wiring: the kube-runtime Controllers on EmpactsApp (one per watched namespace, or one for
+//! all), their watches, and the error policy.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use empacts_api::{EmpactsApp, labels};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
@@ -41,22 +42,45 @@ const DEBOUNCE: Duration = Duration::from_millis(500);
 /// Where the operator looks for apps.
 #[derive(Debug, Clone, Default)]
 pub struct Scope {
-    /// Only this namespace; None watches all namespaces.
-    pub namespace: Option<String>,
+    /// Only these namespaces; empty watches all namespaces.
+    pub namespaces: Vec<String>,
 }
 
-fn api<K>(client: &Client, scope: &Scope) -> Api<K>
+impl Scope {
+    pub fn all() -> Self {
+        Scope::default()
+    }
+
+    pub fn namespace(ns: &str) -> Self {
+        Scope { namespaces: vec![ns.to_string()] }
+    }
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
 {
-    match &scope.namespace {
+    match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
 }
 
+/// Watch events of `name`, reported to the readiness of the caches on the way.
+fn reported<K: Send + 'static>(
+    ctx: &Context,
+    name: String,
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static {
+    let readiness = ctx.readiness.clone();
+    readiness.watches.register(&name);
+    events.inspect(move |event| readiness.watches.observe(&name, event))
+}
+
 /// A metadata watch of one registered child kind that also fills `writer`'s cache.
 fn cached(
+    ctx: &Context,
+    name: String,
     writer: reflector::store::Writer<PartialObjectMeta<DynamicObject>>,
     api: Api<PartialObjectMeta<DynamicObject>>,
     config: &watcher::Config,
@@ -64,8 +88,10 @@ fn cached(
     // Status-only updates (an HPA reports metrics every 15 s, a PDB follows pod health) do not
     // concern us: for kinds with a generation, pass an update only when the generation, labels
     // or annotations moved. Deletions always pass, so a deleted child comes back at once.
+    // A relist starts the map over: objects deleted while the watch was down leave no entry.
     let mut seen: std::collections::HashMap<(Option<String>, String), u64> = Default::default();
-    reflector(writer, watcher(api, config.clone()).default_backoff()).filter_map(move |event| {
+    let events = reported(ctx, name, watcher(api, config.clone()).default_backoff());
+    reflector(writer, events).filter_map(move |event| {
         let out = match event {
             Err(e) => Some(Err(e)),
             Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
@@ -79,7 +105,11 @@ fn cached(
                 seen.remove(&(obj.metadata.namespace.clone(), obj.metadata.name.clone().unwrap_or_default()));
                 Some(Ok(obj))
             }
-            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+            Ok(watcher::Event::Init) => {
+                seen.clear();
+                None
+            }
+            Ok(watcher::Event::InitDone) => None,
         };
         futures::future::ready(out)
     })
@@ -94,32 +124,46 @@ fn spec_fingerprint(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Objec
     Some(h.finish())
 }
 
-/// Run the controller until `shutdown` resolves; in-flight reconciles finish first.
+/// Run the controllers until `shutdown` resolves; in-flight reconciles finish first.
 pub async fn run(
     ctx: Arc<Context>,
     scope: Scope,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    ctx.readiness.progress.reset(Instant::now());
+    let shutdown = shutdown.shared();
+    if scope.namespaces.is_empty() {
+        run_one(ctx, None, shutdown).await;
+    } else {
+        let runs = scope.namespaces.iter().map(|ns| run_one(ctx.clone(), Some(ns.clone()), shutdown.clone()));
+        futures::future::join_all(runs).await;
+    }
+}
+
+/// One Controller over one namespace (None: all namespaces).
+async fn run_one(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let client = ctx.client.clone();
+    let ns = namespace.as_deref();
+    let scope_name = ns.unwrap_or("*");
     let ours = watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
-    let controller = Controller::new(api::<EmpactsApp>(&client, &scope), watcher::Config::default().any_semantic());
-    let store = controller.store();
-    let synced = (store.clone(), ctx.readiness.clone());
-    tokio::spawn(async move {
-        // The store's readiness future wakes only its most recent waiter (the controller's own
-        // runner also waits on it), so poll it again every half second until it resolves.
-        loop {
-            match tokio::time::timeout(Duration::from_millis(500), synced.0.wait_until_ready()).await {
-                Err(_) => continue,
-                Ok(Ok(())) => {
-                    synced.1.caches_synced.store(true, std::sync::atomic::Ordering::Release);
-                    info!("caches synced");
-                }
-                Ok(Err(e)) => warn!(error = %e, "the EmpactsApp cache never synced"),
-            }
-            break;
+
+    // The apps, through a reflector of our own so the watch reports to readiness, and a
+    // deleted app's per-process state goes with it.
+    let (apps, app_writer) = reflector::store::<EmpactsApp>();
+    let app_events =
+        watcher(api::<EmpactsApp>(&client, ns), watcher::Config::default().any_semantic()).default_backoff();
+    let forget = ctx.clone();
+    let app_events = reported(&ctx, format!("EmpactsApp/{scope_name}"), app_events).inspect(move |event| {
+        if let Ok(watcher::Event::Delete(app)) = event {
+            forget.forget(&ObjectRef::from(app));
         }
     });
+    let controller = Controller::for_stream(reflector(app_writer, app_events).applied_objects(), apps.clone());
+
     // Registered children watched by metadata also fill caches that let a reconcile skip
     // applies that would change nothing (and tell whose object a name is).
     // Deployments and Jobs are cached whole: their status decides the rollout.
@@ -127,8 +171,13 @@ pub async fn run(
     let jobs = reflector::store::Writer::<Job>::default();
     let mut stores =
         ChildStores { deployments: Some(deployments.as_reader()), jobs: Some(jobs.as_reader()), ..Default::default() };
-    let deployment_events = watcher(api::<Deployment>(&client, &scope), ours.clone()).default_backoff();
-    let job_events = watcher(api::<Job>(&client, &scope), ours.clone()).default_backoff();
+    let deployment_events = reported(
+        &ctx,
+        format!("Deployment/{scope_name}"),
+        watcher(api::<Deployment>(&client, ns), ours.clone()).default_backoff(),
+    );
+    let job_events =
+        reported(&ctx, format!("Job/{scope_name}"), watcher(api::<Job>(&client, ns), ours.clone()).default_backoff());
     let mut controller = controller
         .owns_stream(reflector(deployments, deployment_events).touched_objects())
         .owns_stream(reflector(jobs, job_events).touched_objects());
@@ -136,16 +185,28 @@ pub async fn run(
         let ar = kind.api_resource();
         let writer = reflector::store::Writer::new(ar.clone());
         stores.stores.insert(kind.kind, writer.as_reader());
-        let api: Api<PartialObjectMeta<DynamicObject>> = match &scope.namespace {
+        let api: Api<PartialObjectMeta<DynamicObject>> = match ns {
             Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
             None => Api::all_with(client.clone(), &ar),
         };
-        controller = controller.owns_stream_with(cached(writer, api, &ours), ar);
+        let name = format!("{}/{scope_name}", kind.kind);
+        controller = controller.owns_stream_with(cached(&ctx, name, writer, api, &ours), ar);
     }
-    let _ = ctx.stores.set(stores);
+    ctx.set_stores(ns, stores);
+
+    // Secrets: only those labelled for watching (generated ones, and user Secrets labelled
+    // `empacts.io/watch=true`); never every Secret of a namespace. Others are re-read at
+    // each app's resync.
+    let watched_secrets = watcher::Config::default().labels(&format!("{}=true", labels::WATCH));
+    let secret_events = reported(
+        &ctx,
+        format!("Secret/{scope_name}"),
+        watcher(api::<PartialObjectMeta<Secret>>(&client, ns), watched_secrets).default_backoff(),
+    );
+    let store = apps.clone();
     let controller = controller
-        .watches(api::<PartialObjectMeta<Secret>>(&client, &scope), watcher::Config::default(), move |secret| {
-            // A referenced (or generated) Secret changed: reconcile every app that uses it.
+        .watches_stream(secret_events.touched_objects(), move |secret| {
+            // A watched Secret changed: reconcile every app that uses it.
             let ns = secret.namespace();
             let name = secret.name_any();
             store
@@ -166,9 +227,13 @@ pub async fn run(
         })
         // A rollout touches several children at once (ReplicaSet -> Deployment status, Job
         // status, HPA status); coalescing their triggers saves reconciles without delaying much.
-        .with_config(kube::runtime::controller::Config::default().debounce(DEBOUNCE))
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .debounce(DEBOUNCE)
+                .concurrency(ctx.settings.concurrency.min(u16::MAX as usize) as u16),
+        )
         .graceful_shutdown_on(shutdown);
-    info!(namespace = ?scope.namespace, "controller started");
+    info!(namespace = scope_name, "controller started");
     controller
         .run(reconcile::reconcile, error_policy, ctx.clone())
         .for_each(|result| {
@@ -195,19 +260,26 @@ pub async fn run(
             }
         })
         .await;
-    info!("controller stopped");
+    info!(namespace = scope_name, "controller stopped");
 }
 
-/// Transient errors retry with a delay; the Event tells users why their app is not moving.
+/// Errors retry with per-app exponential backoff and jitter; the Warning Event goes out on
+/// an error *transition* (the first error, or a different kind of error), not per retry.
 fn error_policy(app: Arc<EmpactsApp>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_errors.with_label_values(&[error.category()]).inc();
-    warn!(app = %app.name_any(), namespace = app.namespace().unwrap_or_default(), category = error.category(), error = %error, "reconcile error");
-    let note = error.to_string();
-    let reason = error.category();
-    let ctx2 = ctx.clone();
-    tokio::spawn(async move {
-        events::publish(&ctx2, &app, EventType::Warning, reason, "Reconcile", &note).await;
-    });
-    let delay = if error.category() == "Conflict" { Duration::from_secs(1) } else { Duration::from_secs(10) };
+    let category = error.category();
+    ctx.metrics.reconcile_errors.with_label_values(&[category]).inc();
+    let (count, transition) = ctx.record_failure(&app, category);
+    let delay = ctx.backoff(count);
+    if error.answered() {
+        // The reconcile ran to its end: progress, and the app waits again from its retry.
+        ctx.readiness.progress.finished(ObjectRef::from(app.as_ref()), Instant::now(), Some(delay));
+    }
+    warn!(app = %app.name_any(), namespace = app.namespace().unwrap_or_default(), category, error = %error, attempt = count, retry_in_ms = delay.as_millis() as u64, "reconcile error");
+    if transition {
+        let note = error.to_string();
+        tokio::spawn(async move {
+            events::publish(&ctx, &app, EventType::Warning, category, "Reconcile", &note).await;
+        });
+    }
     Action::requeue(delay)
 }

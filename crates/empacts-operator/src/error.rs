@@ -42,6 +42,11 @@ pub enum Error {
     NameTaken { kind: String, namespace: String, name: String },
 
     #[error(
+        "the reconcile did not finish within {seconds} s and was abandoned (is the API server slow or unreachable?); it is retried with backoff; raise --reconcile-timeout if the API server is merely slow"
+    )]
+    DeadlineExceeded { seconds: u64 },
+
+    #[error(
         "the recorded spec of revision {revision} (ControllerRevision {namespace}/{name}) cannot be read: {source}; delete it to let the operator re-record it"
     )]
     RecordedSpec {
@@ -54,6 +59,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the API server answered (the reconcile ran to its end, just not successfully),
+    /// as opposed to a reconcile abandoned at its deadline.
+    pub fn answered(&self) -> bool {
+        !matches!(self, Error::DeadlineExceeded { .. })
+    }
+
     /// Short, stable label for metrics and Events.
     pub fn category(&self) -> &'static str {
         match self {
@@ -64,6 +75,7 @@ impl Error {
             Error::Status { .. } => "StatusFailed",
             Error::RecordedSpec { .. } => "RecordedSpecUnreadable",
             Error::NameTaken { .. } => "NameTaken",
+            Error::DeadlineExceeded { .. } => "DeadlineExceeded",
         }
     }
 }

@@ -72,6 +72,7 @@ mod tests {
             revision: "d".into(),
             attempt: 1,
             state: JobState::Succeeded,
+            expiring: false,
         }];
         let imports = import(&mut entries, &previous, &jobs, 3);
         assert_eq!(imports.len(), 2, "written once, for both");

@@ -4,11 +4,14 @@
 pub mod apply;
 pub mod build;
 pub mod children;
+pub mod client;
 pub mod context;
 pub mod controller;
 pub mod error;
 pub mod events;
 pub mod hash;
+pub mod hash_key;
+pub mod health;
 pub mod ledger;
 pub mod legacy;
 pub mod metrics;

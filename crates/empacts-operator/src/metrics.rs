@@ -11,6 +11,7 @@ pub struct Metrics {
     pub reconciles: IntCounterVec,
     pub reconcile_errors: IntCounterVec,
     pub reconcile_duration: HistogramVec,
+    pub reconcile_deadline_exceeded: IntCounter,
     pub apps_by_phase: IntGaugeVec,
     pub migrations: IntCounterVec,
     pub migration_duration: HistogramVec,
@@ -42,6 +43,11 @@ impl Metrics {
             &[],
         )
         .unwrap();
+        let reconcile_deadline_exceeded = IntCounter::new(
+            "reconcile_deadline_exceeded_total",
+            "Reconciles abandoned at the reconcile deadline (retried with backoff)",
+        )
+        .unwrap();
         let apps_by_phase = IntGaugeVec::new(Opts::new("apps", "EmpactsApps by phase"), &["phase"]).unwrap();
         let migrations =
             IntCounterVec::new(Opts::new("migrations_total", "Finished migration Jobs by result"), &["kind", "result"])
@@ -70,6 +76,7 @@ impl Metrics {
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_errors.clone()),
             Box::new(reconcile_duration.clone()),
+            Box::new(reconcile_deadline_exceeded.clone()),
             Box::new(apps_by_phase.clone()),
             Box::new(migrations.clone()),
             Box::new(migration_duration.clone()),
@@ -92,6 +99,7 @@ impl Metrics {
             reconciles,
             reconcile_errors,
             reconcile_duration,
+            reconcile_deadline_exceeded,
             apps_by_phase,
             migrations,
             migration_duration,

@@ -16,6 +16,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use crate::build::{self, configmap, revision as cr};
 use crate::children::ChildMetas;
 use crate::error::{Error, Result, is_not_found};
+use crate::hash::HashKey;
 use crate::ledger::{self, Entry, Ledger, MigrationState};
 use crate::plan::{DeploymentState, GeneratedSecret, JobKind, JobState, ObservedJob, PlanInput, RollbackRequest};
 use crate::revision::{RevisionSpec, identity};
@@ -59,6 +60,7 @@ fn read_error(kind: &str, ns: &str, name: &str, source: kube::Error) -> Error {
 /// build recorded, once; no decision reads it otherwise.
 pub async fn observe(
     client: &Client,
+    key: &HashKey,
     app: &ValidatedApp,
     previous: &EmpactsAppStatus,
     children: ChildMetas,
@@ -181,7 +183,12 @@ pub async fn observe(
     let mut config_hashes = BTreeMap::new();
     let mut missing_reference = None;
     let known: BTreeMap<String, Option<Secret>> = generated.values().map(|s| (s.name_any(), Some(s.clone()))).collect();
-    match references(client, &app, &app.spec, &known).await? {
+    let live_hash = deployment
+        .as_ref()
+        .and_then(|d| d.spec.as_ref()?.template.metadata.as_ref()?.annotations.as_ref()?.get(annotations::CONFIG_HASH))
+        .cloned();
+    let hashing = Hashing { key, live: live_hash.as_deref() };
+    match references(client, hashing, &app, &app.spec, &known).await? {
         References::Present { config_hash } => drop(config_hashes.insert(desired.clone(), config_hash)),
         References::Missing { reason, message } => missing_reference = Some((reason.to_string(), message)),
     }
@@ -196,7 +203,7 @@ pub async fn observe(
             continue;
         }
         let Some(spec) = specs.get(&revision) else { continue };
-        if let References::Present { config_hash } = references(client, &app, spec, &known).await? {
+        if let References::Present { config_hash } = references(client, hashing, &app, spec, &known).await? {
             config_hashes.insert(revision, config_hash);
         }
     }
@@ -289,6 +296,7 @@ fn observed_job(job: &Job) -> Option<ObservedJob> {
         // Jobs of earlier builds carry no attempt: they ran the first one.
         attempt: job.annotations().get(ledger::JOB_ATTEMPT).and_then(|a| a.parse().ok()).unwrap_or(1),
         state: job_state(Some(job)),
+        expiring: job.spec.as_ref().and_then(|s| s.ttl_seconds_after_finished).is_some(),
     })
 }
 
@@ -300,10 +308,34 @@ pub enum References {
     Missing { reason: &'static str, message: String },
 }
 
+/// How the content hash of referenced Secrets is computed.
+#[derive(Debug, Clone, Copy)]
+pub struct Hashing<'a> {
+    /// The installation's key.
+    pub key: &'a HashKey,
+    /// The hash the live pod template carries.
+    pub live: Option<&'a str>,
+}
+
+impl Hashing<'_> {
+    /// An HMAC under the installation's key. One exception, so an upgrade does not roll every
+    /// pod: when every value is operator-generated (random, 256 bits and more), the unkeyed hash
+    /// of earlier builds reveals nothing, and a live template still carrying it keeps it.
+    /// Any user-referenced value may be guessable: then the keyed hash replaces the old one.
+    pub fn hash(&self, parts: &[Vec<u8>], all_generated: bool) -> String {
+        let unkeyed = || hash::bytes_hash(parts.iter().map(Vec::as_slice));
+        match self.live {
+            Some(live) if all_generated && live == unkeyed() => live.to_string(),
+            _ => hash::keyed_bytes_hash(self.key, parts.iter().map(Vec::as_slice)),
+        }
+    }
+}
+
 /// Read every Secret `spec` references (user-owned and generated; those in `known` were read
-/// already this reconcile) and hash their values.
+/// already this reconcile) and hash their values (see [`Hashing`]).
 pub async fn references(
     client: &Client,
+    hashing: Hashing<'_>,
     app: &ValidatedApp,
     spec: &EmpactsAppSpec,
     known: &BTreeMap<String, Option<Secret>>,
@@ -311,8 +343,9 @@ pub async fn references(
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &app.namespace);
     let mut cache = known.clone();
     let mut parts: Vec<Vec<u8>> = Vec::new();
+    let all_generated = spec.secrets().iter().all(|e| e.secret_key_ref.is_none());
     for entry in spec.secrets() {
-        let (name, key, generated) = match &entry.secret_key_ref {
+        let (name, data_key, generated) = match &entry.secret_key_ref {
             Some(r) => (r.name.clone(), r.key.clone(), false),
             None => (app.generated_secret(&entry.env), names::GENERATED_SECRET_KEY.to_string(), true),
         };
@@ -338,24 +371,25 @@ pub async fn references(
         let value = secret
             .data
             .as_ref()
-            .and_then(|d| d.get(&key))
+            .and_then(|d| d.get(&data_key))
             .map(|v| v.0.clone())
-            .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(&key)).map(|v| v.clone().into_bytes()));
+            .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(&data_key)).map(|v| v.clone().into_bytes()));
+        // The message names the missing key only: the Secret's other key names are not the
+        // app author's to learn (they may only be allowed to create EmpactsApps).
         let Some(value) = value else {
-            let keys: Vec<&String> = secret.data.iter().flat_map(|d| d.keys()).collect();
             return Ok(References::Missing {
                 reason: reasons::SECRET_KEY_NOT_FOUND,
                 message: format!(
-                    "Secret {name} has no key {key} (referenced by spec.secrets {}); it has {keys:?}; add the key or fix the reference",
+                    "Secret {name} has no key {data_key} (referenced by spec.secrets {}); add the key or fix the reference",
                     entry.env
                 ),
             });
         };
         parts.push(name.into_bytes());
-        parts.push(key.into_bytes());
+        parts.push(data_key.into_bytes());
         parts.push(value);
     }
-    let config_hash = (!parts.is_empty()).then(|| hash::bytes_hash(parts.iter().map(Vec::as_slice)));
+    let config_hash = (!parts.is_empty()).then(|| hashing.hash(&parts, all_generated));
     Ok(References::Present { config_hash })
 }
 
@@ -414,6 +448,19 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_unkeyed_hash_of_earlier_builds_survives_only_for_generated_values() {
+        let key = HashKey::new(vec![1; 32]);
+        let parts = vec![b"api.gen.jwt".to_vec(), b"value".to_vec(), b"random-64-chars".to_vec()];
+        let unkeyed = hash::bytes_hash(parts.iter().map(Vec::as_slice));
+        let keyed = hash::keyed_bytes_hash(&key, parts.iter().map(Vec::as_slice));
+        let live = |live| Hashing { key: &key, live };
+        assert_eq!(live(Some(&unkeyed)).hash(&parts, true), unkeyed, "generated only: no roll on upgrade");
+        assert_eq!(live(Some(&unkeyed)).hash(&parts, false), keyed, "a user value: the leak goes");
+        assert_eq!(live(None).hash(&parts, true), keyed, "new templates are always keyed");
+        assert_eq!(live(Some("other")).hash(&parts, true), keyed, "a changed value gets the keyed hash");
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub struct ObservedJob {
     pub revision: String,
     pub attempt: u32,
     pub state: JobState,
+    /// Carries ttlSecondsAfterFinished: the TTL controller removes it once finished.
+    pub expiring: bool,
 }
 
 /// What the Deployment shows.

@@ -3,7 +3,7 @@
 //! projection, written with a resourceVersion precondition so a stale view gets 409).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use empacts_api::{EmpactsApp, EmpactsAppStatus, Phase, conditions::reasons};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -23,23 +23,58 @@ use crate::{build, events, observe, validate};
 
 /// Requeue while something is moving; watches usually wake us sooner.
 const ACTIVE_REQUEUE: Duration = Duration::from_secs(5);
-/// Periodic re-check of a settled app (drift, missed events).
-const IDLE_REQUEUE: Duration = Duration::from_secs(300);
+/// Re-check of an app waiting for a referenced Secret (or key) to appear: unlabelled Secrets
+/// are not watched, and Secrets often arrive after the app (GitOps sync order).
+const MISSING_SECRET_REQUEUE: Duration = Duration::from_secs(10);
+
+/// One reconcile, bounded: it waits for one of the process's reconcile slots, then runs
+/// under the reconcile deadline; past it, the reconcile is dropped (its pending request with
+/// it) and reported as DeadlineExceeded, so a hung API server cannot hold a slot forever.
+pub async fn reconcile(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Action> {
+    let _slot = ctx.slots.clone().acquire_owned().await.expect("the reconcile semaphore is never closed");
+    let key = kube::runtime::reflector::ObjectRef::from(app.as_ref());
+    let progress = &ctx.readiness.progress;
+    progress.started(key.clone(), Instant::now());
+    let timeout = ctx.settings.reconcile_timeout;
+    let result = match tokio::time::timeout(timeout, reconcile_app(app.clone(), ctx.clone())).await {
+        Ok(result) => result.map(|next| (action(next), next)),
+        Err(_) => {
+            ctx.metrics.reconcile_deadline_exceeded.inc();
+            Err(Error::DeadlineExceeded { seconds: timeout.as_secs() })
+        }
+    };
+    // On errors the error policy records the progress (the API server answered, or not).
+    if let Ok((_, next)) = &result {
+        progress.finished(key.clone(), Instant::now(), *next);
+        if let Some(failures) = ctx.record_success(&key) {
+            let note = format!("reconciling works again after {} failed attempts", failures.count);
+            events::publish(&ctx, &app, EventType::Normal, "Recovered", "Reconcile", &note).await;
+        }
+    }
+    result.map(|(action, _)| action)
+}
+
+/// When the next reconcile is due without a trigger (None: only on a change).
+type Next = Option<Duration>;
+
+fn action(next: Next) -> Action {
+    next.map(Action::requeue).unwrap_or_else(Action::await_change)
+}
 
 #[tracing::instrument(skip_all, fields(app = %app.name_any(), namespace = app.namespace().unwrap_or_default()))]
-pub async fn reconcile(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Action> {
+async fn reconcile_app(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Next> {
     let _timer = ctx.metrics.reconcile_timer();
     if app.metadata.deletion_timestamp.is_some() {
         // Owner references let the garbage collector remove the children.
-        return Ok(Action::await_change());
+        return Ok(None);
     }
     let previous = app.status.clone().unwrap_or_default();
     let valid = match validate::validate(&app) {
         Ok(v) => v,
         Err(invalid) => return invalid_spec(&app, &ctx, &previous, Error::Invalid(invalid)).await,
     };
-    let children = ChildMetas::snapshot(ctx.stores.get(), &valid);
-    let observed = observe::observe(&ctx.client, &valid, &previous, children).await?;
+    let children = ChildMetas::snapshot(ctx.stores(&valid.namespace).as_ref(), &valid);
+    let observed = observe::observe(&ctx.client, &ctx.hash_key, &valid, &previous, children).await?;
     let mut plan = plan::plan(&observed.input);
 
     // A failed write still gets its status: users see why their app is not moving.
@@ -70,12 +105,17 @@ pub async fn reconcile(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Action
     for job in &observed.jobs {
         let component = job.labels().get(empacts_api::labels::COMPONENT).map(String::as_str);
         let kind = if component == Some(build::job::ROLLBACK_COMPONENT) { "rollback" } else { "migrate" };
-        ctx.count_finished_job(job, kind);
+        ctx.count_finished_job(&app, job, kind);
     }
     ctx.set_phase(&app, plan.phase);
 
     let moving = matches!(plan.phase, Phase::Migrating | Phase::Progressing | Phase::RollingBack | Phase::Pending);
-    Ok(Action::requeue(if moving { ACTIVE_REQUEUE } else { IDLE_REQUEUE }))
+    let waits_for_secret = matches!(plan.reason, reasons::SECRET_NOT_FOUND | reasons::SECRET_KEY_NOT_FOUND);
+    Ok(Some(match () {
+        _ if moving => ACTIVE_REQUEUE,
+        _ if waits_for_secret => MISSING_SECRET_REQUEUE.min(ctx.settings.resync),
+        _ => ctx.settings.resync,
+    }))
 }
 
 /// Status is written on the version of the app this reconcile saw: if the app changed
@@ -97,7 +137,7 @@ async fn write_status(ctx: &Context, app: &EmpactsApp, status: &EmpactsAppStatus
 
 /// An invalid spec goes through the same plan (Stalled, no writes); the status keeps what
 /// it said about the running version, which is untouched.
-async fn invalid_spec(app: &EmpactsApp, ctx: &Context, previous: &EmpactsAppStatus, error: Error) -> Result<Action> {
+async fn invalid_spec(app: &EmpactsApp, ctx: &Context, previous: &EmpactsAppStatus, error: Error) -> Result<Next> {
     let message = error.to_string();
     warn!(app = %app.name_any(), namespace = app.namespace().unwrap_or_default(), detail = %message, "invalid spec");
     let input = PlanInput {
@@ -130,7 +170,7 @@ async fn invalid_spec(app: &EmpactsApp, ctx: &Context, previous: &EmpactsAppStat
         events::publish(ctx, app, EventType::Warning, reasons::INVALID_SPEC, "Validate", &message).await;
     }
     ctx.set_phase(app, Phase::Stalled);
-    Ok(Action::await_change())
+    Ok(None)
 }
 
 async fn record_transitions(

@@ -38,7 +38,13 @@ fn job(app: &ValidatedApp, name: String, component: &str, revision: &str, attemp
         (annotations::REVISION.to_string(), revision.to_string()),
         (crate::ledger::JOB_ATTEMPT.to_string(), attempt.to_string()),
     ]));
+    // The Job object keeps the common labels (observe lists Jobs by instance); its pods get
+    // none of the selector labels, so no Service, HPA or PDB of the app selects them.
     let mut pod_labels = meta::common_labels(app, component);
+    for selecting in meta::selector_labels(app).keys() {
+        pod_labels.remove(selecting);
+    }
+    pod_labels.insert(labels::APP.into(), app.name.clone());
     pod_labels.insert(labels::REVISION.into(), revision.into());
     Job {
         metadata,
@@ -83,6 +89,22 @@ mod tests {
         assert_eq!(c.env.as_ref().unwrap()[0].name, "DB");
         assert!(c.env_from.is_some());
         assert!(c.readiness_probe.is_none());
+    }
+
+    #[test]
+    fn job_pods_match_no_selector_of_the_app() {
+        let app = app_from_yaml("spec: {image: 'api:2', podLabels: {team: a}, migration: {command: [m]}}");
+        let job = migration(&app, "r1", 1).unwrap();
+        let pod = job.spec.unwrap().template.metadata.unwrap().labels.unwrap();
+        // The Service, HPA (through the Deployment) and PDB all select with these.
+        for (k, v) in meta::selector_labels(&app) {
+            assert_ne!(pod.get(&k), Some(&v), "Job pods carry selector label {k}");
+        }
+        assert_eq!(pod[labels::APP], "demo");
+        assert_eq!(pod[labels::COMPONENT], MIGRATION_COMPONENT);
+        assert_eq!(pod["team"], "a");
+        // The Job object itself is still found by the app's instance label.
+        assert_eq!(job.metadata.labels.unwrap()[labels::INSTANCE], "demo");
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub fn build(app: &ValidatedApp, entry: &SecretEnv, value: &SecretValue) -> Opti
     let mut metadata = meta::child_meta(app, app.generated_secret(&entry.env), COMPONENT);
     let secret_labels = metadata.labels.get_or_insert_with(BTreeMap::new);
     secret_labels.insert(labels::GENERATED_SECRET.into(), "true".into());
+    // Watched: a deleted generated Secret is re-created at once, not at the next resync.
+    secret_labels.insert(labels::WATCH.into(), "true".into());
     // Created once and never updated, so a version label would only go stale.
     secret_labels.remove(labels::VERSION);
     // Kept Secrets have no owner, so deleting the app does not garbage-collect them.

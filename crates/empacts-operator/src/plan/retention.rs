@@ -5,8 +5,8 @@
 
 use std::collections::BTreeSet;
 
-use super::PlanInput;
-use crate::ledger::Ledger;
+use super::{JobKind, ObservedJob, PlanInput};
+use crate::ledger::{Ledger, MigrationMark, MigrationState};
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Retention {
@@ -14,11 +14,14 @@ pub struct Retention {
     pub revisions: Vec<String>,
     pub jobs: Vec<String>,
     pub config_maps: Vec<String>,
+    /// Finished Jobs whose result the ledger holds: they get ttlSecondsAfterFinished, so the
+    /// TTL controller removes them (and their pods) after a while for logs to be read.
+    pub expire_jobs: Vec<String>,
 }
 
 impl Retention {
     pub fn is_empty(&self) -> bool {
-        self.revisions.is_empty() && self.jobs.is_empty() && self.config_maps.is_empty()
+        self.revisions.is_empty() && self.jobs.is_empty() && self.config_maps.is_empty() && self.expire_jobs.is_empty()
     }
 }
 
@@ -47,7 +50,7 @@ pub fn retention(ledger: &Ledger, desired: &str, current: Option<&str>, input: &
     let revisions: Vec<String> =
         ledger.entries.iter().filter(|e| !keep.contains(&e.revision)).map(|e| e.revision.clone()).collect();
     let known: BTreeSet<&str> = ledger.entries.iter().map(|e| e.revision.as_str()).collect();
-    let jobs = input
+    let jobs: Vec<String> = input
         .jobs
         .iter()
         .filter(|j| j.state.finished() && (!keep.contains(&j.revision) || !known.contains(j.revision.as_str())))
@@ -62,7 +65,26 @@ pub fn retention(ledger: &Ledger, desired: &str, current: Option<&str>, input: &
         .filter_map(|e| e.config_map.as_deref())
         .collect();
     let config_maps = input.config_maps.iter().filter(|c| !used.contains(c.as_str())).cloned().collect();
-    Retention { revisions, jobs, config_maps }
+    let expire_jobs = input
+        .jobs
+        .iter()
+        .filter(|j| j.state.finished() && !j.expiring && !jobs.contains(&j.name))
+        .filter(|j| ledger.get(&j.revision).is_some_and(|e| result_recorded(e.migration, j)))
+        .map(|j| j.name.clone())
+        .collect();
+    Retention { revisions, jobs, config_maps, expire_jobs }
+}
+
+/// Whether the ledger holds the outcome of `job`: once it does, the Job is only a log.
+fn result_recorded(mark: MigrationMark, job: &ObservedJob) -> bool {
+    use MigrationState::*;
+    if mark.attempt != job.attempt {
+        return mark.attempt > job.attempt;
+    }
+    match job.kind {
+        JobKind::Migrate => !matches!(mark.state, None | Created),
+        JobKind::Rollback => matches!(mark.state, DownSucceeded | DownFailed),
+    }
 }
 
 #[cfg(test)]
@@ -90,6 +112,7 @@ mod tests {
             revision: rev.into(),
             attempt: 1,
             state: JobState::Succeeded,
+            expiring: false,
         }
     }
 
@@ -107,6 +130,39 @@ mod tests {
         assert_eq!(r.revisions, ["r1", "r2", "r3"]);
         assert_eq!(r.jobs, ["app-migrate-r1"]);
         assert_eq!(r.config_maps, ["app-env-r1", "app-env-r2", "app-env-r3"]);
+        // r5's Job is kept but its result is not recorded (r5 has no migration mark).
+        assert!(r.expire_jobs.is_empty(), "{r:?}");
+    }
+
+    #[test]
+    fn a_finished_job_expires_only_once_the_ledger_holds_its_result() {
+        let mut r5 = entry("r5", 5, None);
+        let input = |r5: &Entry, jobs: Vec<ObservedJob>| PlanInput {
+            history_limit: 10,
+            desired_entry: r5.clone(),
+            jobs,
+            ..Default::default()
+        };
+        let ledger = |r5: &Entry| Ledger { entries: vec![r5.clone()] };
+        r5.migration = MigrationMark::new(1, MigrationState::Created);
+        let r = retention(&ledger(&r5), "r5", Some("r5"), &input(&r5, vec![finished("r5")]));
+        assert!(r.expire_jobs.is_empty(), "not recorded yet: {r:?}");
+        r5.migration = MigrationMark::new(1, MigrationState::Succeeded);
+        let r = retention(&ledger(&r5), "r5", Some("r5"), &input(&r5, vec![finished("r5")]));
+        assert_eq!(r.expire_jobs, ["app-migrate-r5"]);
+        let expiring = ObservedJob { expiring: true, ..finished("r5") };
+        assert!(retention(&ledger(&r5), "r5", Some("r5"), &input(&r5, vec![expiring])).expire_jobs.is_empty());
+        // A down-migration's Job: recorded only with its own result, not with the up result.
+        let down = ObservedJob { kind: JobKind::Rollback, name: "app-rollback-r5".into(), ..finished("r5") };
+        r5.migration = MigrationMark::new(1, MigrationState::DownCreated);
+        assert!(retention(&ledger(&r5), "r5", Some("r5"), &input(&r5, vec![down.clone()])).expire_jobs.is_empty());
+        r5.migration = MigrationMark::new(1, MigrationState::DownSucceeded);
+        let r = retention(&ledger(&r5), "r5", Some("r5"), &input(&r5, vec![down]));
+        assert_eq!(r.expire_jobs, ["app-rollback-r5"]);
+        // An earlier attempt's Job once a later attempt is recorded.
+        r5.migration = MigrationMark::new(2, MigrationState::Created);
+        let r = retention(&ledger(&r5), "r5", Some("r5"), &input(&r5, vec![finished("r5")]));
+        assert_eq!(r.expire_jobs, ["app-migrate-r5"]);
     }
 
     #[test]

@@ -61,7 +61,7 @@ fn with_migration(mut i: PlanInput, d_state: MigrationState, rollback_command: b
 
 fn job(kind: JobKind, rev: &str, attempt: u32, state: JobState) -> ObservedJob {
     let name = format!("app-{}-{rev}", if kind == JobKind::Migrate { "migrate" } else { "rollback" });
-    ObservedJob { name, kind, revision: rev.into(), attempt, state }
+    ObservedJob { name, kind, revision: rev.into(), attempt, state, expiring: false }
 }
 
 fn failed(reason: FailReason, generation: i64) -> Option<FailedMark> {
