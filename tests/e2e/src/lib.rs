@@ -61,7 +61,12 @@ pub async fn cluster() -> (ClusterEnv, Client) {
         .get_or_init(|| async {
             init_logging();
             let env = start_cluster().await;
-            install_crd(&client_for(&env.kubeconfig).await).await;
+            let client = client_for(&env.kubeconfig).await;
+            install_crd(&client).await;
+            // Operator processes without a Lease namespace keep their config-hash key in the
+            // kubeconfig's namespace: create it once up front, so no test counts its creation
+            // among the writes of a reconcile.
+            empacts_operator::hash_key::load_or_create(&client, "default").await.expect("config-hash key");
             env
         })
         .await
@@ -186,18 +191,29 @@ pub struct Operator {
     shutdown: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
     pub metrics: Arc<Metrics>,
+    pub ctx: Arc<Context>,
 }
 
 impl Operator {
     pub async fn start(client: &Client, namespace: &str) -> Self {
+        Self::start_with_settings(client, namespace, Default::default()).await
+    }
+
+    pub async fn start_with_settings(
+        client: &Client,
+        namespace: &str,
+        settings: empacts_operator::context::Settings,
+    ) -> Self {
         let metrics = Arc::new(Metrics::new());
-        let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), Some(format!("e2e-{namespace}"))));
+        let key = empacts_operator::hash_key::load_or_create(client, namespace).await.expect("config-hash key");
+        let instance = Some(format!("e2e-{namespace}"));
+        let ctx = Arc::new(Context::with_settings(client.clone(), metrics.clone(), instance, key, settings));
         let (tx, rx) = oneshot::channel::<()>();
-        let scope = Scope { namespace: Some(namespace.to_string()) };
-        let task = tokio::spawn(controller::run(ctx, scope, async move {
+        let scope = Scope::namespace(namespace);
+        let task = tokio::spawn(controller::run(ctx.clone(), scope, async move {
             let _ = rx.await;
         }));
-        Operator { shutdown: Some(tx), task, metrics }
+        Operator { shutdown: Some(tx), task, metrics, ctx }
     }
 
     /// Graceful stop: in-flight reconciles finish.
@@ -416,6 +432,14 @@ impl OperatorProcess {
     pub fn start_single_with(binary: &Path, kubeconfig: &Path, name: &str, namespace: &str, log: &Path) -> Self {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
         Self::spawn(binary, kubeconfig, name, log, &["--namespace", namespace, "--leader-elect=false"])
+    }
+
+    /// [`OperatorProcess::start_single`] with more `empacts run` flags.
+    pub fn start_single_args(kubeconfig: &Path, name: &str, namespace: &str, log: &Path, extra: &[&str]) -> Self {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+        let mut args = vec!["--namespace", namespace, "--leader-elect=false"];
+        args.extend_from_slice(extra);
+        Self::spawn(&empacts_binary(), kubeconfig, name, log, &args)
     }
 
     /// `binary run` with `args`, metrics on a free loopback port, JSON logs to `log`.

@@ -76,6 +76,29 @@ fn strings(v: &Value) -> Vec<String> {
 }
 
 /// (apiGroup, resource) -> verbs, over all rules of the given roles.
+/// ClusterRoles aggregated into the built-in view/edit/admin roles (for users, not the operator).
+fn aggregated(role: &Value) -> bool {
+    role["metadata"]["labels"].as_mapping().is_some_and(|l| {
+        l.keys().any(|k| k.as_str().is_some_and(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-")))
+    })
+}
+
+/// The operator's own ClusterRoles.
+fn operator_cluster_roles(docs: &[Value]) -> Vec<&Value> {
+    of_kind(docs, "ClusterRole").into_iter().filter(|r| !aggregated(r)).collect()
+}
+
+fn assert_aggregated_roles(docs: &[Value]) {
+    let roles: Vec<&Value> = of_kind(docs, "ClusterRole").into_iter().filter(|r| aggregated(r)).collect();
+    let names: BTreeSet<&str> = roles.iter().map(|r| r["metadata"]["name"].as_str().unwrap()).collect();
+    assert_eq!(names, BTreeSet::from(["empacts-edit", "empacts-view"]));
+    for role in &roles {
+        for ((group, resource), _) in grants(&[role]) {
+            assert!(group == "empacts.io" && resource.starts_with("empactsapps"), "{resource} granted to users");
+        }
+    }
+}
+
 fn grants(roles: &[&Value]) -> BTreeMap<(String, String), BTreeSet<String>> {
     let mut out: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
     for role in roles {
@@ -90,29 +113,25 @@ fn grants(roles: &[&Value]) -> BTreeMap<(String, String), BTreeSet<String>> {
     out
 }
 
-/// What the operator does with the API (see the chart's rbac.yaml).
+/// What the operator does with the API (see the chart's rbac.yaml): no verb it never uses.
 fn expected_grants() -> BTreeMap<(String, String), BTreeSet<String>> {
-    let crud = ["get", "list", "watch", "create", "patch", "update", "delete"];
-    let mut table: Vec<(&str, &str, Vec<&str>)> = vec![
-        ("empacts.io", "empactsapps", vec!["get", "list", "watch", "patch", "update"]),
-        ("empacts.io", "empactsapps/status", vec!["get", "patch", "update"]),
+    let children = ["list", "watch", "create", "patch", "delete"];
+    let table: Vec<(&str, &str, Vec<&str>)> = vec![
+        ("empacts.io", "empactsapps", vec!["get", "list", "watch"]),
+        ("empacts.io", "empactsapps/status", vec!["patch"]),
         ("empacts.io", "empactsapps/finalizers", vec!["update"]),
         ("", "secrets", vec!["get", "list", "watch", "create", "patch", "update"]),
         ("events.k8s.io", "events", vec!["create", "patch"]),
         ("", "events", vec!["create", "patch"]),
+        ("apps", "deployments", vec!["get", "list", "watch", "create", "patch"]),
+        ("apps", "controllerrevisions", vec!["list", "create", "patch", "delete"]),
+        ("batch", "jobs", children.to_vec()),
+        ("", "services", vec!["list", "watch", "create", "patch"]),
+        ("", "serviceaccounts", vec!["list", "watch", "create", "patch"]),
+        ("", "configmaps", children.to_vec()),
+        ("autoscaling", "horizontalpodautoscalers", children.to_vec()),
+        ("policy", "poddisruptionbudgets", children.to_vec()),
     ];
-    for (group, resource) in [
-        ("apps", "deployments"),
-        ("apps", "controllerrevisions"),
-        ("batch", "jobs"),
-        ("", "services"),
-        ("", "serviceaccounts"),
-        ("", "configmaps"),
-        ("autoscaling", "horizontalpodautoscalers"),
-        ("policy", "poddisruptionbudgets"),
-    ] {
-        table.push((group, resource, crud.to_vec()));
-    }
     table
         .into_iter()
         .map(|(g, r, verbs)| ((g.to_string(), r.to_string()), verbs.into_iter().map(String::from).collect()))
@@ -210,7 +229,7 @@ fn assert_deployment(docs: &[Value], watch_ns: Option<&str>) {
     assert!(args.contains(&"--metrics-addr=0.0.0.0:8080".to_string()), "{args:?}");
     assert!(args.contains(&"--leader-elect=true".to_string()), "{args:?}");
     match watch_ns {
-        Some(ns) => assert!(args.contains(&format!("--namespace={ns}")), "{args:?}"),
+        Some(ns) => assert!(args.contains(&format!("--namespaces={ns}")), "{args:?}"),
         None => assert!(!args.iter().any(|a| a.starts_with("--namespace")), "{args:?}"),
     }
     let env: BTreeMap<String, String> = c["env"]
@@ -284,12 +303,13 @@ async fn helm_template_renders_least_privilege_restricted_manifests() {
     assert_no_wildcards(&all);
     assert_standard_labels(&all);
     assert_eq!(
-        grants(&of_kind(&all, "ClusterRole")),
+        grants(&operator_cluster_roles(&all)),
         expected_grants(),
         "ClusterRole grants exactly what the operator uses"
     );
+    assert_aggregated_roles(&all);
     let crb = one(&all, "ClusterRoleBinding");
-    assert_eq!(crb["roleRef"]["name"], one(&all, "ClusterRole")["metadata"]["name"]);
+    assert_eq!(crb["roleRef"]["name"], operator_cluster_roles(&all)[0]["metadata"]["name"]);
     assert_eq!(crb["subjects"][0]["namespace"].as_str(), Some("ops"));
     assert_lease_role(&all, "ops");
     assert_deployment(&all, None);
@@ -297,9 +317,17 @@ async fn helm_template_renders_least_privilege_restricted_manifests() {
         assert_eq!(doc["metadata"]["namespace"].as_str(), Some("ops"), "{} is in the release namespace", kind_of(doc));
     }
 
-    // One watched namespace: Role + RoleBinding there, nothing cluster-scoped.
-    let scoped = render(&env, "ops", &["watchNamespace=apps"]);
-    assert!(of_kind(&scoped, "ClusterRole").is_empty() && of_kind(&scoped, "ClusterRoleBinding").is_empty());
+    // Watched namespaces: a Role + RoleBinding in each, and no ClusterRole granting the operator
+    // anything (only the users' aggregated roles, which grant EmpactsApps only).
+    let scoped = render(&env, "ops", &["watchNamespaces={apps,web}"]);
+    assert!(operator_cluster_roles(&scoped).is_empty() && of_kind(&scoped, "ClusterRoleBinding").is_empty());
+    assert_aggregated_roles(&scoped);
+    let web: Vec<&Value> =
+        of_kind(&scoped, "Role").into_iter().filter(|r| r["metadata"]["namespace"].as_str() == Some("web")).collect();
+    assert_eq!(grants(&web), expected_grants(), "every watched namespace gets the same Role");
+    // The older single-namespace value still works.
+    let single = render(&env, "ops", &["watchNamespace=apps"]);
+    assert_deployment(&single, Some("apps"));
     assert_no_wildcards(&scoped);
     assert_standard_labels(&scoped);
     let main_roles: Vec<&Value> =
@@ -314,7 +342,7 @@ async fn helm_template_renders_least_privilege_restricted_manifests() {
     assert_eq!(binding["roleRef"]["name"], main_roles[0]["metadata"]["name"]);
     assert_eq!(binding["subjects"][0]["namespace"].as_str(), Some("ops"));
     assert_lease_role(&scoped, "ops");
-    assert_deployment(&scoped, Some("apps"));
+    assert_deployment(&scoped, Some("apps,web"));
 
     // Monitoring on: ServiceMonitor on the metrics port, PrometheusRule with the alerts.
     let monitored = render(&env, "ops", &["serviceMonitor.enabled=true", "prometheusRule.enabled=true"]);
@@ -436,7 +464,9 @@ async fn helm_install_rbac_is_enough_for_the_operator_and_pods_pass_restricted_p
             &ns.name,
             "--skip-crds",
             "--set",
-            &format!("watchNamespace={}", ns.name),
+            &format!("watchNamespaces={{{}}}", ns.name),
+            "--set",
+            "rbac.aggregatedRoles.create=false",
         ],
     );
     assert!(out.status.success(), "helm install failed:\n{}", text(&out));
@@ -555,6 +585,13 @@ async fn helm_install_rbac_is_enough_for_the_operator_and_pods_pass_restricted_p
     let lower = log.to_lowercase();
     assert!(!lower.contains("forbidden"), "an API call was forbidden:\n{log}");
     assert!(!log.contains("could not publish Event"), "{log}");
+    // Outside its namespaces the chart's ServiceAccount is refused by the API server itself.
+    let sa_client = client_for(&kubeconfig).await;
+    let outside: Api<Secret> = Api::namespaced(sa_client, "default");
+    match outside.get("anything").await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{s:?}"),
+        other => panic!("a Secret outside the watched namespaces must be forbidden: {other:?}"),
+    }
     drop(op);
     let _ = std::fs::remove_file(&kubeconfig);
 

@@ -419,22 +419,36 @@ async fn rollback_after_a_migration_without_rollback_command_stalls() {
     ns.cleanup().await;
 }
 
+fn config_hash(d: &Deployment) -> String {
+    d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()["empacts.io/config-hash"]
+        .clone()
+}
+
+async fn label_secret(ns: &TestNamespace, name: &str, labels: serde_json::Value) {
+    let patch = serde_json::json!({"metadata": {"labels": labels}});
+    ns.api::<Secret>().patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+}
+
+/// A Secret labelled `empacts.io/watch=true` is watched: a change rolls the pods at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn referenced_secret_change_rolls_the_pods() {
     let (_env, client) = cluster().await;
     let ns = TestNamespace::new(&client, "secretroll").await;
     let op = Operator::start(&client, &ns.name).await;
-    create_secret(&ns, "db", "url", "postgres://one").await;
+    create_secret(&ns, "db", "url", "hunter2").await;
+    label_secret(&ns, "db", serde_json::json!({"empacts.io/watch": "true"})).await;
     apply_app(&ns, &app("api", "{image: 'registry.example.com/api:1.0.0', secrets: [{env: DATABASE_URL, secretKeyRef: {name: db, key: url}}]}")).await;
     ready_on(&ns, "api", "registry.example.com/api:1.0.0").await;
-    let hash = |d: &Deployment| {
-        d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()["empacts.io/config-hash"].clone()
-    };
-    let before = hash(&deployment(&ns, "api").await);
+    let before = config_hash(&deployment(&ns, "api").await);
+    // The hash is keyed: the scheme of earlier builds (unkeyed SHA-256 over name, key and
+    // value), or a SHA-256 of the value itself, does not reproduce it from a guessed value.
+    let unkeyed = empacts_operator::hash::bytes_hash([b"db".as_slice(), b"url", b"hunter2"]);
+    let plain = empacts_operator::hash::bytes_hash([b"hunter2".as_slice()]);
+    assert!(before != unkeyed && before != plain, "config hash {before} is computable from the value alone");
     let patch = serde_json::json!({"stringData": {"url": "postgres://two"}});
     ns.api::<Secret>().patch("db", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     let after = wait_until("config hash changes", T, || async {
-        let h = hash(&deployment(&ns, "api").await);
+        let h = config_hash(&deployment(&ns, "api").await);
         (h != before).then_some(h)
     })
     .await;
@@ -449,7 +463,33 @@ async fn referenced_secret_change_rolls_the_pods() {
         .collect();
     assert!(hashes.contains(&Some(after.clone())) && hashes.contains(&Some(before.clone())), "{hashes:?}");
     // Values never leak into the object.
-    assert!(!serde_json::to_string(&deployment(&ns, "api").await).unwrap().contains("postgres://"));
+    let json = serde_json::to_string(&deployment(&ns, "api").await).unwrap();
+    assert!(!json.contains("postgres://") && !json.contains("hunter2"));
+    op.stop().await;
+    ns.cleanup().await;
+}
+
+/// A Secret without the watch label is not watched (the operator never watches every Secret
+/// of a namespace): its change rolls the pods at the app's next resync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwatched_referenced_secret_change_rolls_the_pods_at_resync() {
+    let (_env, client) = cluster().await;
+    let ns = TestNamespace::new(&client, "secretresync").await;
+    let resync = Duration::from_secs(20);
+    let settings = empacts_operator::context::Settings { resync, ..Default::default() };
+    let op = Operator::start_with_settings(&client, &ns.name, settings).await;
+    create_secret(&ns, "db", "url", "postgres://one").await;
+    apply_app(&ns, &app("api", "{image: 'registry.example.com/api:1.0.0', secrets: [{env: DATABASE_URL, secretKeyRef: {name: db, key: url}}]}")).await;
+    ready_on(&ns, "api", "registry.example.com/api:1.0.0").await;
+    let before = config_hash(&deployment(&ns, "api").await);
+    let patch = serde_json::json!({"stringData": {"url": "postgres://two"}});
+    let changed_at = std::time::Instant::now();
+    ns.api::<Secret>().patch("db", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    wait_until("config hash changes at the resync", resync + T, || async {
+        (config_hash(&deployment(&ns, "api").await) != before).then_some(())
+    })
+    .await;
+    println!("unwatched Secret change picked up after {:?} (resync {resync:?})", changed_at.elapsed());
     op.stop().await;
     ns.cleanup().await;
 }
@@ -603,7 +643,7 @@ async fn invalid_input_is_refused_or_reported_and_other_apps_are_unaffected() {
     assert!(ns.api::<Deployment>().get_opt("broken").await.unwrap().is_none(), "no pods that cannot start");
     ready_on(&ns, "healthy", "registry.example.com/api:1.0.0").await;
 
-    // Creating the secret unblocks it (the Secret watch wakes the app).
+    // Creating the secret unblocks it (an app waiting for a Secret re-checks it every 10 s).
     create_secret(&ns, "missing", "url", "postgres://x").await;
     ready_on(&ns, "broken", "registry.example.com/api:1.0.0").await;
     op.stop().await;
