@@ -204,12 +204,21 @@ impl Operator {
         namespace: &str,
         settings: empacts_operator::context::Settings,
     ) -> Self {
+        Self::start_scoped(client, Scope::namespace(namespace), namespace, settings).await
+    }
+
+    /// The operator watching `scope`, its config-hash key in `own_namespace`.
+    pub async fn start_scoped(
+        client: &Client,
+        scope: Scope,
+        own_namespace: &str,
+        settings: empacts_operator::context::Settings,
+    ) -> Self {
         let metrics = Arc::new(Metrics::new());
-        let key = empacts_operator::hash_key::load_or_create(client, namespace).await.expect("config-hash key");
-        let instance = Some(format!("e2e-{namespace}"));
+        let key = empacts_operator::hash_key::load_or_create(client, own_namespace).await.expect("config-hash key");
+        let instance = Some(format!("e2e-{own_namespace}"));
         let ctx = Arc::new(Context::with_settings(client.clone(), metrics.clone(), instance, key, settings));
         let (tx, rx) = oneshot::channel::<()>();
-        let scope = Scope::namespace(namespace);
         let task = tokio::spawn(controller::run(ctx.clone(), scope, async move {
             let _ = rx.await;
         }));

@@ -155,19 +155,46 @@ async fn errors_back_off_and_a_broken_watch_does_not_freeze_the_others() {
         );
     }
 
-    // 410 Gone on every Deployment watch: the Service watch still triggers (a deleted Service
-    // comes back), and the Deployment watch relists and recovers once the fault stops.
+    // 410 Gone on every Deployment watch from the start of a fresh process (open watches are not
+    // affected by new rules): the Deployment watcher relists in a loop, while the Service watch
+    // still triggers reconciles (a deleted Service comes back).
+    drop(op);
     let gone =
         proxy.add_rule(FaultRule::new(Match::any().watch(true).path_contains("/deployments"), Action::WatchExpired));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let op = OperatorProcess::start_single(&kubeconfig, "errs-410", &ns.name, &log);
+    wait_until("the Deployment watch meets the 410", T, || async { (proxy.rule_hits(gone)? >= 2).then_some(()) }).await;
     let deleted = Instant::now();
     ns.api::<Service>().delete("api", &DeleteParams::default()).await.unwrap();
     wait_until("the deleted Service comes back", T, || async {
         ns.api::<Service>().get_opt("api").await.ok()?.filter(|s| s.metadata.deletion_timestamp.is_none())
     })
     .await;
-    println!("fault: 410 Gone on Deployment watches | a deleted Service came back after {:?}", deleted.elapsed());
+    println!(
+        "fault: 410 Gone on every Deployment watch ({} times) | a deleted Service came back after {:?}",
+        proxy.rule_hits(gone).unwrap_or_default(),
+        deleted.elapsed()
+    );
     proxy.remove_rule(gone);
+
+    // A watch that cannot list (500 on every Deployment request) keeps /readyz unready, naming
+    // the cache that is not current; it turns ready once the list succeeds.
+    drop(op);
+    let broken = proxy.add_rule(FaultRule::new(Match::any().path_contains("/deployments"), Action::status(500)));
+    let op = OperatorProcess::start_single(&kubeconfig, "errs-500", &ns.name, &log);
+    // Once the other watches synced, only the failing one is named (and stays named).
+    let only_deployments =
+        |code: u16, body: &str| code == 503 && body.contains("Deployment/") && !body.contains("Service/");
+    wait_until("/readyz names only the failing watch", T, || async {
+        op.get("/readyz").await.filter(|(code, body)| only_deployments(*code, body))
+    })
+    .await;
+    for _ in 0..10 {
+        let (code, body) = op.get("/readyz").await.unwrap();
+        assert!(only_deployments(code, &body), "still unready for the failing watch only: {code} {body}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    proxy.remove_rule(broken);
+    wait_until("/readyz is ok again", T, || async { op.get("/readyz").await.filter(|(c, _)| *c == 200) }).await;
     scale(&ns, "api", 1).await;
     wait_app(&ns, "api", "converged after the watch fault", T, |a| {
         observed_current(a) && a.status.as_ref().and_then(|s| s.replicas) == Some(1)
@@ -285,4 +312,38 @@ async fn the_example_admission_policy_restricts_tenants() {
     let out = env.tool("kubectl").args(["delete", "--ignore-not-found", "-f"]).arg(&policy).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     ns.cleanup().await;
+}
+
+/// `--namespaces a,b`: one process drives apps in each listed namespace, with the caches of
+/// each, and leaves an app in any other namespace alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_serves_exactly_the_listed_namespaces() {
+    let (_env, client) = cluster().await;
+    let (a, b, other) = tokio::join!(
+        TestNamespace::new(&client, "ns-a"),
+        TestNamespace::new(&client, "ns-b"),
+        TestNamespace::new(&client, "ns-other")
+    );
+    let scope = empacts_operator::controller::Scope { namespaces: vec![a.name.clone(), b.name.clone()] };
+    let op = Operator::start_scoped(&client, scope, &a.name, Default::default()).await;
+    let spec =
+        "{image: 'registry.example.com/api:1.0.0', migration: {command: [m]}, secrets: [{env: K, generate: {}}]}";
+    for ns in [&a, &b, &other] {
+        apply_app(ns, &app("api", spec)).await;
+    }
+    ready(&a, "api").await;
+    ready(&b, "api").await;
+    // Watched continuously while a and b converged and for 5 s after: nothing in `other`.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        let untouched: EmpactsApp = other.api().get("api").await.unwrap();
+        assert!(untouched.status.is_none(), "an app outside the listed namespaces got a status");
+        let deployments = other.api::<k8s_openapi::api::apps::v1::Deployment>().list(&ListParams::default()).await;
+        assert!(deployments.unwrap().items.is_empty(), "a Deployment appeared outside the listed namespaces");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    op.stop().await;
+    for ns in [a, b, other] {
+        ns.cleanup().await;
+    }
 }
