@@ -3,8 +3,15 @@
 #   docker build -t empacts-operator:0.1.0 .
 # The Helm chart (charts/empacts-operator) runs it as UID 65532 with a read-only root filesystem.
 
+# Base images are pinned by digest: a tag can be re-pointed (a new build, or a compromised registry),
+# a digest cannot. To upgrade, look the new digest up (`docker buildx imagetools inspect rust:1-alpine`)
+# and replace it together with its source note.
+
 # ---- build -------------------------------------------------------------------------------------------
-FROM rust:1-alpine AS build
+# rust:1-alpine = rust:1.99.0-alpine3.24, multi-platform index digest. Source: public Dockerfiles in a code
+# index (Nov 2026) pin `rust:1-alpine@sha256:0cce0a5e…`, `rust:1.99-alpine@…` and `rust:1.99.0-alpine3.24@…`
+# to this same digest (not resolved against the registry from here: no network).
+FROM rust:1-alpine@sha256:0cce0a5e0e8ba67b455257a3a02a1d99005f382748789d6464460028810f1627 AS build
 # musl-dev: libc headers and crt objects to link against; gcc: `ring` compiles C and assembly.
 RUN apk add --no-cache musl-dev gcc
 WORKDIR /src
@@ -25,7 +32,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && /empacts --version
 
 # ---- runtime -----------------------------------------------------------------------------------------
-FROM gcr.io/distroless/static:nonroot
+# Multi-platform index digest of gcr.io/distroless/static:nonroot as Renovate resolved it on 2026-08-21
+# (github.com/ntnn/docker-imapfilter, imapmemserver.Dockerfile, commit 2415894 "update
+# gcr.io/distroless/static:nonroot docker digest to 1c2c046"); other public Dockerfiles pin
+# distroless/static-debian13:nonroot to the same digest.
+FROM gcr.io/distroless/static:nonroot@sha256:1c2c046bc09ed40fad370b599a0b1ae7987f55b01e247cf27a7c27cd97e5bbc7
 LABEL org.opencontainers.image.title="empacts-operator" \
       org.opencontainers.image.description="The EmpactsApp Kubernetes operator" \
       org.opencontainers.image.licenses="Apache-2.0"

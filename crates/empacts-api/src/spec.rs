@@ -21,6 +21,74 @@ pub const IMAGE_PATTERN: &str = r"^([a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\.[a-
 /// Environment variable names the operator accepts (C identifiers, portable to every runtime).
 pub const ENV_NAME_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]*$";
 
+// Patterns shared by OpenAPI keywords and CEL rules are written as macros (so `concat!` can
+// splice them into rules) and without backslashes (CEL string literals reject `\.`).
+
+/// A DNS-1123 subdomain (names of Secrets, label/annotation key prefixes).
+macro_rules! dns_subdomain {
+    () => {
+        "[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+    };
+}
+
+/// A qualified name (label, annotation and resource-name keys): `[prefix/]name`, name at most
+/// 63 characters. The prefix's 253-character bound is checked separately in CEL.
+macro_rules! qualified_name {
+    () => {
+        concat!("^(", dns_subdomain!(), "/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+    };
+}
+
+/// CEL: every key of the map `self` is a qualified name.
+macro_rules! keys_are_qualified_names {
+    () => {
+        concat!("self.all(k, k.matches('", qualified_name!(), "') && (!k.contains('/') || k.indexOf('/') <= 253))")
+    };
+}
+
+/// A Secret name: kube puts it unencoded into request URLs, so anything but a DNS-1123
+/// subdomain (`?watch=true`, `../x`, `a/b`) would change the request.
+pub const DNS_SUBDOMAIN_PATTERN: &str = concat!("^", dns_subdomain!(), "$");
+
+/// A Secret (or ConfigMap) key: `[-._a-zA-Z0-9]+`, neither `.` nor `..` nor starting with `..`.
+pub const SECRET_KEY_PATTERN: &str = r"^(\.[-_a-zA-Z0-9][-._a-zA-Z0-9]*|[-_a-zA-Z0-9][-._a-zA-Z0-9]*)$";
+
+/// A non-negative Kubernetes quantity (`500m`, `1.5`, `256Mi`, `1e3`).
+pub const QUANTITY_PATTERN: &str =
+    r"^(\+)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$";
+
+/// A label value: at most 63 characters (checked by maxLength), alphanumeric at both ends, may be empty.
+pub const LABEL_VALUE_PATTERN: &str = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$";
+
+/// A percentage of pods, `0%` to `100%` (integers are bounded with minimum/maximum instead).
+pub const PERCENT_PATTERN: &str = r"^([0-9]|[1-9][0-9]|100)%$";
+
+/// An HTTP probe path: absolute, printable ASCII without spaces (the kubelet puts it in a request line).
+pub const PROBE_PATH_PATTERN: &str = r"^/[!-~]*$";
+
+/// Largest pod count in an int-or-percent field (as `spec.replicas`); also keeps the
+/// value within the 32-bit integer the operator reads, so one object cannot break its watch.
+pub const MAX_POD_COUNT: i32 = 1000;
+
+/// Longest value of one `spec.env` entry, in characters: at most 64 KiB as UTF-8, half the
+/// kernel's 128 KiB limit on one environment string.
+pub const MAX_ENV_VALUE_LEN: usize = 16384;
+
+/// Longest `spec.env` in characters (keys plus values). Keys are ASCII and at most 128
+/// characters, values at most 4 bytes a character, so the ConfigMap stays under its 1 MiB
+/// limit: 256 * 128 + 245760 * 4 = 1015808 bytes.
+pub const MAX_ENV_TOTAL_CHARS: usize = 245760;
+
+/// Longest value of one pod annotation, in characters.
+pub const MAX_ANNOTATION_VALUE_LEN: usize = 4096;
+
+/// Largest `spec.podAnnotations` in bytes (keys plus UTF-8 values): 224 KiB, which leaves
+/// 32 KiB of Kubernetes' 256 KiB annotation limit for the operator's own pod annotations.
+pub const MAX_ANNOTATIONS_BYTES: usize = 229376;
+
+/// Longest element of a command or its arguments, in characters (16 KiB as UTF-8 at most).
+pub const MAX_ARG_LEN: usize = 4096;
+
 /// The longest app name: children such as `<app>-migrate-<10 hex>` must stay within the
 /// 63-character limit of label values (Jobs label their pods with their own name).
 pub const MAX_APP_NAME_LEN: usize = 42;
@@ -70,18 +138,21 @@ pub struct EmpactsAppSpec {
 
     /// Overrides the image entrypoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), inner(length(max = MAX_ARG_LEN)))]
     pub command: Option<Vec<String>>,
 
     /// Arguments to the entrypoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), inner(length(max = MAX_ARG_LEN)))]
     pub args: Option<Vec<String>>,
 
     /// Plain configuration, stored in a ConfigMap and loaded with envFrom. A change rolls the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("maxProperties" = 256))]
-    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[A-Za-z_][A-Za-z0-9_]*$'))").message("spec.env keys must be C identifiers (letters, digits, '_', not starting with a digit)"))]
+    #[schemars(extend("maxProperties" = 256, "additionalProperties" = {"type": "string", "maxLength": MAX_ENV_VALUE_LEN}))]
+    #[x_kube(
+        validation = Rule::new("self.all(k, size(k) <= 128 && k.matches('^[A-Za-z_][A-Za-z0-9_]*$'))").message("spec.env keys must be C identifiers (letters, digits, '_', not starting with a digit) of at most 128 characters"),
+        validation = Rule::new(format!("self.map(k, size(k) + size(self[k])).sum() <= {MAX_ENV_TOTAL_CHARS}")).message(format!("spec.env is too large: keys and values must total at most {MAX_ENV_TOTAL_CHARS} characters (the ConfigMap limit is 1 MiB); move large configuration into a file or Secret").as_str()),
+    )]
     pub env: Option<BTreeMap<String, String>>,
 
     /// Secret environment variables: generated once by the operator, or referenced from a Secret you own.
@@ -118,14 +189,24 @@ pub struct EmpactsAppSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutPolicy>,
 
-    /// Extra labels for the pods (merged under the operator's own labels).
+    /// Extra labels for the pods. The operator's own labels (`app.kubernetes.io/*` it sets, `empacts.io/*`) are refused: they select the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("maxProperties" = 64))]
+    #[schemars(extend("maxProperties" = 64, "additionalProperties" = {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE_PATTERN}))]
+    #[x_kube(
+        validation = Rule::new(keys_are_qualified_names!()).message("spec.podLabels keys must be qualified names: [DNS-subdomain prefix/]name, the name at most 63 letters, digits, '-', '_' or '.', alphanumeric at both ends"),
+        validation = Rule::new("self.all(k, !(k in ['app.kubernetes.io/name', 'app.kubernetes.io/instance', 'app.kubernetes.io/managed-by', 'app.kubernetes.io/component', 'app.kubernetes.io/part-of', 'app.kubernetes.io/version']) && !k.startsWith('empacts.io/'))").message("spec.podLabels must not set the operator's labels (app.kubernetes.io/name, instance, managed-by, component, part-of, version, or empacts.io/*): they decide which Service, PodDisruptionBudget and autoscaler select the pods"),
+    )]
     pub pod_labels: Option<BTreeMap<String, String>>,
 
-    /// Extra annotations for the pods.
+    /// Extra annotations for the pods. Keys under `empacts.io/` are the operator's and are refused, except the test control plane's `empacts.io/test-*` hooks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("maxProperties" = 64))]
+    #[schemars(extend("maxProperties" = 64, "additionalProperties" = {"type": "string", "maxLength": MAX_ANNOTATION_VALUE_LEN}))]
+    #[x_kube(
+        validation = Rule::new(keys_are_qualified_names!()).message("spec.podAnnotations keys must be qualified names: [DNS-subdomain prefix/]name, the name at most 63 letters, digits, '-', '_' or '.', alphanumeric at both ends"),
+        // empacts.io/test-* are the test control plane's kwok hooks (tests/cluster/kwok-stages.yaml); the operator sets none of them.
+        validation = Rule::new("self.all(k, !k.startsWith('empacts.io/') || k.startsWith('empacts.io/test-'))").message("spec.podAnnotations must not set empacts.io/* annotations: the operator sets them (e.g. empacts.io/config-hash)"),
+        validation = Rule::new(format!("self.map(k, size(k) + size(bytes(self[k]))).sum() <= {MAX_ANNOTATIONS_BYTES}")).message(format!("spec.podAnnotations is too large: keys and values must total at most {MAX_ANNOTATIONS_BYTES} bytes (Kubernetes allows 256 KiB of annotations, the operator needs the rest)").as_str()),
+    )]
     pub pod_annotations: Option<BTreeMap<String, String>>,
 
     /// Stop rolling out new revisions (children keep their current state; status still updates).
@@ -171,11 +252,11 @@ pub struct GenerateSecret {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
-    /// Secret name.
-    #[schemars(length(min = 1, max = 253))]
+    /// Secret name (a DNS-1123 subdomain).
+    #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
     pub name: String,
     /// Key within the Secret.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(regex(pattern = SECRET_KEY_PATTERN), length(min = 1, max = 253))]
     pub key: String,
 }
 
@@ -185,11 +266,13 @@ pub struct SecretKeyRef {
 pub struct Resources {
     /// Minimum resources, e.g. `{cpu: 200m, memory: 256Mi}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("maxProperties" = 16))]
+    #[schemars(extend("maxProperties" = 16, "additionalProperties" = {"x-kubernetes-int-or-string": true, "pattern": QUANTITY_PATTERN, "maxLength": 64, "minimum": 0}))]
+    #[x_kube(validation = Rule::new(keys_are_qualified_names!()).message("spec.resources keys must be resource names such as cpu, memory, ephemeral-storage or nvidia.com/gpu"))]
     pub requests: Option<BTreeMap<String, Quantity>>,
     /// Maximum resources, e.g. `{cpu: 500m, memory: 512Mi}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("maxProperties" = 16))]
+    #[schemars(extend("maxProperties" = 16, "additionalProperties" = {"x-kubernetes-int-or-string": true, "pattern": QUANTITY_PATTERN, "maxLength": 64, "minimum": 0}))]
+    #[x_kube(validation = Rule::new(keys_are_qualified_names!()).message("spec.resources keys must be resource names such as cpu, memory, ephemeral-storage or nvidia.com/gpu"))]
     pub limits: Option<BTreeMap<String, Quantity>>,
 }
 
@@ -213,7 +296,7 @@ pub struct Probes {
 #[serde(rename_all = "camelCase")]
 pub struct HttpProbe {
     /// Request path, e.g. `/health`.
-    #[schemars(regex(pattern = r"^/"), length(min = 1, max = 1024))]
+    #[schemars(regex(pattern = PROBE_PATH_PATTERN), length(min = 1, max = 1024))]
     pub path: String,
     /// Port to probe; defaults to the app port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -289,9 +372,11 @@ pub struct Autoscaling {
 pub struct Disruption {
     /// Pods (or percent) that must stay up during a voluntary disruption.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = PERCENT_PATTERN, "minimum" = 0, "maximum" = MAX_POD_COUNT))]
     pub min_available: Option<IntOrString>,
     /// Pods (or percent) that may be down during a voluntary disruption.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = PERCENT_PATTERN, "minimum" = 0, "maximum" = MAX_POD_COUNT))]
     pub max_unavailable: Option<IntOrString>,
 }
 
@@ -300,12 +385,12 @@ pub struct Disruption {
 #[serde(rename_all = "camelCase")]
 pub struct Migration {
     /// Command run with the new image, e.g. `[npm, run, migrate]`.
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(length(min = 1, max = 64), inner(length(max = MAX_ARG_LEN)))]
     pub command: Vec<String>,
     /// Command run with the newer (failed) image before an automatic rollback, e.g. `[npm, run, migrate:down]`.
     /// Without it, a failed rollout whose migration already ran is not rolled back automatically.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(length(min = 1, max = 64), inner(length(max = MAX_ARG_LEN)))]
     pub rollback_command: Option<Vec<String>>,
     /// Deadline of one migration run. Defaults to 600.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -326,9 +411,11 @@ pub struct Migration {
 pub struct RolloutPolicy {
     /// Extra pods during a rollout. Defaults to 25%.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = PERCENT_PATTERN, "minimum" = 0, "maximum" = MAX_POD_COUNT))]
     pub max_surge: Option<IntOrString>,
     /// Pods that may be unavailable during a rollout. Defaults to 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = PERCENT_PATTERN, "minimum" = 0, "maximum" = MAX_POD_COUNT))]
     pub max_unavailable: Option<IntOrString>,
     /// A rollout without progress for this long has failed. Defaults to 300.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -118,23 +118,52 @@ pub fn validate_value(value: &Value) -> Result<(), ValidationError> {
 /// Regex patterns make unreadable messages; say what the field expects instead.
 fn friendly_message(field: &str, error: &jsonschema::ValidationError<'_>) -> String {
     let is_pattern = matches!(error.kind(), jsonschema::error::ValidationErrorKind::Pattern { .. });
-    match (field, is_pattern) {
-        ("spec.image", true) => format!(
-            "{} is not a valid image reference: expected [registry[:port]/]repository[:tag][@sha256:digest] with a lowercase repository",
-            error.instance()
-        ),
-        (f, true) if f.ends_with(".env") => format!(
-            "{} is not a valid environment variable name: use letters, digits and '_', not starting with a digit",
-            error.instance()
-        ),
-        (f, true) if f.ends_with(".path") => {
-            format!("{} must be an absolute HTTP path starting with '/'", error.instance())
-        }
-        _ => error.to_string(),
+    if !is_pattern {
+        return error.to_string();
+    }
+    let value = error.instance();
+    let percent_field = [
+        "spec.disruption.minAvailable",
+        "spec.disruption.maxUnavailable",
+        "spec.rollout.maxSurge",
+        "spec.rollout.maxUnavailable",
+    ];
+    if field == "spec.image" {
+        format!(
+            "{value} is not a valid image reference: expected [registry[:port]/]repository[:tag][@sha256:digest] with a lowercase repository"
+        )
+    } else if field.starts_with("spec.podLabels.") {
+        format!(
+            "{value} is not a valid label value: at most 63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit (or empty)"
+        )
+    } else if field.starts_with("spec.resources.requests.") || field.starts_with("spec.resources.limits.") {
+        format!("{value} is not a valid quantity: use a non-negative Kubernetes quantity such as 500m, 2, 256Mi or 1Gi")
+    } else if percent_field.contains(&field) {
+        format!(
+            "{value} is not a valid pod count or percentage: use an integer from 0 to {} or a percentage from \"0%\" to \"100%\"",
+            crate::spec::MAX_POD_COUNT
+        )
+    } else if field.ends_with(".secretKeyRef.name") {
+        format!(
+            "{value} is not a valid Secret name: use a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', alphanumeric at both ends)"
+        )
+    } else if field.ends_with(".secretKeyRef.key") {
+        format!(
+            "{value} is not a valid Secret key: use letters, digits, '-', '_' and '.', not '.' or '..' and not starting with '..'"
+        )
+    } else if field.ends_with(".env") {
+        format!(
+            "{value} is not a valid environment variable name: use letters, digits and '_', not starting with a digit"
+        )
+    } else if field.ends_with(".path") {
+        format!("{value} must be an absolute HTTP path starting with '/', of printable ASCII without spaces")
+    } else {
+        error.to_string()
     }
 }
 
+/// `/spec/podLabels/example.com~1tier` -> `spec.podLabels.example.com/tier`.
 fn json_pointer_to_path(pointer: &str) -> String {
-    let path = pointer.trim_start_matches('/').replace('/', ".");
-    if path.is_empty() { "<root>".into() } else { path }
+    let segments: Vec<String> = pointer.split('/').skip(1).map(|s| s.replace("~1", "/").replace("~0", "~")).collect();
+    if segments.is_empty() { "<root>".into() } else { segments.join(".") }
 }

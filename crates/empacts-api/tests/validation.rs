@@ -58,6 +58,104 @@ const REFUSED: &[(&str, &str, &str)] = &[
     ("{image: 'api:1', migration: {command: []}}", "spec.migration.command", ""),
     ("{image: 'api:1', migration: {command: [m], timeoutSeconds: 1}}", "spec.migration.timeoutSeconds", "minimum"),
     ("{image: 'api:1', probes: {liveness: {path: health}}}", "spec.probes.liveness.path", "starting with '/'"),
+    ("{image: 'api:1', probes: {readiness: {path: '/a b'}}}", "spec.probes.readiness.path", "without spaces"),
+    ("{image: 'api:1', probes: {startup: {path: \"/a\\tb\"}}}", "spec.probes.startup.path", "without spaces"),
+    ("{image: 'api:1', probes: {startup: {path: '/héllo'}}}", "spec.probes.startup.path", "printable ASCII"),
+    // A Secret name goes unencoded into the GET URL of the reconcile: none of these may pass.
+    (
+        "{image: 'api:1', secrets: [{env: A, secretKeyRef: {name: '?watch=true', key: k}}]}",
+        "spec.secrets.0.secretKeyRef.name",
+        "not a valid Secret name",
+    ),
+    (
+        "{image: 'api:1', secrets: [{env: A, secretKeyRef: {name: '../x', key: k}}]}",
+        "spec.secrets.0.secretKeyRef.name",
+        "not a valid Secret name",
+    ),
+    (
+        "{image: 'api:1', secrets: [{env: A, secretKeyRef: {name: 'a/b', key: k}}]}",
+        "spec.secrets.0.secretKeyRef.name",
+        "DNS-1123 subdomain",
+    ),
+    (
+        "{image: 'api:1', secrets: [{env: A, secretKeyRef: {name: 'Db', key: k}}]}",
+        "spec.secrets.0.secretKeyRef.name",
+        "DNS-1123 subdomain",
+    ),
+    (
+        "{image: 'api:1', secrets: [{env: A, secretKeyRef: {name: 'db-', key: k}}]}",
+        "spec.secrets.0.secretKeyRef.name",
+        "DNS-1123 subdomain",
+    ),
+    (
+        "{image: 'api:1', secrets: [{env: A, secretKeyRef: {name: 'db', key: '.'}}]}",
+        "spec.secrets.0.secretKeyRef.key",
+        "not a valid Secret key",
+    ),
+    (
+        "{image: 'api:1', secrets: [{env: A, secretKeyRef: {name: 'db', key: '..'}}]}",
+        "spec.secrets.0.secretKeyRef.key",
+        "not a valid Secret key",
+    ),
+    (
+        "{image: 'api:1', secrets: [{env: A, secretKeyRef: {name: 'db', key: '..data'}}]}",
+        "spec.secrets.0.secretKeyRef.key",
+        "not starting with '..'",
+    ),
+    (
+        "{image: 'api:1', secrets: [{env: A, secretKeyRef: {name: 'db', key: 'a/b'}}]}",
+        "spec.secrets.0.secretKeyRef.key",
+        "not a valid Secret key",
+    ),
+    ("{image: 'api:1', resources: {requests: {cpu: lots}}}", "spec.resources.requests.cpu", "not a valid quantity"),
+    ("{image: 'api:1', resources: {limits: {memory: '-1Gi'}}}", "spec.resources.limits.memory", "non-negative"),
+    ("{image: 'api:1', resources: {limits: {memory: '1 Gi'}}}", "spec.resources.limits.memory", "not a valid quantity"),
+    (
+        "{image: 'api:1', resources: {requests: {memory: '1gi'}}}",
+        "spec.resources.requests.memory",
+        "not a valid quantity",
+    ),
+    ("{image: 'api:1', resources: {requests: {'cpu count': 1}}}", "spec.resources.requests", "resource names"),
+    ("{image: 'api:1', resources: {limits: {'/gpu': 1}}}", "spec.resources.limits", "resource names"),
+    (
+        "{image: 'api:1', disruption: {minAvailable: '150%'}}",
+        "spec.disruption.minAvailable",
+        "percentage from \"0%\" to \"100%\"",
+    ),
+    (
+        "{image: 'api:1', disruption: {maxUnavailable: '5'}}",
+        "spec.disruption.maxUnavailable",
+        "not a valid pod count or percentage",
+    ),
+    ("{image: 'api:1', rollout: {maxSurge: '-1%'}}", "spec.rollout.maxSurge", "not a valid pod count or percentage"),
+    ("{image: 'api:1', rollout: {maxSurge: 1, maxUnavailable: '101%'}}", "spec.rollout.maxUnavailable", "0%"),
+    ("{image: 'api:1', rollout: {maxSurge: 1, maxUnavailable: 1001}}", "spec.rollout.maxUnavailable", "maximum"),
+    (
+        "{image: 'api:1', podLabels: {'app.kubernetes.io/name': other}}",
+        "spec.podLabels",
+        "must not set the operator's labels",
+    ),
+    (
+        "{image: 'api:1', podLabels: {'empacts.io/revision': abc}}",
+        "spec.podLabels",
+        "must not set the operator's labels",
+    ),
+    ("{image: 'api:1', podLabels: {'bad key': x}}", "spec.podLabels", "qualified names"),
+    ("{image: 'api:1', podLabels: {'Example.com/tier': x}}", "spec.podLabels", "qualified names"),
+    ("{image: 'api:1', podLabels: {'a/b/c': x}}", "spec.podLabels", "qualified names"),
+    ("{image: 'api:1', podLabels: {'-tier': x}}", "spec.podLabels", "qualified names"),
+    ("{image: 'api:1', podLabels: {tier: 'a b'}}", "spec.podLabels.tier", "not a valid label value"),
+    (
+        "{image: 'api:1', podLabels: {'example.com/tier': 'web-'}}",
+        "spec.podLabels.example.com/tier",
+        "not a valid label value",
+    ),
+    (
+        "{image: 'api:1', podAnnotations: {'empacts.io/config-hash': spoofed}}",
+        "spec.podAnnotations",
+        "must not set empacts.io/*",
+    ),
+    ("{image: 'api:1', podAnnotations: {'a b': x}}", "spec.podAnnotations", "qualified names"),
 ];
 
 #[test]
@@ -68,6 +166,96 @@ fn invalid_specs_are_refused_naming_the_field() {
         let hit = hit.unwrap_or_else(|| panic!("{spec}: no error on {field}; got {err}"));
         assert!(hit.message.contains(text), "{spec}: message {:?} lacks {text:?}", hit.message);
         assert!(err.to_string().contains(field), "the Display form names the field: {err}");
+    }
+}
+
+/// `{image, <field>: <value>}` with a generated value.
+fn app_with(field: &str, value: serde_json::Value) -> EmpactsApp {
+    let mut app = app("{image: 'api:1'}");
+    let mut spec = serde_json::to_value(&app.spec).unwrap();
+    spec[field] = value;
+    app.spec = serde_json::from_value(spec).unwrap();
+    app
+}
+
+fn refused_on(app: &EmpactsApp, field: &str, text: &str) {
+    let err = validate(app).expect_err(&format!("must refuse a large {field}"));
+    let hit = err.errors.iter().find(|e| e.field == field).unwrap_or_else(|| panic!("no error on {field}: {err}"));
+    assert!(hit.message.contains(text), "message {:?} lacks {text:?}", hit.message);
+}
+
+#[test]
+fn oversized_values_are_refused() {
+    use empacts_api::spec::{MAX_ANNOTATION_VALUE_LEN, MAX_ARG_LEN, MAX_ENV_TOTAL_CHARS, MAX_ENV_VALUE_LEN};
+    use serde_json::json;
+    refused_on(&app_with("env", json!({"K".repeat(129): "x"})), "spec.env", "at most 128 characters");
+    validate(&app_with("env", json!({"K".repeat(128): "x"}))).expect("a 128-character name passes");
+    let mib = "x".repeat(1 << 20);
+    refused_on(&app_with("env", json!({"BIG": mib})), "spec.env.BIG", "longer than 16384");
+    validate(&app_with("env", json!({"BIG": "x".repeat(MAX_ENV_VALUE_LEN)}))).expect("a value at the bound passes");
+
+    // Each value within its bound, together over the total: the ConfigMap would be refused later.
+    let per_value = MAX_ENV_TOTAL_CHARS / 15;
+    let many: serde_json::Map<_, _> = (0..16).map(|i| (format!("K{i}"), json!("x".repeat(per_value)))).collect();
+    refused_on(&app_with("env", json!(many)), "spec.env", "keys and values must total at most 245760 characters");
+    let fewer: serde_json::Map<_, _> = (0..14).map(|i| (format!("K{i}"), json!("x".repeat(per_value)))).collect();
+    validate(&app_with("env", json!(fewer))).expect("14 values of 1/15 of the total pass");
+
+    refused_on(
+        &app_with("podAnnotations", json!({"note": "x".repeat(MAX_ANNOTATION_VALUE_LEN + 1)})),
+        "spec.podAnnotations.note",
+        "longer than 4096",
+    );
+    // Bytes, not characters, count towards Kubernetes' annotation limit: 60 * 4096 'é' is 480 KiB.
+    let wide: serde_json::Map<_, _> =
+        (0..60).map(|i| (format!("k{i}"), json!("é".repeat(MAX_ANNOTATION_VALUE_LEN)))).collect();
+    refused_on(&app_with("podAnnotations", json!(wide)), "spec.podAnnotations", "at most 229376 bytes");
+    let ascii: serde_json::Map<_, _> =
+        (0..50).map(|i| (format!("k{i}"), json!("x".repeat(MAX_ANNOTATION_VALUE_LEN)))).collect();
+    validate(&app_with("podAnnotations", json!(ascii))).expect("50 values of 4096 ASCII characters pass");
+
+    let arg = "x".repeat(MAX_ARG_LEN + 1);
+    refused_on(&app_with("command", json!([arg])), "spec.command.0", "longer than 4096");
+    refused_on(&app_with("args", json!(["ok", arg])), "spec.args.1", "longer than 4096");
+    refused_on(&app_with("migration", json!({"command": [arg]})), "spec.migration.command.0", "longer than 4096");
+    refused_on(
+        &app_with("migration", json!({"command": ["m"], "rollbackCommand": [arg]})),
+        "spec.migration.rollbackCommand.0",
+        "longer than 4096",
+    );
+    refused_on(
+        &app_with("probes", json!({"liveness": {"path": format!("/{}", "a".repeat(1024))}})),
+        "spec.probes.liveness.path",
+        "longer than 1024",
+    );
+}
+
+#[test]
+fn pod_labels_never_set_the_operators_labels() {
+    use empacts_api::labels;
+    // Every label the operator sets, whatever its value: the selector ones would pull the pods
+    // into another app's Service, PodDisruptionBudget and autoscaler.
+    for key in [
+        labels::NAME,
+        labels::INSTANCE,
+        labels::VERSION,
+        labels::COMPONENT,
+        labels::MANAGED_BY,
+        labels::PART_OF,
+        labels::REVISION,
+        labels::GENERATED_SECRET,
+    ] {
+        let err = validate(&app_with("podLabels", serde_json::json!({key: "other"})))
+            .expect_err(&format!("podLabels must refuse {key}"));
+        assert!(
+            err.errors.iter().any(|e| e.field == "spec.podLabels" && e.message.contains("operator's labels")),
+            "{key}: {err}"
+        );
+    }
+    for key in [empacts_api::annotations::CONFIG_HASH, empacts_api::annotations::REVISION] {
+        let err = validate(&app_with("podAnnotations", serde_json::json!({key: "x"})))
+            .expect_err(&format!("podAnnotations must refuse {key}"));
+        assert!(err.to_string().contains("spec.podAnnotations"), "{key}: {err}");
     }
 }
 
@@ -92,6 +280,20 @@ fn valid_specs_pass() {
         "{image: 'api:1', disruption: {maxUnavailable: '25%'}}",
         "{image: 'api:1', replicas: 2, autoscaling: {minReplicas: 2, maxReplicas: 2, targetMemory: 80}}",
         "{image: 'api:1', env: {A: x}, secrets: [{env: B, generate: {length: 43}}, {env: C, secretKeyRef: {name: s, key: k}}]}",
+        "{image: 'api:1', secrets: [{env: C, secretKeyRef: {name: db.prod-1, key: .dockerconfigjson}}, {env: D, secretKeyRef: {name: '0', key: tls.crt}}, {env: E, secretKeyRef: {name: x, key: A_b-1}}]}",
+        "{image: 'api:1', resources: {requests: {cpu: 200m, memory: 256Mi, ephemeral-storage: 1G, 'nvidia.com/gpu': 1}}}",
+        "{image: 'api:1', resources: {limits: {cpu: 2, memory: '1.5Gi', 'hugepages-2Mi': 0, 'example.com/dongle': '+1e3'}}}",
+        "{image: 'api:1', resources: {limits: {cpu: '.5', memory: 1E6}}}",
+        "{image: 'api:1', disruption: {minAvailable: '100%'}}",
+        "{image: 'api:1', disruption: {minAvailable: 0}}",
+        "{image: 'api:1', disruption: {maxUnavailable: 1000}}",
+        "{image: 'api:1', rollout: {maxSurge: '0%', maxUnavailable: '100%'}}",
+        "{image: 'api:1', podLabels: {tier: web, 'example.com/team': a.b_c-1, empty: '', 'app.kubernetes.io/tier': x, 'my.empacts.io/x': y}}",
+        "{image: 'api:1', podAnnotations: {'prometheus.io/scrape': 'true', note: 'any text, even spaces: ok', 'empacts.io.example/x': y}}",
+        // The test control plane's kwok hook (tests/cluster/kwok-stages.yaml), which e2e tests set.
+        "{image: 'api:1', podAnnotations: {'empacts.io/test-run-duration': 4s}}",
+        "{image: 'api:1', probes: {liveness: {path: '/health?full=1&x=%20'}, readiness: {path: /}}}",
+        "{image: 'api:1', command: [sh, -c, 'exec server --port 8080'], args: ['']}",
     ] {
         validate(&app(spec)).unwrap_or_else(|e| panic!("{spec} must be valid: {e}"));
     }
