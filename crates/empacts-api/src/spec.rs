@@ -198,13 +198,13 @@ pub struct EmpactsAppSpec {
     )]
     pub pod_labels: Option<BTreeMap<String, String>>,
 
-    /// Extra annotations for the pods. Keys under `empacts.io/` are the operator's and are refused, except the test control plane's `empacts.io/test-*` hooks.
+    /// Extra annotations for the pods. Keys under `empacts.io/` are the operator's and are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("maxProperties" = 64, "additionalProperties" = {"type": "string", "maxLength": MAX_ANNOTATION_VALUE_LEN}))]
     #[x_kube(
         validation = Rule::new(keys_are_qualified_names!()).message("spec.podAnnotations keys must be qualified names: [DNS-subdomain prefix/]name, the name at most 63 letters, digits, '-', '_' or '.', alphanumeric at both ends"),
         // empacts.io/test-* are the test control plane's kwok hooks (tests/cluster/kwok-stages.yaml); the operator sets none of them.
-        validation = Rule::new("self.all(k, !k.startsWith('empacts.io/') || k.startsWith('empacts.io/test-'))").message("spec.podAnnotations must not set empacts.io/* annotations: the operator sets them (e.g. empacts.io/config-hash)"),
+        validation = Rule::new("self.all(k, !k.startsWith('empacts.io/'))").message("spec.podAnnotations must not set empacts.io/* annotations: the operator sets them (e.g. empacts.io/config-hash)"),
         validation = Rule::new(format!("self.map(k, size(k) + size(bytes(self[k]))).sum() <= {MAX_ANNOTATIONS_BYTES}")).message(format!("spec.podAnnotations is too large: keys and values must total at most {MAX_ANNOTATIONS_BYTES} bytes (Kubernetes allows 256 KiB of annotations, the operator needs the rest)").as_str()),
     )]
     pub pod_annotations: Option<BTreeMap<String, String>>,

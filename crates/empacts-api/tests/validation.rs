@@ -291,7 +291,7 @@ fn valid_specs_pass() {
         "{image: 'api:1', podLabels: {tier: web, 'example.com/team': a.b_c-1, empty: '', 'app.kubernetes.io/tier': x, 'my.empacts.io/x': y}}",
         "{image: 'api:1', podAnnotations: {'prometheus.io/scrape': 'true', note: 'any text, even spaces: ok', 'empacts.io.example/x': y}}",
         // The test control plane's kwok hook (tests/cluster/kwok-stages.yaml), which e2e tests set.
-        "{image: 'api:1', podAnnotations: {'empacts.io/test-run-duration': 4s}}",
+        "{image: 'api:1', podAnnotations: {'testbed.empacts.dev/run-duration': 4s}}",
         "{image: 'api:1', probes: {liveness: {path: '/health?full=1&x=%20'}, readiness: {path: /}}}",
         "{image: 'api:1', command: [sh, -c, 'exec server --port 8080'], args: ['']}",
     ] {

@@ -133,7 +133,7 @@ async fn a_migration_job_deleted_before_its_result_is_recorded_is_not_run_again(
     let op = Operator::start(&client, &ns.name).await;
     // The migration pod runs for 5 minutes (kwok test annotation): it is deleted while running.
     let v1 = app(&format!(
-        "{{image: '{V1}', migration: {{command: [up]}}, podAnnotations: {{empacts.io/test-run-duration: 300s}}}}"
+        "{{image: '{V1}', migration: {{command: [up]}}, podAnnotations: {{testbed.empacts.dev/run-duration: 300s}}}}"
     ));
     apply_app(&ns, &v1).await;
     let job = wait_until("the migration Job", T, || async { jobs(&ns, "migration").await.into_iter().next() }).await;

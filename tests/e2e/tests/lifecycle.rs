@@ -210,7 +210,7 @@ async fn upgrade_runs_the_migration_before_the_rollout() {
     let v1 = app(
         "api",
         "{image: 'registry.example.com/api:1.0.0', replicas: 2, migration: {command: [migrate]}, \
-         podAnnotations: {empacts.io/test-run-duration: 4s}}",
+         podAnnotations: {testbed.empacts.dev/run-duration: 4s}}",
     );
     apply_app(&ns, &v1).await;
     let first = ready_on(&ns, "api", "registry.example.com/api:1.0.0").await;
@@ -729,7 +729,7 @@ async fn a_migration_past_its_timeout_fails_and_the_old_version_keeps_serving() 
     // The new revision's migration pod runs for 5 minutes (kwok test annotation): past its 10 s deadline.
     let mut slow = with_image(v1, "registry.example.com/api:2.0.0");
     slow.spec.pod_annotations =
-        Some(BTreeMap::from([("empacts.io/test-run-duration".to_string(), "300s".to_string())]));
+        Some(BTreeMap::from([("testbed.empacts.dev/run-duration".to_string(), "300s".to_string())]));
     apply_app(&ns, &slow).await;
     let failed =
         wait_app(&ns, "api", "MigrationFailed on timeout", T, |a| phase(a) == Some(Phase::MigrationFailed)).await;
