@@ -84,3 +84,32 @@ impl ValidatedApp {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(spec: &str) -> EmpactsApp {
+        let yaml = format!(
+            "apiVersion: empacts.io/v1alpha1\nkind: EmpactsApp\nmetadata: {{name: api, namespace: ns}}\nspec: {spec}\n"
+        );
+        serde_yaml::from_str(&yaml).unwrap()
+    }
+
+    /// Objects stored before the CRD refused them (an older CRD, or admission bypassed) are
+    /// refused again here, before any name reaches a URL or a child.
+    #[test]
+    fn the_operator_re_checks_admission_rules_on_stored_objects() {
+        for (spec, field) in [
+            ("{image: 'api:1', secrets: [{env: DB, secretKeyRef: {name: '?watch=true', key: url}}]}", "secretKeyRef.name"),
+            ("{image: 'api:1', secrets: [{env: DB, secretKeyRef: {name: '../x', key: url}}]}", "secretKeyRef.name"),
+            ("{image: 'api:1', podLabels: {'app.kubernetes.io/instance': other}}", "podLabels"),
+            ("{image: 'api:1', resources: {requests: {cpu: lots}}}", "resources"),
+            ("{image: 'api:1', disruption: {minAvailable: '150%'}}", "minAvailable"),
+        ] {
+            let err = validate(&stored(spec)).expect_err(spec).to_string();
+            assert!(err.contains(field), "{spec}: {err}");
+        }
+        validate(&stored("{image: 'api:1', secrets: [{env: DB, secretKeyRef: {name: db.main, key: url}}]}")).unwrap();
+    }
+}
