@@ -9,6 +9,7 @@ pub mod controller;
 pub mod error;
 pub mod events;
 pub mod hash;
+pub mod leader;
 pub mod ledger;
 pub mod legacy;
 pub mod metrics;
