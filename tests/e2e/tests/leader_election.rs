@@ -72,11 +72,22 @@ async fn exit_status(op: &mut OperatorProcess, within: Duration) -> std::process
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_that_cannot_renew_stops_writing_before_the_standby_takes_over() {
+async fn a_leader_whose_renewals_hang_stops_writing_before_the_standby_takes_over() {
+    split_brain_is_prevented(Action::Hang, "split-hang").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_renewals_fail_stops_writing_before_the_standby_takes_over() {
+    split_brain_is_prevented(Action::status(503), "split-503").await;
+}
+
+/// Two replicas, each behind its own proxy; once replica-a leads and writes, its proxy answers
+/// its Lease renewals with `fault` (everything else still works). Asserted from the proxy logs.
+async fn split_brain_is_prevented(fault: Action, prefix: &str) {
     const DURATION: Duration = Duration::from_secs(6);
     const GRACE: Duration = Duration::from_secs(2);
     let (env, client) = cluster().await;
-    let ns = TestNamespace::new(&client, "split").await;
+    let ns = TestNamespace::new(&client, prefix).await;
     let lease_path = lease_path(&ns);
     let (proxy_a, proxy_b) = (FaultProxy::start(&env).await, FaultProxy::start(&env).await);
     let (kc_a, kc_b) = (tmp(&ns, "a.kubeconfig"), tmp(&ns, "b.kubeconfig"));
@@ -100,10 +111,8 @@ async fn a_leader_that_cannot_renew_stops_writing_before_the_standby_takes_over(
     })
     .await;
 
-    // From now on replica-a's Lease renewals never get an answer; everything else still works.
     let cut = Instant::now();
-    let renewals =
-        proxy_a.add_rule(FaultRule::new(Match::any().methods(["PUT", "PATCH"]).path(&lease_path), Action::Hang));
+    let renewals = proxy_a.add_rule(FaultRule::new(Match::any().methods(["PUT", "PATCH"]).path(&lease_path), fault));
     wait_until("replica-b takes over", T, || async {
         (holder(&ns).await.as_deref() == Some("replica-b")).then_some(())
     })
@@ -141,11 +150,13 @@ async fn a_leader_that_cannot_renew_stops_writing_before_the_standby_takes_over(
     let acquired =
         b_log.iter().find(|r| lease_write(r, &lease_path) && succeeded(r)).expect("replica-b wrote the Lease");
     assert!(acquired.at > a_deadline, "replica-b acquired {:?} before replica-a's deadline", a_deadline - acquired.at);
-    let last_a_write = a_log.iter().filter(|r| other_write(r, &lease_path)).map(|r| r.at).max().unwrap();
+    let last_a_write = a_log.iter().rfind(|r| other_write(r, &lease_path)).unwrap();
     println!(
-        "replica-a: last successful renewal {:?} before the cut, last write {:?} after it (deadline: +{:?}); replica-b acquired {:?} after it",
+        "{prefix}: replica-a's last successful renewal {:?} before the cut, last write {:?} after it ({} {}; deadline: +{:?}); replica-b acquired {:?} after it",
         cut - last_renewal.at,
-        last_a_write.saturating_duration_since(last_renewal.at),
+        last_a_write.at.saturating_duration_since(last_renewal.at),
+        last_a_write.method,
+        last_a_write.path_only(),
         DURATION - GRACE,
         acquired.at - last_renewal.at
     );
