@@ -342,28 +342,7 @@ impl Leadership {
     /// Resolves when leadership ends. The deadline is enforced here on this task's timer too,
     /// so a stalled renewer cannot keep this replica leading.
     pub async fn lost(&mut self) -> LossReason {
-        loop {
-            let state = self.state.borrow_and_update().clone();
-            let deadline = match state {
-                TermState::Lost(reason) => return reason,
-                TermState::Leading { deadline } => deadline,
-            };
-            tokio::select! {
-                _ = sleep_until(deadline) => {
-                    // A renewal may have moved the deadline just now.
-                    if matches!(*self.state.borrow(), TermState::Leading { deadline: d } if d <= Instant::now()) {
-                        let renewed = deadline.checked_sub(self.renew_deadline).unwrap_or(deadline);
-                        return LossReason::NotRenewed(Instant::now().saturating_duration_since(renewed));
-                    }
-                }
-                changed = self.state.changed() => if changed.is_err() {
-                    // The renewer is gone (it panicked): lead no longer than its last deadline.
-                    sleep_until(deadline).await;
-                    let renewed = deadline.checked_sub(self.renew_deadline).unwrap_or(deadline);
-                    return LossReason::NotRenewed(Instant::now().saturating_duration_since(renewed));
-                }
-            }
-        }
+        until_lost(&mut self.state, self.renew_deadline).await
     }
 
     /// Stop renewing and release the Lease for a fast hand-over, within `limit`. Writes only
@@ -381,6 +360,34 @@ impl Leadership {
             Ok(Err(e)) if is_status(&e, 409) => Err(ReleaseError::Changed),
             Ok(Err(e)) => Err(ReleaseError::Api(e)),
             Err(_) => Err(ReleaseError::Timeout(limit)),
+        }
+    }
+}
+
+/// Resolves when the term in `state` ends: the renewer reported a loss, or the current
+/// deadline passed without being moved (also when the renewer is gone).
+async fn until_lost(state: &mut watch::Receiver<TermState>, renew_deadline: Duration) -> LossReason {
+    let since_renewal = |deadline: Instant| {
+        let renewed = deadline.checked_sub(renew_deadline).unwrap_or(deadline);
+        LossReason::NotRenewed(Instant::now().saturating_duration_since(renewed))
+    };
+    loop {
+        let deadline = match state.borrow_and_update().clone() {
+            TermState::Lost(reason) => return reason,
+            TermState::Leading { deadline } => deadline,
+        };
+        tokio::select! {
+            _ = sleep_until(deadline) => {
+                // A renewal may have moved the deadline just now.
+                if matches!(*state.borrow(), TermState::Leading { deadline: d } if d <= Instant::now()) {
+                    return since_renewal(deadline);
+                }
+            }
+            changed = state.changed() => if changed.is_err() {
+                // The renewer is gone (it panicked): lead no longer than its last deadline.
+                sleep_until(deadline).await;
+                return since_renewal(deadline);
+            }
         }
     }
 }
@@ -571,6 +578,53 @@ mod tests {
             assert_eq!(leader_step(&c, sent, takeover, takeover - c.grace), LeaderStep::StepDown);
             assert!(takeover - (sent + c.renew_deadline()) >= c.grace);
         }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[tokio::test]
+    async fn the_term_ends_at_the_deadline_unless_a_renewal_moves_it() {
+        let start = Instant::now();
+        let (tx, mut rx) = watch::channel(TermState::Leading { deadline: start + ms(150) });
+        let renewer = tokio::spawn(async move {
+            tokio::time::sleep(ms(100)).await;
+            // A renewal sent at +100 ms succeeded: the term now ends at +250 ms.
+            tx.send(TermState::Leading { deadline: start + ms(250) }).unwrap();
+            tokio::time::sleep(ms(1000)).await;
+            drop(tx);
+        });
+        let reason = timeout(Duration::from_secs(5), until_lost(&mut rx, ms(150))).await.expect("the term ends");
+        let ended = start.elapsed();
+        assert!(ended >= ms(250) && ended < ms(1000), "ended after {ended:?}");
+        assert!(matches!(reason, LossReason::NotRenewed(d) if d >= ms(150)), "{reason:?}");
+        renewer.abort();
+    }
+
+    #[tokio::test]
+    async fn a_reported_loss_ends_the_term_at_once() {
+        let start = Instant::now();
+        let (tx, mut rx) = watch::channel(TermState::Leading { deadline: start + Duration::from_secs(60) });
+        tokio::spawn(async move {
+            tokio::time::sleep(ms(50)).await;
+            tx.send(TermState::Lost(LossReason::TakenOver("other".into()))).unwrap();
+            // Keep the sender alive: the loss must come from the message, not the hang-up.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        let reason = timeout(Duration::from_secs(5), until_lost(&mut rx, ms(150))).await;
+        assert_eq!(reason, Ok(LossReason::TakenOver("other".into())), "ends at once, not at the deadline");
+    }
+
+    #[tokio::test]
+    async fn a_vanished_renewer_still_ends_the_term_at_its_deadline() {
+        let start = Instant::now();
+        let (tx, mut rx) = watch::channel(TermState::Leading { deadline: start + ms(200) });
+        drop(tx);
+        let reason = timeout(Duration::from_secs(5), until_lost(&mut rx, ms(200))).await.expect("the term ends");
+        assert!(matches!(reason, LossReason::NotRenewed(_)), "{reason:?}");
+        let ended = start.elapsed();
+        assert!(ended >= ms(200) && ended < ms(2000), "ended after {ended:?}");
     }
 
     #[test]
