@@ -133,7 +133,7 @@ async fn split_brain_is_prevented(fault: Action, prefix: &str) {
     let busy_until_deadline = a_log.iter().filter(|r| r.at > cut && r.at <= a_deadline && other_write(r, &lease_path));
     assert!(
         busy_until_deadline.count() >= 1,
-        "replica-a kept writing while its renewals hung (else nothing is proved)"
+        "replica-a kept writing while its renewals failed (else nothing is proved)"
     );
     let late: Vec<(Duration, &str, &str)> = a_log
         .iter()
