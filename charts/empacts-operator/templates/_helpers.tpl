@@ -72,4 +72,11 @@ older single watchNamespace. */}}
 {{- if and (gt (int .Values.replicas) 1) (not .Values.leaderElection.enabled) }}
 {{- fail "replicas > 1 requires leaderElection.enabled=true: without leader election every replica would reconcile" }}
 {{- end }}
+{{- if ge (add (int .Values.shutdownTimeoutSeconds) 5) (int .Values.terminationGracePeriodSeconds) }}
+{{- fail "shutdownTimeoutSeconds plus 5 s for releasing the Lease must stay under terminationGracePeriodSeconds: lower shutdownTimeoutSeconds or raise terminationGracePeriodSeconds" }}
+{{- end }}
+{{- $le := .Values.leaderElection }}
+{{- if and $le.enabled $le.graceSeconds (ge (int $le.graceSeconds) (int $le.leaseDurationSeconds)) }}
+{{- fail "leaderElection.graceSeconds must be below leaderElection.leaseDurationSeconds" }}
+{{- end }}
 {{- end }}

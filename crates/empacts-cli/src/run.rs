@@ -6,16 +6,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::Args;
 use empacts_operator::client::ClientSettings;
 use empacts_operator::context::{Context, Settings};
 use empacts_operator::controller::{self, Scope};
+use empacts_operator::leader::{Elector, LeaderConfig, LossReason};
 use empacts_operator::metrics::Metrics;
 use empacts_operator::server;
-use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Args, Debug, Clone)]
@@ -70,6 +69,18 @@ pub struct RunArgs {
     /// Seconds a leader's lease is valid without renewal; a standby takes over after it.
     #[arg(long, env = "EMPACTS_LEASE_DURATION", default_value_t = 15)]
     pub lease_duration: u64,
+    /// Seconds between the leader's Lease renewals and a standby's polls (decimals allowed;
+    /// default: a third of duration minus grace). Each Lease call times out after 3/4 of it.
+    #[arg(long, env = "EMPACTS_LEASE_RENEW_PERIOD", value_parser = seconds)]
+    pub lease_renew_period: Option<Duration>,
+    /// A leader whose renewals keep failing stops reconciling and exits this many seconds
+    /// before a standby may take over (decimals allowed; default: a third of the duration).
+    #[arg(long, env = "EMPACTS_LEASE_GRACE", value_parser = seconds)]
+    pub lease_grace: Option<Duration>,
+    /// Seconds in-flight reconciles get to finish on SIGTERM before they are cancelled; keep it
+    /// plus 5 s (releasing the Lease) under the pod's terminationGracePeriodSeconds.
+    #[arg(long, env = "EMPACTS_SHUTDOWN_TIMEOUT", value_parser = seconds, default_value = "20")]
+    pub shutdown_timeout: Duration,
     /// Name of this replica (Lease holder and Events' reporting instance); defaults to the pod name.
     #[arg(long, env = "POD_NAME")]
     pub instance: Option<String>,
@@ -77,7 +88,16 @@ pub struct RunArgs {
 
 /// Bound on releasing the Lease at shutdown, so an unreachable API server cannot hold the
 /// process past its termination grace period (the Lease then simply expires).
-const LEASE_RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const LEASE_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Bound on the metrics server's own graceful shutdown (a scraper may hold a connection open).
+const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A non-negative number of seconds, decimals allowed.
+fn seconds(s: &str) -> Result<Duration, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(v).map_err(|_| format!("{s:?} is not a non-negative number of seconds"))
+}
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(&args.log_level, &args.log_format)?;
@@ -90,7 +110,31 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// How the leader's term ended.
+enum End {
+    /// SIGTERM; in-flight reconciles finished or were cancelled.
+    Stopped,
+    /// The Lease was lost (possibly during shutdown): stop writing at once.
+    Lost(LossReason),
+}
+
 pub async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
+    let identity = args.instance.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "empacts".into());
+        format!("{host}-{}", std::process::id())
+    });
+    // Invalid timings fail before anything starts.
+    let leader_config = args
+        .leader_elect
+        .then(|| {
+            LeaderConfig::new(
+                identity.clone(),
+                Duration::from_secs(args.lease_duration),
+                args.lease_renew_period,
+                args.lease_grace,
+            )
+        })
+        .transpose()?;
     let client_settings = ClientSettings {
         qps: args.kube_api_qps,
         burst: args.kube_api_burst,
@@ -99,10 +143,6 @@ pub async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         ..ClientSettings::default()
     };
     let client = empacts_operator::client::build(&client_settings).await?;
-    let identity = args.instance.clone().unwrap_or_else(|| {
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "empacts".into());
-        format!("{host}-{}", std::process::id())
-    });
     let metrics = Arc::new(Metrics::new());
     // The config-hash key lives in the operator's own namespace (the Lease's).
     let own_ns = args.lease_namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
@@ -137,81 +177,71 @@ pub async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
     }
     let scope = Scope { namespaces: args.namespaces.iter().filter(|n| !n.is_empty()).cloned().collect() };
 
-    if !args.leader_elect {
+    let Some(leader_config) = leader_config else {
         readiness.leader.store(true, Ordering::Release);
         metrics.leader.set(1);
-        controller::run(ctx, scope, stopped(stop_rx.clone())).await;
-        let _ = server.await;
+        let mut controller = Box::pin(controller::run(ctx, scope, stopped(stop_rx.clone())));
+        tokio::select! {
+            _ = &mut controller => {}
+            _ = stopped(stop_rx.clone()) => drain(&mut controller, args.shutdown_timeout).await,
+        }
+        let _ = tokio::time::timeout(SERVER_STOP_TIMEOUT, server).await;
         return Ok(());
-    }
+    };
 
     let lease_ns = args.lease_namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
-    let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-        .with_namespace(&lease_ns)
-        .with_identity(&identity)
-        .with_duration(args.lease_duration)
-        .with_grace((args.lease_duration / 3).max(1))
-        .with_field_manager("empacts-operator")
-        .build()
-        .await
-        .context("setting up leader election")?;
-    let (mut leader, lease_task) = manager.watch().await;
+    let elector = Elector::new(client.clone(), &lease_ns, &args.lease_name, leader_config);
     readiness.standby_ok.store(true, Ordering::Release);
-    info!(lease = %format!("{lease_ns}/{}", args.lease_name), %identity, "waiting to become leader");
-
-    let mut stop = stop_rx.clone();
-    loop {
-        if *leader.borrow_and_update() {
-            break;
+    info!(lease = %format!("{lease_ns}/{}", args.lease_name), %identity, config = ?elector.config(), "waiting to become leader");
+    let mut leadership = tokio::select! {
+        leadership = elector.campaign() => leadership,
+        _ = stopped(stop_rx.clone()) => {
+            let _ = tokio::time::timeout(SERVER_STOP_TIMEOUT, server).await;
+            return Ok(());
         }
-        tokio::select! {
-            changed = leader.changed() => if changed.is_err() { anyhow::bail!("leader election stopped unexpectedly") },
-            _ = stop.wait_for(|s| *s) => {
-                drop(leader);
-                let _ = tokio::time::timeout(LEASE_RELEASE_TIMEOUT, lease_task).await;
-                let _ = server.await;
-                return Ok(());
-            }
-        }
-    }
+    };
     info!(%identity, "became leader");
     metrics.leader.set(1);
     readiness.leader.store(true, Ordering::Release);
 
-    // Run until shutdown, or until the lease is lost (then exit so a fresh process campaigns again).
-    let (lost_tx, lost_rx) = watch::channel(false);
-    let stop_or_lost = {
-        let stop_rx = stop_rx.clone();
-        let lost_rx = lost_rx.clone();
-        async move {
-            let (mut a, mut b) = (stop_rx, lost_rx);
-            tokio::select! { _ = a.wait_for(|s| *s) => {}, _ = b.wait_for(|s| *s) => {} }
-        }
+    // Lead until SIGTERM or until the Lease is lost; on SIGTERM the controller stops starting
+    // reconciles and in-flight ones get `shutdown_timeout`, unless the Lease runs out first.
+    let mut controller = Box::pin(controller::run(ctx, scope, stopped(stop_rx.clone())));
+    let end = tokio::select! {
+        reason = leadership.lost() => End::Lost(reason),
+        _ = stopped(stop_rx.clone()) => tokio::select! {
+            reason = leadership.lost() => End::Lost(reason),
+            _ = drain(&mut controller, args.shutdown_timeout) => End::Stopped,
+        },
+        _ = &mut controller => End::Stopped,
     };
-    let watch_lease = tokio::spawn(async move {
-        loop {
-            if leader.changed().await.is_err() || !*leader.borrow_and_update() {
-                let _ = lost_tx.send(true);
-                return leader;
-            }
-        }
-    });
-    controller::run(ctx, scope, stop_or_lost).await;
+    // Dropping the controller cancels whatever reconcile still runs: no write starts after this.
+    drop(controller);
     metrics.leader.set(0);
     readiness.leader.store(false, Ordering::Release);
-    let lost = *lost_rx.borrow();
-    watch_lease.abort();
-    // Dropping the last receiver makes the lease task release the Lease for a fast hand-over.
-    let _ = watch_lease.await;
-    match tokio::time::timeout(LEASE_RELEASE_TIMEOUT, lease_task).await {
-        Ok(Ok(Ok(_))) => info!("lease released"),
-        other => warn!(?other, "lease release did not finish cleanly"),
+    match end {
+        End::Lost(reason) => {
+            readiness.lease_lost.store(true, Ordering::Release);
+            drop(leadership);
+            error!(%reason, "lost the leader lease; stopped reconciling");
+            // Exit rather than campaign again: a fresh process starts with no task, cache or
+            // in-process record left over from the old term, and the restart is visible.
+            anyhow::bail!("lost the leader lease ({reason}); exiting so a fresh process campaigns again");
+        }
+        End::Stopped => match leadership.release(LEASE_RELEASE_TIMEOUT).await {
+            Ok(()) => info!("lease released"),
+            Err(e) => warn!(error = %e, "lease not released"),
+        },
     }
-    if lost {
-        anyhow::bail!("lost the leader lease; exiting so a fresh process can campaign again");
-    }
-    let _ = server.await;
+    let _ = tokio::time::timeout(SERVER_STOP_TIMEOUT, server).await;
     Ok(())
+}
+
+/// Give in-flight reconciles `limit` to finish after shutdown began, then cancel them.
+async fn drain(controller: impl std::future::Future<Output = ()>, limit: Duration) {
+    if tokio::time::timeout(limit, controller).await.is_err() {
+        warn!(timeout = ?limit, "cancelling in-flight reconciles: shutdown timeout reached");
+    }
 }
 
 fn init_logging(level: &str, format: &str) -> anyhow::Result<()> {

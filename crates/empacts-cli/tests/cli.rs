@@ -1,4 +1,4 @@
-//! The CLI without a cluster: CRD drift and rendering of every example.
+//! The CLI without a cluster: CRD drift, rendering of every example, `run` flag validation.
 
 use std::process::Command;
 
@@ -88,4 +88,26 @@ fn chart_crd_matches_deploy_crd() {
         "charts/empacts-operator/crds/empactsapps.empacts.io.yaml differs from deploy/crds/empactsapps.empacts.io.yaml: \
          run `cp deploy/crds/empactsapps.empacts.io.yaml charts/empacts-operator/crds/empactsapps.empacts.io.yaml`"
     );
+}
+
+#[test]
+fn run_refuses_inconsistent_lease_timing_before_connecting() {
+    // KUBECONFIG points nowhere: the error must come from the timing check, not the connection.
+    for (args, flag) in [
+        (&["--lease-duration", "6", "--lease-grace", "6"][..], "--lease-grace"),
+        (&["--lease-duration", "6", "--lease-grace", "2", "--lease-renew-period", "4"][..], "--lease-renew-period"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_empacts"))
+            .arg("run")
+            .args(args)
+            .args(["--log-format", "text", "--metrics-addr", "127.0.0.1:0"])
+            .env("KUBECONFIG", "/nonexistent/kubeconfig")
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE")
+            .output()
+            .expect("empacts runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} is refused");
+        assert!(stderr.contains(flag) && !stderr.contains("connecting"), "{args:?}: {stderr}");
+    }
 }

@@ -12,6 +12,7 @@ pub mod events;
 pub mod hash;
 pub mod hash_key;
 pub mod health;
+pub mod leader;
 pub mod ledger;
 pub mod legacy;
 pub mod metrics;

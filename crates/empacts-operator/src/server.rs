@@ -124,3 +124,29 @@ pub async fn serve(
     let _ = bound.send(listener.local_addr()?);
     axum::serve(listener, router(metrics, readiness)).with_graceful_shutdown(shutdown).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn status(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out.lines().next().unwrap_or_default().to_string()
+    }
+
+    #[tokio::test]
+    async fn healthz_fails_once_the_lease_is_lost() {
+        let readiness = Arc::new(Readiness::default());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let addr = "127.0.0.1:0".parse().unwrap();
+        tokio::spawn(serve(addr, Arc::new(Metrics::new()), readiness.clone(), tx, std::future::pending()));
+        let addr = rx.await.unwrap();
+        assert!(status(addr, "/healthz").await.contains(" 200 "));
+        readiness.lease_lost.store(true, Ordering::Release);
+        assert!(status(addr, "/healthz").await.contains(" 503 "));
+    }
+}

@@ -101,7 +101,10 @@ mod tests {
     #[test]
     fn the_operator_re_checks_admission_rules_on_stored_objects() {
         for (spec, field) in [
-            ("{image: 'api:1', secrets: [{env: DB, secretKeyRef: {name: '?watch=true', key: url}}]}", "secretKeyRef.name"),
+            (
+                "{image: 'api:1', secrets: [{env: DB, secretKeyRef: {name: '?watch=true', key: url}}]}",
+                "secretKeyRef.name",
+            ),
             ("{image: 'api:1', secrets: [{env: DB, secretKeyRef: {name: '../x', key: url}}]}", "secretKeyRef.name"),
             ("{image: 'api:1', podLabels: {'app.kubernetes.io/instance': other}}", "podLabels"),
             ("{image: 'api:1', resources: {requests: {cpu: lots}}}", "resources"),

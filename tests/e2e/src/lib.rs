@@ -451,8 +451,35 @@ impl OperatorProcess {
         Self::spawn(&empacts_binary(), kubeconfig, name, log, &args)
     }
 
+    /// A replica electing a leader through Lease `lease` in `namespace` (also the watched one),
+    /// through `kubeconfig` (e.g. a fault proxy's), with extra environment (the leader-election
+    /// timings are read from `EMPACTS_LEASE_*`, so an older build ignores what it lacks).
+    pub fn start_elected(
+        kubeconfig: &Path,
+        name: &str,
+        namespace: &str,
+        lease: &str,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let log = std::fs::File::create(log).expect("log file");
+        let args = ["--namespace", namespace, "--lease-namespace", namespace, "--lease-name", lease];
+        Self::spawn_env(&empacts_binary(), kubeconfig, name, log, &args, env)
+    }
+
     /// `binary run` with `args`, metrics on a free loopback port, JSON logs to `log`.
     fn spawn(binary: &Path, kubeconfig: &Path, name: &str, log: std::fs::File, args: &[&str]) -> Self {
+        Self::spawn_env(binary, kubeconfig, name, log, args, &[])
+    }
+
+    fn spawn_env(
+        binary: &Path,
+        kubeconfig: &Path,
+        name: &str,
+        log: std::fs::File,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let metrics_port = free_port();
         let child = std::process::Command::new(binary)
             .arg("run")
@@ -461,6 +488,7 @@ impl OperatorProcess {
             .env("KUBECONFIG", kubeconfig)
             .env_remove("POD_NAMESPACE")
             .env_remove("POD_NAME")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()

@@ -228,6 +228,9 @@ fn assert_deployment(docs: &[Value], watch_ns: Option<&str>) {
     assert_eq!(args[0], "run");
     assert!(args.contains(&"--metrics-addr=0.0.0.0:8080".to_string()), "{args:?}");
     assert!(args.contains(&"--leader-elect=true".to_string()), "{args:?}");
+    // In-flight reconciles get 20 s, the Lease release 5 s: under the 30 s grace period.
+    assert!(args.contains(&"--shutdown-timeout=20".to_string()), "{args:?}");
+    assert!(!args.iter().any(|a| a.starts_with("--lease-grace") || a.starts_with("--lease-renew")), "{args:?}");
     match watch_ns {
         Some(ns) => assert!(args.contains(&format!("--namespaces={ns}")), "{args:?}"),
         None => assert!(!args.iter().any(|a| a.starts_with("--namespace")), "{args:?}"),
@@ -394,10 +397,18 @@ async fn helm_template_renders_least_privilege_restricted_manifests() {
         ("logging.format=xml", "format"),
         ("metrics.port=80", "port"),
         ("replicas=3,leaderElection.enabled=false", "leaderElection.enabled"),
+        ("terminationGracePeriodSeconds=25", "shutdownTimeoutSeconds"),
+        ("leaderElection.graceSeconds=15", "graceSeconds"),
+        ("leaderElection.renewPeriodSeconds=0", "renewPeriodSeconds"),
     ] {
         let out = helm(&env, &["template", "rel", chart.to_str().unwrap(), "--set", set]);
         assert!(!out.status.success(), "helm template --set {set} must fail");
         assert!(text(&out).contains(expect), "--set {set}: {}", text(&out));
+    }
+    let timed = render(&env, "ops", &["leaderElection.graceSeconds=4,leaderElection.renewPeriodSeconds=2"]);
+    let args = strings(&one(&timed, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]);
+    for flag in ["--lease-grace=4", "--lease-renew-period=2"] {
+        assert!(args.contains(&flag.to_string()), "{flag} in {args:?}");
     }
     let out = helm(&env, &["template", "rel", chart.to_str().unwrap(), "--set-string", "replicas=2"]);
     assert!(!out.status.success(), "replicas as a string is rejected");

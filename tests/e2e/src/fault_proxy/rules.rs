@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// One request that reached the proxy, in arrival order. Predicates (rule matchers, the write
 /// filter) see it before it is forwarded, with `status` and `fault` still `None`.
@@ -10,6 +10,8 @@ use std::time::Duration;
 pub struct RequestRecord {
     /// 1-based arrival order over the proxy's lifetime.
     pub seq: u64,
+    /// When the request reached the proxy (its client sent it just before).
+    pub at: Instant,
     pub method: String,
     /// Path and query, as the client sent them (`/api/v1/namespaces/a/configmaps?watch=true&...`).
     pub path: String,
@@ -34,6 +36,7 @@ impl RequestRecord {
     pub(crate) fn new(seq: u64, method: &str, path: &str, user_agent: &str, authorization: bool) -> Self {
         let mut record = RequestRecord {
             seq,
+            at: Instant::now(),
             method: method.to_string(),
             path: path.to_string(),
             user_agent: user_agent.to_string(),
@@ -90,6 +93,7 @@ pub fn default_write_filter(r: &RequestRecord) -> bool {
 #[derive(Clone, Default)]
 pub struct Match {
     methods: Option<Vec<String>>,
+    path: Option<String>,
     path_contains: Option<String>,
     predicate: Option<RequestPredicate>,
     watch: Option<bool>,
@@ -104,6 +108,12 @@ impl Match {
     /// One of these methods (case-insensitive).
     pub fn methods<I: IntoIterator<Item = S>, S: Into<String>>(mut self, methods: I) -> Self {
         self.methods = Some(methods.into_iter().map(|m| m.into().to_ascii_uppercase()).collect());
+        self
+    }
+
+    /// The path without the query is exactly `path` (e.g. one Lease, not the Lease list).
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.path = Some(path.into());
         self
     }
 
@@ -133,6 +143,7 @@ impl Match {
 
     pub fn matches(&self, r: &RequestRecord) -> bool {
         self.methods.as_ref().is_none_or(|ms| ms.iter().any(|m| m.eq_ignore_ascii_case(&r.method)))
+            && self.path.as_ref().is_none_or(|p| r.path_only() == p)
             && self.path_contains.as_ref().is_none_or(|n| r.path.contains(n.as_str()))
             && self.watch.is_none_or(|w| w == r.watch)
             && self.user_agent_contains.as_ref().is_none_or(|n| r.user_agent.contains(n.as_str()))
@@ -144,6 +155,7 @@ impl fmt::Debug for Match {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Match")
             .field("methods", &self.methods)
+            .field("path", &self.path)
             .field("path_contains", &self.path_contains)
             .field("predicate", &self.predicate.as_ref().map(|_| "<fn>"))
             .field("watch", &self.watch)
@@ -280,5 +292,16 @@ mod tests {
         assert!(!m.matches(&rec("POST", "/api/v1/namespaces/a/configmaps?watch=true")));
         assert!(!Match::any().predicate(|r| r.seq > 1).matches(&rec("GET", "/")));
         assert!(Match::any().matches(&rec("DELETE", "/")));
+    }
+
+    #[test]
+    fn path_matches_exactly_without_the_query() {
+        let lease = "/apis/coordination.k8s.io/v1/namespaces/a/leases/l";
+        let renewals = Match::any().methods(["PUT", "PATCH"]).path(lease);
+        assert!(renewals.matches(&rec("PUT", lease)));
+        assert!(renewals.matches(&rec("patch", &format!("{lease}?fieldManager=x"))));
+        assert!(!renewals.matches(&rec("GET", lease)), "reads pass");
+        assert!(!renewals.matches(&rec("PUT", &format!("{lease}2"))), "another Lease passes");
+        assert!(!renewals.matches(&rec("PUT", "/apis/coordination.k8s.io/v1/namespaces/a/leases")));
     }
 }
