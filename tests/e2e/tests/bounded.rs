@@ -238,6 +238,13 @@ async fn eviction_is_allowed_for_an_app_with_a_migration_and_max_unavailable() {
     assert_eq!(status.expected_pods, 2, "the PDB counts the app's 2 pods, not the Job's");
     let victim = selected.iter().find(|p| p.metadata.deletion_timestamp.is_none()).unwrap().name_any();
     ns.api::<Pod>().evict(&victim, &EvictParams::default()).await.expect("eviction is allowed");
+    // The finished migration Job, its result recorded in the ledger, expires (TTL controller).
+    wait_until("the recorded migration Job gets a TTL", T, || async {
+        let jobs = ns.api::<k8s_openapi::api::batch::v1::Job>().list(&ListParams::default()).await.ok()?.items;
+        let ttl = jobs.first()?.spec.as_ref()?.ttl_seconds_after_finished?;
+        (ttl == empacts_operator::apply::FINISHED_JOB_TTL_SECONDS).then_some(())
+    })
+    .await;
     op.stop().await;
     ns.cleanup().await;
 }
@@ -346,4 +353,27 @@ async fn one_process_serves_exactly_the_listed_namespaces() {
     for ns in [a, b, other] {
         ns.cleanup().await;
     }
+}
+
+/// A Secret lacking the referenced key: the status says which key is missing, and never which
+/// keys the Secret has (an app author may not be allowed to read the Secret).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_key_is_reported_without_the_secrets_other_key_names() {
+    let (_env, client) = cluster().await;
+    let ns = TestNamespace::new(&client, "keys").await;
+    let op = Operator::start(&client, &ns.name).await;
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "db"}, "stringData": {"admin-password": "x", "replica-user": "y"}
+    }))
+    .unwrap();
+    ns.api::<k8s_openapi::api::core::v1::Secret>().create(&Default::default(), &secret).await.unwrap();
+    let spec = "{image: 'registry.example.com/api:1.0.0', secrets: [{env: DB, secretKeyRef: {name: db, key: url}}]}";
+    apply_app(&ns, &app("api", spec)).await;
+    let stalled = wait_app(&ns, "api", "Stalled on the missing key", T, |a| phase(a) == Some(Phase::Stalled)).await;
+    let cond = condition(&stalled, "Stalled").unwrap();
+    assert_eq!(cond.reason, "SecretKeyNotFound");
+    assert!(cond.message.contains("url"), "{}", cond.message);
+    assert!(!cond.message.contains("admin-password") && !cond.message.contains("replica-user"), "{}", cond.message);
+    op.stop().await;
+    ns.cleanup().await;
 }
