@@ -18,7 +18,7 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 
 use crate::children::ChildStores;
 use crate::registry::{CHILD_KINDS, Watch};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
 use crate::context::Context;
@@ -115,6 +115,47 @@ fn cached(
     })
 }
 
+/// A watch event of an app read untyped, as an EmpactsApp; None drops an object this build
+/// cannot read (after `report`).
+pub fn typed(
+    event: Result<watcher::Event<DynamicObject>, watcher::Error>,
+    report: &dyn Fn(&DynamicObject, &serde_json::Error),
+) -> Option<Result<watcher::Event<EmpactsApp>, watcher::Error>> {
+    use watcher::Event::*;
+    let read = |obj: DynamicObject| match serde_json::to_value(&obj).and_then(serde_json::from_value::<EmpactsApp>) {
+        Ok(app) => Some(app),
+        Err(error) => {
+            report(&obj, &error);
+            None
+        }
+    };
+    let event = match event {
+        Err(e) => return Some(Err(e)),
+        Ok(Apply(obj)) => Apply(read(obj)?),
+        Ok(InitApply(obj)) => InitApply(read(obj)?),
+        // Never in the store if it could not be read: nothing to delete then.
+        Ok(Delete(obj)) => Delete(read(obj)?),
+        Ok(Init) => Init,
+        Ok(InitDone) => InitDone,
+    };
+    Some(Ok(event))
+}
+
+/// Tell the app's owner (an Event on the object, a log line, a metric) why it is ignored.
+fn unreadable(ctx: &Arc<Context>, obj: &DynamicObject, error: &serde_json::Error) {
+    let (ns, name) = (obj.metadata.namespace.clone().unwrap_or_default(), obj.name_any());
+    ctx.metrics.reconcile_errors.with_label_values(&["UnreadableSpec"]).inc();
+    warn!(app = %name, namespace = %ns, %error, "EmpactsApp cannot be read by this operator version; skipped");
+    let note = format!(
+        "this EmpactsApp cannot be read by the operator ({error}); it was stored before the current CRD refused such values: fix the field (the CRD now says what it accepts) or delete and re-create the app"
+    );
+    let reference = obj.object_ref(&kube::api::ApiResource::erase::<EmpactsApp>(&()));
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        events::publish_on(&ctx, &reference, EventType::Warning, "UnreadableSpec", "Read", &note).await;
+    });
+}
+
 /// Hash of what a spec or metadata change moves, for kinds that have a generation.
 fn spec_fingerprint(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<u64> {
     use std::hash::{Hash, Hasher};
@@ -152,10 +193,19 @@ async fn run_one(
     let ours = watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
 
     // The apps, through a reflector of our own so the watch reports to readiness, and a
-    // deleted app's per-process state goes with it.
+    // deleted app's per-process state goes with it. They are read untyped and typed one by
+    // one: an object stored under an older, looser CRD that this build cannot read is reported
+    // and skipped, instead of failing the whole list (and every app of the scope with it).
     let (apps, app_writer) = reflector::store::<EmpactsApp>();
-    let app_events =
-        watcher(api::<EmpactsApp>(&client, ns), watcher::Config::default().any_semantic()).default_backoff();
+    let ar = kube::api::ApiResource::erase::<EmpactsApp>(&());
+    let untyped: Api<DynamicObject> = match ns {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    };
+    let report = ctx.clone();
+    let app_events = watcher(untyped, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .filter_map(move |event| futures::future::ready(typed(event, &|obj, error| unreadable(&report, obj, error))));
     let forget = ctx.clone();
     let app_events = reported(&ctx, format!("EmpactsApp/{scope_name}"), app_events).inspect(move |event| {
         if let Ok(watcher::Event::Delete(app)) = event {
@@ -282,4 +332,34 @@ fn error_policy(app: Arc<EmpactsApp>, error: &Error, ctx: Arc<Context>) -> Actio
         });
     }
     Action::requeue(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(spec: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "empacts.io/v1alpha1", "kind": "EmpactsApp",
+            "metadata": {"name": "a", "namespace": "ns"}, "spec": spec
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_unreadable_stored_app_is_reported_and_dropped_and_the_rest_pass() {
+        let reported = std::cell::RefCell::new(Vec::new());
+        let report =
+            |obj: &DynamicObject, e: &serde_json::Error| reported.borrow_mut().push((obj.name_any(), e.to_string()));
+        let good = stored(serde_json::json!({"image": "api:1"}));
+        let bad = stored(serde_json::json!({"image": "api:1", "replicas": "many"}));
+        let typed_good = typed(Ok(watcher::Event::InitApply(good)), &report);
+        assert!(matches!(typed_good, Some(Ok(watcher::Event::InitApply(app))) if app.spec.image == "api:1"));
+        assert!(typed(Ok(watcher::Event::Apply(bad.clone())), &report).is_none());
+        assert!(typed(Ok(watcher::Event::Delete(bad)), &report).is_none());
+        assert!(matches!(typed(Ok(watcher::Event::InitDone), &report), Some(Ok(watcher::Event::InitDone))));
+        let reported = reported.into_inner();
+        assert_eq!(reported.len(), 2);
+        assert!(reported[0].1.contains("invalid type"), "{reported:?}");
+    }
 }

@@ -11,6 +11,18 @@ use crate::context::Context;
 const MAX_NOTE: usize = 1000;
 
 pub async fn publish(ctx: &Context, app: &EmpactsApp, type_: EventType, reason: &str, action: &str, note: &str) {
+    publish_on(ctx, &app.object_ref(&()), type_, reason, action, note).await
+}
+
+/// An Event on any object (e.g. an EmpactsApp this build cannot read as one).
+pub async fn publish_on(
+    ctx: &Context,
+    object: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
     let mut note = note.to_string();
     if note.len() > MAX_NOTE {
         let mut cut = MAX_NOTE;
@@ -20,7 +32,7 @@ pub async fn publish(ctx: &Context, app: &EmpactsApp, type_: EventType, reason: 
         note.truncate(cut);
     }
     let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
-    if let Err(e) = ctx.recorder.publish(&event, &app.object_ref(&())).await {
+    if let Err(e) = ctx.recorder.publish(&event, object).await {
         warn!(error = %e, reason, "could not publish Event");
     }
 }
