@@ -265,9 +265,25 @@ async fn run(env: &ClusterEnv, client: &Client, scenario: Scenario, fault: Fault
         // The last deletion may land after the scenario's last wait: wait for the rebuilt status.
         r.wait("the status rebuilt", |a| a.status.as_ref().is_some_and(|s| s.phase.is_some())).await;
     }
-    // Settled: give a crashed-and-restarted operator time to do anything it would still do.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    r.keep_alive();
+    // Settled: give a crashed-and-restarted operator time to do anything it would still do. A
+    // crash in that window (a late write) restarts the operator and settles again; the crash
+    // point counts as fired only if it fired before the last check, when a restart could follow.
+    let fired = loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let restarts = r.restarts;
+        let fired = r.proxy.crash_points().into_iter().next();
+        if fired.is_some() && restarts == 0 {
+            // The proxy kills before it answers: wait for the process to be gone.
+            let start = Instant::now();
+            while !r.op.exited() && start.elapsed() < Duration::from_secs(5) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        r.keep_alive();
+        if r.restarts == restarts {
+            break fired;
+        }
+    };
     let app = r.ns.api::<EmpactsApp>().get("api").await.unwrap();
     let status = app.status.clone().unwrap_or_default();
     let ns = r.ns.name.clone();
@@ -289,12 +305,7 @@ async fn run(env: &ClusterEnv, client: &Client, scenario: Scenario, fault: Fault
         let delayed = r.count(|q| q.watch && q.path.contains("/empactsapps") && q.fault.is_some());
         assert!(delayed >= 1, "{}: the EmpactsApp watch went through the delay rule", r.ns.name);
     }
-    let finished = Finished {
-        writes: r.proxy.writes().len(),
-        restarts: r.restarts,
-        crash_point: r.proxy.crash_points().into_iter().next(),
-        outcome,
-    };
+    let finished = Finished { writes: r.proxy.writes().len(), restarts: r.restarts, crash_point: fired, outcome };
     r.watch.abort();
     // Logs stay only for a run that failed (a panic above skips this).
     let _ = std::fs::remove_dir_all(r.kubeconfig.parent().unwrap());
