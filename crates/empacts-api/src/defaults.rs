@@ -37,6 +37,10 @@ impl EmpactsAppSpec {
     pub fn secrets(&self) -> &[SecretEnv] {
         self.secrets.as_deref().unwrap_or(&[])
     }
+    /// Port serving metrics: spec.monitoring.port, else the app port.
+    pub fn metrics_port(&self) -> i32 {
+        self.monitoring.as_ref().and_then(|m| m.port).unwrap_or_else(|| self.port())
+    }
 }
 
 impl RolloutPolicy {
@@ -78,5 +82,134 @@ impl GenerateSecret {
 impl Autoscaling {
     pub fn min_replicas(&self) -> i32 {
         self.min_replicas.unwrap_or(DEFAULT_MIN_REPLICAS)
+    }
+}
+
+pub const DEFAULT_ANALYSIS_INTERVAL: &str = "30s";
+pub const DEFAULT_FAILURE_LIMIT: i32 = 2;
+pub const DEFAULT_INCONCLUSIVE_LIMIT: i32 = 5;
+pub const DEFAULT_INGRESS_CONTROLLER_NAMESPACE: &str = "ingress-nginx";
+pub const DEFAULT_METRICS_PATH: &str = "/metrics";
+pub const DEFAULT_SCRAPE_INTERVAL: &str = "30s";
+pub const DEFAULT_ALERT_ERROR_RATE: f64 = 0.01;
+pub const DEFAULT_ALERT_LATENCY_P95_SECONDS: f64 = 0.5;
+pub const DEFAULT_ALERT_FOR: &str = "5m";
+
+/// Seconds of a duration matching [`DURATION_PATTERN`] (`30s`, `2m`, `1h`); None otherwise.
+pub fn duration_seconds(d: &str) -> Option<u64> {
+    let (n, unit) = d.split_at(d.len().checked_sub(1)?);
+    let n: u64 = n.parse().ok()?;
+    match unit {
+        "s" => Some(n),
+        "m" => Some(n * 60),
+        "h" => Some(n * 3600),
+        _ => None,
+    }
+}
+
+impl RolloutPolicy {
+    pub fn strategy(&self) -> RolloutStrategy {
+        self.strategy.unwrap_or_default()
+    }
+    /// The canary steps (the default ones when none are given).
+    pub fn steps(&self) -> Vec<CanaryStep> {
+        self.steps.clone().unwrap_or_else(|| {
+            vec![
+                CanaryStep { weight: 10, pause: Some("2m".into()) },
+                CanaryStep { weight: 50, pause: Some("5m".into()) },
+            ]
+        })
+    }
+}
+
+impl CanaryStep {
+    /// None: wait for a manual promote.
+    pub fn pause_seconds(&self) -> Option<u64> {
+        self.pause.as_deref().and_then(duration_seconds)
+    }
+}
+
+impl Analysis {
+    pub fn interval_seconds(&self) -> u64 {
+        self.interval.as_deref().and_then(duration_seconds).unwrap_or(30).max(1)
+    }
+    pub fn failure_limit(&self) -> u32 {
+        self.failure_limit.unwrap_or(DEFAULT_FAILURE_LIMIT).max(1) as u32
+    }
+    pub fn inconclusive_limit(&self) -> u32 {
+        self.inconclusive_limit.unwrap_or(DEFAULT_INCONCLUSIVE_LIMIT).max(1) as u32
+    }
+    pub fn duration_seconds(&self) -> Option<u64> {
+        self.duration.as_deref().and_then(duration_seconds)
+    }
+    /// The checks (the default ones when none are given): the guides' alert thresholds,
+    /// error ratio below 1% and p95 latency below 500 ms, of the revision under analysis.
+    pub fn metrics(&self) -> Vec<AnalysisMetric> {
+        self.metrics.clone().unwrap_or_else(default_analysis_metrics)
+    }
+}
+
+/// Series selector of the revision under analysis, in the templated form.
+const REVISION_SELECTOR: &str = r#"namespace="{{namespace}}",app="{{app}}",revision="{{revision}}""#;
+
+pub fn default_analysis_metrics() -> Vec<AnalysisMetric> {
+    let s = REVISION_SELECTOR;
+    vec![
+        AnalysisMetric {
+            name: "error-rate".into(),
+            query: format!(
+                r#"sum(rate(http_requests_total{{{s},code=~"5.."}}[1m])) / sum(rate(http_requests_total{{{s}}}[1m]))"#
+            ),
+            threshold_range: ThresholdRange { min: None, max: Some(DEFAULT_ALERT_ERROR_RATE) },
+        },
+        AnalysisMetric {
+            name: "latency-p95".into(),
+            query: format!(
+                r#"histogram_quantile(0.95, sum by (le) (rate(http_request_duration_seconds_bucket{{{s}}}[1m])))"#
+            ),
+            threshold_range: ThresholdRange { min: None, max: Some(DEFAULT_ALERT_LATENCY_P95_SECONDS) },
+        },
+    ]
+}
+
+impl NetworkPolicySpec {
+    pub fn enabled(&self) -> bool {
+        self.enabled.unwrap_or(true)
+    }
+    pub fn ingress_controller_namespace(&self) -> &str {
+        self.ingress_controller_namespace.as_deref().unwrap_or(DEFAULT_INGRESS_CONTROLLER_NAMESPACE)
+    }
+}
+
+impl IngressSpec {
+    pub fn path(&self) -> &str {
+        self.path.as_deref().unwrap_or("/")
+    }
+}
+
+impl Monitoring {
+    pub fn path(&self) -> &str {
+        self.path.as_deref().unwrap_or(DEFAULT_METRICS_PATH)
+    }
+    pub fn interval(&self) -> &str {
+        self.interval.as_deref().unwrap_or(DEFAULT_SCRAPE_INTERVAL)
+    }
+    pub fn alerts(&self) -> Alerts {
+        self.alerts.clone().unwrap_or_default()
+    }
+}
+
+impl Alerts {
+    pub fn enabled(&self) -> bool {
+        self.enabled.unwrap_or(true)
+    }
+    pub fn error_rate(&self) -> f64 {
+        self.error_rate.unwrap_or(DEFAULT_ALERT_ERROR_RATE)
+    }
+    pub fn latency_p95_seconds(&self) -> f64 {
+        self.latency_p95_seconds.unwrap_or(DEFAULT_ALERT_LATENCY_P95_SECONDS)
+    }
+    pub fn for_(&self) -> &str {
+        self.for_.as_deref().unwrap_or(DEFAULT_ALERT_FOR)
     }
 }

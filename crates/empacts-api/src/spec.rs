@@ -210,8 +210,282 @@ pub struct EmpactsAppSpec {
     pub pod_annotations: Option<BTreeMap<String, String>>,
 
     /// Stop rolling out new revisions (children keep their current state; status still updates).
+    /// A canary in progress holds at its current step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<bool>,
+
+    /// Judge a rollout by the app's own metrics in Prometheus: a canary step, or a plain
+    /// rolling update for `analysis.duration`, fails (and rolls back) when they go bad.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<Analysis>,
+
+    /// An Ingress routing a host (and path) to the Service, optionally with TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+
+    /// A NetworkPolicy that denies ingress to the app's pods except from the Ingress
+    /// controller's namespace and the callers listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicySpec>,
+
+    /// Scraping and alerting through the Prometheus Operator (ServiceMonitor, PrometheusRule),
+    /// created when its CRDs are installed in the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<Monitoring>,
+}
+
+/// A duration such as `30s`, `2m` or `1h` (one unit; seconds, minutes or hours).
+pub const DURATION_PATTERN: &str = r"^[0-9]{1,5}(s|m|h)$";
+
+/// An http(s) URL without credentials, e.g. `http://prometheus.monitoring:9090`.
+pub const HTTP_URL_PATTERN: &str = r"^https?://[^\s/@?#]+(/[^\s?#]*)?$";
+
+/// Rollout strategies.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RolloutStrategy {
+    /// The Deployment rolls its pods (maxSurge, maxUnavailable).
+    #[default]
+    RollingUpdate,
+    /// The new revision runs as `<app>-canary` next to the stable pods, behind the same Service,
+    /// through `rollout.steps`, then is promoted.
+    Canary,
+}
+
+/// One step of a canary: run the canary at this share of the pods, then wait.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryStep {
+    /// Percent of the app's pods that run the new revision (at least one pod).
+    #[schemars(range(min = 1, max = 100))]
+    pub weight: i32,
+    /// How long to hold this step (analysis runs meanwhile). Without it the step waits for
+    /// `empacts promote`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub pause: Option<String>,
+}
+
+/// Metric analysis against a Prometheus server.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Analysis {
+    /// Where the app's metrics are.
+    pub prometheus: PrometheusSource,
+    /// Time between measurements. Defaults to 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub interval: Option<String>,
+    /// Failed measurements (of any metric) that abort the rollout. Defaults to 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub failure_limit: Option<i32>,
+    /// Inconclusive measurements (Prometheus unreachable, no data) that abort the rollout:
+    /// never a pass. Defaults to 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub inconclusive_limit: Option<i32>,
+    /// With the RollingUpdate strategy: keep measuring this long after the rollout completes;
+    /// a failure then rolls back like a failed rollout. Without it only canaries are analysed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub duration: Option<String>,
+    /// The checks. Defaults to an error ratio below 1% and a p95 latency below 500 ms of the
+    /// new revision (series `http_requests_total` and `http_request_duration_seconds` with
+    /// labels namespace, app and revision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 10))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub metrics: Option<Vec<AnalysisMetric>>,
+}
+
+/// The Prometheus HTTP API to query.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusSource {
+    /// Base URL, e.g. `http://prometheus-operated.monitoring:9090`.
+    #[schemars(regex(pattern = HTTP_URL_PATTERN), length(min = 1, max = 512))]
+    pub address: String,
+}
+
+/// One check: a PromQL query whose single value must lie within the range.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("has(self.thresholdRange.min) || has(self.thresholdRange.max)").message("analysis.metrics[].thresholdRange needs min or max (or both)"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisMetric {
+    /// Name shown in status and Events, e.g. `error-rate`.
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(min = 1, max = 63))]
+    pub name: String,
+    /// PromQL returning one number. `{{namespace}}`, `{{app}}` and `{{revision}}` are
+    /// replaced by the app's namespace, name and the revision under analysis.
+    #[schemars(length(min = 1, max = 4096))]
+    pub query: String,
+    /// The measurement passes when min <= value <= max.
+    pub threshold_range: ThresholdRange,
+}
+
+/// Inclusive bounds of a passing measurement.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ThresholdRange {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+}
+
+/// An Ingress for the app's Service.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    /// Host name, e.g. `api.example.com` (a DNS-1123 subdomain, `*.` allowed as first label).
+    #[schemars(
+        regex(pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"),
+        length(min = 1, max = 253)
+    )]
+    pub host: String,
+    /// Path prefix routed to the app. Defaults to `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^/[A-Za-z0-9/._~%!$&'()*+,;=:@-]*$"), length(min = 1, max = 1024))]
+    pub path: Option<String>,
+    /// IngressClass, e.g. `nginx`. Defaults to the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    pub class_name: Option<String>,
+    /// Serve HTTPS with a certificate from this Secret, or issued by cert-manager.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<IngressTls>,
+    /// Extra annotations for the Ingress controller, e.g. rate limits
+    /// (`nginx.ingress.kubernetes.io/limit-rps: "20"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 64, "additionalProperties" = {"type": "string", "maxLength": MAX_ANNOTATION_VALUE_LEN}))]
+    #[x_kube(
+        validation = Rule::new(keys_are_qualified_names!()).message("spec.ingress.annotations keys must be qualified names: [DNS-subdomain prefix/]name"),
+        validation = Rule::new("self.all(k, !k.startsWith('empacts.io/') && !k.startsWith('cert-manager.io/'))").message("spec.ingress.annotations must not set empacts.io/* or cert-manager.io/* annotations: use spec.ingress.tls.issuer for cert-manager"),
+    )]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// TLS of the Ingress: a Secret you provide, or one cert-manager fills from an issuer.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(
+    validation = Rule::new("has(self.secretName) || has(self.issuer)").message("spec.ingress.tls needs secretName, issuer, or both"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressTls {
+    /// Secret holding the certificate (`tls.crt`, `tls.key`). With `issuer` it defaults to
+    /// `<app>-tls`, which cert-manager creates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    pub secret_name: Option<String>,
+    /// cert-manager issuer that issues the certificate (sets its ingress-shim annotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DNS_SUBDOMAIN_PATTERN), length(min = 1, max = 253))]
+    pub issuer: Option<String>,
+    /// `ClusterIssuer` (default) or `Issuer` (namespaced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_kind: Option<IssuerKind>,
+}
+
+/// cert-manager issuer kinds.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum IssuerKind {
+    #[default]
+    ClusterIssuer,
+    Issuer,
+}
+
+/// Ingress isolation of the app's pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Create the NetworkPolicy. Defaults to true when `networkPolicy` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Namespace of the Ingress controller, allowed to reach the app port. Defaults to
+    /// `ingress-nginx`; the empty string allows no controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$"), length(max = 63))]
+    pub ingress_controller_namespace: Option<String>,
+    /// Callers allowed in: pods matching podSelector in namespaces matching
+    /// namespaceSelector (either alone means: all pods of the app's namespace / all of those namespaces).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub allow_from: Option<Vec<NetworkPeer>>,
+    /// Ports callers may reach. Defaults to the app port (and the metrics port with monitoring).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16), inner(range(min = 1, max = 65535)))]
+    pub allow_ports: Option<Vec<i32>>,
+}
+
+/// A set of callers, by labels (exact matches).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(
+    validation = Rule::new("has(self.namespaceSelector) || has(self.podSelector)").message("spec.networkPolicy.allowFrom[] needs namespaceSelector, podSelector, or both"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPeer {
+    /// Labels of the callers' namespaces, e.g. `{kubernetes.io/metadata.name: web}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 16, "additionalProperties" = {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE_PATTERN}))]
+    #[x_kube(validation = Rule::new(keys_are_qualified_names!()).message("selector keys must be qualified names"))]
+    pub namespace_selector: Option<BTreeMap<String, String>>,
+    /// Labels of the caller pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 16, "additionalProperties" = {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE_PATTERN}))]
+    #[x_kube(validation = Rule::new(keys_are_qualified_names!()).message("selector keys must be qualified names"))]
+    pub pod_selector: Option<BTreeMap<String, String>>,
+}
+
+/// Prometheus Operator objects for the app.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Monitoring {
+    /// Port serving metrics. Defaults to the app port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+    /// Metrics path. Defaults to `/metrics`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = PROBE_PATH_PATTERN), length(min = 1, max = 1024))]
+    pub path: Option<String>,
+    /// Scrape interval. Defaults to 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub interval: Option<String>,
+    /// Labels the Prometheus instance selects ServiceMonitors and PrometheusRules by, e.g. `{release: prometheus}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 16, "additionalProperties" = {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE_PATTERN}))]
+    #[x_kube(
+        validation = Rule::new(keys_are_qualified_names!()).message("spec.monitoring.labels keys must be qualified names"),
+        validation = Rule::new("self.all(k, !k.startsWith('app.kubernetes.io/') && !k.startsWith('empacts.io/'))").message("spec.monitoring.labels must not set app.kubernetes.io/* or empacts.io/* labels: the operator sets them"),
+    )]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Alerts in a PrometheusRule. Defaults to enabled with the thresholds below.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<Alerts>,
+}
+
+/// The app's alerts: HighErrorRate, HighResponseTime and PodCrashLooping.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Alerts {
+    /// Create the PrometheusRule. Defaults to true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// HighErrorRate fires above this ratio of 5xx responses for `for`. Defaults to 0.01.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub error_rate: Option<f64>,
+    /// HighResponseTime fires above this p95 latency in seconds for `for`. Defaults to 0.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.001, max = 3600.0))]
+    pub latency_p95_seconds: Option<f64>,
+    /// How long a condition must hold before its alert fires. Defaults to 5m.
+    #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub for_: Option<String>,
 }
 
 /// One secret environment variable: exactly one of `generate` or `secretKeyRef`.
@@ -428,4 +702,11 @@ pub struct RolloutPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 50))]
     pub revision_history_limit: Option<i32>,
+    /// `RollingUpdate` (default) or `Canary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<RolloutStrategy>,
+    /// Canary steps, by increasing weight. Defaults to `[{weight: 10, pause: 2m}, {weight: 50, pause: 5m}]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 20))]
+    pub steps: Option<Vec<CanaryStep>>,
 }

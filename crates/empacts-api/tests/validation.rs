@@ -156,6 +156,32 @@ const REFUSED: &[(&str, &str, &str)] = &[
         "must not set empacts.io/*",
     ),
     ("{image: 'api:1', podAnnotations: {'a b': x}}", "spec.podAnnotations", "qualified names"),
+    ("{image: 'api:1', rollout: {strategy: Canary, steps: [{weight: 0}]}}", "spec.rollout.steps.0.weight", "minimum"),
+    (
+        "{image: 'api:1', rollout: {steps: [{weight: 10, pause: 2 min}]}}",
+        "spec.rollout.steps.0.pause",
+        "does not match",
+    ),
+    (
+        "{image: 'api:1', analysis: {prometheus: {address: 'http://user:pw@prom:9090'}}}",
+        "spec.analysis.prometheus.address",
+        "does not match",
+    ),
+    (
+        "{image: 'api:1', analysis: {prometheus: {address: 'http://p'}, metrics: [{name: x, query: up, thresholdRange: {}}]}}",
+        "spec.analysis.metrics[0]",
+        "needs min or max",
+    ),
+    ("{image: 'api:1', ingress: {host: 'API.example.com'}}", "spec.ingress.host", "does not match"),
+    ("{image: 'api:1', ingress: {host: a.example.com, tls: {}}}", "spec.ingress.tls", "secretName, issuer"),
+    (
+        "{image: 'api:1', ingress: {host: a.example.com, annotations: {'cert-manager.io/cluster-issuer': x}}}",
+        "spec.ingress.annotations",
+        "tls.issuer",
+    ),
+    ("{image: 'api:1', networkPolicy: {allowFrom: [{}]}}", "spec.networkPolicy.allowFrom[0]", "namespaceSelector"),
+    ("{image: 'api:1', monitoring: {labels: {'app.kubernetes.io/name': x}}}", "spec.monitoring.labels", "must not set"),
+    ("{image: 'api:1', monitoring: {alerts: {errorRate: 2}}}", "spec.monitoring.alerts.errorRate", "maximum"),
 ];
 
 #[test]
@@ -294,6 +320,11 @@ fn valid_specs_pass() {
         "{image: 'api:1', podAnnotations: {'testbed.empacts.dev/run-duration': 4s}}",
         "{image: 'api:1', probes: {liveness: {path: '/health?full=1&x=%20'}, readiness: {path: /}}}",
         "{image: 'api:1', command: [sh, -c, 'exec server --port 8080'], args: ['']}",
+        "{image: 'api:1', rollout: {strategy: Canary, steps: [{weight: 10, pause: 30s}, {weight: 50}, {weight: 100, pause: 1h}]}}",
+        "{image: 'api:1', analysis: {prometheus: {address: 'https://prometheus.monitoring.svc:9090/prom'}, interval: 10s, failureLimit: 1, duration: 5m, metrics: [{name: error-rate, query: 'sum(rate(x{app=\"{{app}}\"}[1m]))', thresholdRange: {max: 0.01}}]}}",
+        "{image: 'api:1', ingress: {host: '*.example.com', path: /api, className: nginx, tls: {issuer: letsencrypt}, annotations: {'nginx.ingress.kubernetes.io/limit-rps': '20'}}}",
+        "{image: 'api:1', networkPolicy: {ingressControllerNamespace: '', allowFrom: [{namespaceSelector: {'kubernetes.io/metadata.name': web}}, {podSelector: {role: client}}], allowPorts: [8080, 9090]}}",
+        "{image: 'api:1', monitoring: {port: 9090, path: /metrics, interval: 15s, labels: {release: prometheus}, alerts: {errorRate: 0.05, latencyP95Seconds: 1.5, for: 10m}}}",
     ] {
         validate(&app(spec)).unwrap_or_else(|e| panic!("{spec} must be valid: {e}"));
     }
