@@ -34,4 +34,16 @@ pub mod reasons {
     pub const NAME_TAKEN: &str = "NameTaken";
     /// A migration or rollback Job vanished before its result was recorded.
     pub const MIGRATION_JOB_LOST: &str = "MigrationJobLost";
+    /// A canary step is running (or its pods are starting).
+    pub const CANARY_STEP: &str = "CanaryStep";
+    /// A canary step without a pause waits for `empacts promote`.
+    pub const WAITING_FOR_PROMOTE: &str = "WaitingForPromote";
+    /// The stable Deployment takes the canary's revision.
+    pub const PROMOTING: &str = "Promoting";
+    /// A completed rolling update is analysed for `analysis.duration`.
+    pub const ANALYSING: &str = "Analysing";
+    /// Metric analysis failed: the revision is rolled back.
+    pub const ANALYSIS_FAILED: &str = "AnalysisFailed";
+    /// A canary was aborted on request.
+    pub const ABORTED: &str = "Aborted";
 }

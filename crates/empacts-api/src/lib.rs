@@ -24,6 +24,11 @@ pub mod annotations {
     /// `<revision>@<request id>`: roll back to that revision, exactly as an automatic rollback
     /// would (down-migrations first), leaving the spec as it is. Acknowledged on the ledger.
     pub const ROLLBACK_TO: &str = "empacts.io/rollback-to";
+    /// Any new value promotes the canary one step (`full:<id>`: past every remaining step).
+    pub const PROMOTE: &str = "empacts.io/promote";
+    /// Any new value aborts the canary: its pods stop, the stable revision keeps serving,
+    /// migrations done for it are undone as in an automatic rollback.
+    pub const ABORT: &str = "empacts.io/abort";
     /// On a generated Secret: the rotation request its value satisfies.
     pub const ROTATION: &str = "empacts.io/rotation";
     /// On a pod template: hash of the referenced ConfigMap/Secret content.
@@ -52,6 +57,8 @@ pub mod labels {
     /// seconds of a change. Secrets without it are re-read at every resync of their apps: the
     /// operator never watches every Secret of a namespace.
     pub const WATCH: &str = "empacts.io/watch";
+    /// `canary` on the canary Deployment's pods (and in its selector).
+    pub const TRACK: &str = "empacts.io/track";
     /// Marks Secrets whose value the operator generated.
     pub const GENERATED_SECRET: &str = "empacts.io/generated-secret";
 }

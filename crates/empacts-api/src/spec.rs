@@ -111,6 +111,7 @@ pub const MAX_APP_NAME_LEN: usize = 42;
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
     printcolumn(name = "Revision", type_ = "string", json_path = ".status.currentRevision"),
+    printcolumn(name = "Canary", type_ = "string", json_path = ".status.canary.progress"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("size(self.metadata.name) <= 42").message("metadata.name must be at most 42 characters: child names such as <name>-migrate-<hash> must fit in 63"),
     validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter): it names the Service"),

@@ -52,6 +52,58 @@ pub struct EmpactsAppStatus {
     /// Last rotation request (value of the empacts.io/rotate-secrets annotation) acted upon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_rotation: Option<String>,
+    /// The canary in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryStatus>,
+    /// Metric analysis of the desired revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisStatus>,
+}
+
+/// Where a canary stands.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryStatus {
+    /// The revision running as the canary.
+    pub revision: String,
+    /// Current step, 1-based (steps + 1 while the stable Deployment takes the revision).
+    pub step: i32,
+    pub steps: i32,
+    /// Percent of the app's pods the step asks for.
+    pub weight: i32,
+    /// Pods of the canary Deployment, and of the stable one (unless an autoscaler owns it).
+    pub canary_replicas: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_replicas: Option<i32>,
+    /// Short form for `kubectl get`: `1/2 10%`, or `promoting`.
+    pub progress: String,
+}
+
+/// Metric analysis so far.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisStatus {
+    pub revision: String,
+    pub passed: i32,
+    pub failed: i32,
+    pub inconclusive: i32,
+    /// The latest measurements, newest first (at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub measurements: Vec<MeasurementRecord>,
+}
+
+/// One metric measured once.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MeasurementRecord {
+    pub metric: String,
+    /// The query's value, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Passed, Failed or Inconclusive.
+    pub phase: String,
+    pub message: String,
+    pub at: Time,
 }
 
 /// Lifecycle summary.

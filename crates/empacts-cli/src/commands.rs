@@ -1,4 +1,5 @@
-//! Client commands against a cluster: status, history, rollback, retry, rotate-secret.
+//! Client commands against a cluster: status, history, rollback, retry, promote, abort,
+//! rotate-secret.
 //! They only read the app or change its spec/annotations; the operator does the rest, so
 //! the spec stays the one truth (GitOps users commit what `rollback` wrote).
 
@@ -56,6 +57,24 @@ pub async fn status(client: &Client, ns: &str, name: &str) -> anyhow::Result<Str
             m.phase,
             m.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
         )?;
+    }
+    if let Some(c) = &s.canary {
+        let stable = c.stable_replicas.map(|n| format!(", {n} stable")).unwrap_or_default();
+        writeln!(
+            out,
+            "  canary:           {} step {} ({} canary pods{stable})",
+            c.revision, c.progress, c.canary_replicas
+        )?;
+    }
+    if let Some(a) = &s.analysis {
+        writeln!(
+            out,
+            "  analysis:         {}: {} passed, {} failed, {} inconclusive",
+            a.revision, a.passed, a.failed, a.inconclusive
+        )?;
+        for m in a.measurements.iter().take(4) {
+            writeln!(out, "    {:<18} {:<12} {}", m.metric, m.phase, m.message)?;
+        }
     }
     writeln!(out, "  conditions:")?;
     for c in &s.conditions {
@@ -182,6 +201,19 @@ async fn annotate_with(client: &Client, ns: &str, name: &str, key: &str, value: 
 /// Ask the operator to retry a failed revision (migration or rollout).
 pub async fn retry(client: &Client, ns: &str, name: &str) -> anyhow::Result<String> {
     annotate(client, ns, name, annotations::RETRY).await
+}
+
+/// Promote the canary one step (`full`: past every remaining step).
+pub async fn promote(client: &Client, ns: &str, name: &str, full: bool) -> anyhow::Result<String> {
+    let stamp = k8s_openapi::jiff::Timestamp::now().to_string();
+    let value = if full { format!("full:{stamp}") } else { stamp };
+    annotate_with(client, ns, name, annotations::PROMOTE, &value).await?;
+    Ok(value)
+}
+
+/// Abort the canary: its pods stop, the stable revision serves, migrations are undone.
+pub async fn abort(client: &Client, ns: &str, name: &str) -> anyhow::Result<String> {
+    annotate(client, ns, name, annotations::ABORT).await
 }
 
 /// Ask the operator to regenerate every generated secret of the app (pods roll).

@@ -42,6 +42,17 @@ enum Command {
     },
     /// Retry a failed revision (migration or rollout) without changing the spec.
     Retry(AppArgs),
+    /// Move a canary to its next step now (skipping the pause), or with --full past every step.
+    Promote {
+        #[command(flatten)]
+        app: AppArgs,
+        /// Skip every remaining step: the stable Deployment takes the new revision.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Abort a canary: its pods stop, the stable version keeps serving, migrations done for
+    /// it are undone with their rollbackCommand; it holds until the spec changes or `empacts retry`.
+    Abort(AppArgs),
     /// Regenerate every operator-generated secret of the app; pods roll to pick them up.
     RotateSecret(AppArgs),
     /// Print the EmpactsApp CustomResourceDefinition as YAML.
@@ -104,6 +115,15 @@ fn main() -> anyhow::Result<()> {
         Command::Retry(app) => client_command(app, |c, ns, name| async move {
             commands::retry(&c, &ns, &name).await?;
             Ok(format!("{ns}/{name}: retry requested\n"))
+        }),
+        Command::Promote { app, full } => client_command(app, move |c, ns, name| async move {
+            commands::promote(&c, &ns, &name, full).await?;
+            let what = if full { "full promotion" } else { "promotion to the next step" };
+            Ok(format!("{ns}/{name}: {what} requested; see `empacts status`\n"))
+        }),
+        Command::Abort(app) => client_command(app, |c, ns, name| async move {
+            commands::abort(&c, &ns, &name).await?;
+            Ok(format!("{ns}/{name}: abort requested; see `empacts status`\n"))
         }),
         Command::RotateSecret(app) => client_command(app, |c, ns, name| async move {
             commands::rotate_secrets(&c, &ns, &name).await?;

@@ -72,6 +72,7 @@ fn main() {
             ready_replicas: 3,
             available_replicas: 3,
             progress_deadline_exceeded: false,
+            progressed_at: None,
         }),
         ..Default::default()
     };

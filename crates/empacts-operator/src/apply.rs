@@ -143,6 +143,21 @@ impl Writer<'_> {
                 let desired = deployment::build(&app, revision, hash.as_deref(), replicas);
                 ensure(self.ctx, build::manifest(&desired), live.map(|d| &d.metadata), &app.uid).await?;
             }
+            Action::ApplyCanary { revision, replicas, stable_replicas } => {
+                let app = self.at(revision)?;
+                let hash = self.observed.config_hashes.get(revision).cloned().flatten();
+                let desired = deployment::canary(&app, revision, hash.as_deref(), *replicas);
+                let live = self.observed.canary.as_ref().map(|d| &d.metadata);
+                ensure(self.ctx, build::manifest(&desired), live, &app.uid).await?;
+                if let (Some(stable), Some(n)) = (self.observed.deployment.as_ref(), stable_replicas) {
+                    scale(self.client(), stable, *n).await?;
+                }
+            }
+            Action::StopCanary => {
+                if let Some(canary) = self.observed.canary.as_ref() {
+                    scale(self.client(), canary, 0).await?;
+                }
+            }
             Action::ApplyServing => self.serving().await?,
             Action::Prune(prune) => {
                 let (client, ns) = (self.client().clone(), self.ns().to_string());
@@ -379,6 +394,23 @@ async fn delete<K: Object>(client: &Client, ns: &str, name: &str) -> Result<bool
         Ok(_) => Ok(true),
         Err(e) if is_not_found(&e) => Ok(false),
         Err(e) => Err(write_error::<K>(ns, name, e)),
+    }
+}
+
+/// Set a Deployment's replica count (only that field: its template stays as it is), if it
+/// differs. A later apply of the Deployment sets its own count again.
+async fn scale(client: &Client, deployment: &k8s_openapi::api::apps::v1::Deployment, replicas: i32) -> Result<()> {
+    if deployment.spec.as_ref().and_then(|s| s.replicas) == Some(replicas) {
+        return Ok(());
+    }
+    let (ns, name) = (deployment.namespace().unwrap_or_default(), deployment.name_any());
+    let api: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), &ns);
+    let patch = serde_json::json!({"metadata": {"uid": deployment.metadata.uid}, "spec": {"replicas": replicas}});
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+    match api.patch(&name, &params, &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(write_error::<k8s_openapi::api::apps::v1::Deployment>(&ns, &name, e)),
     }
 }
 

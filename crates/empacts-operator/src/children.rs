@@ -46,6 +46,8 @@ pub struct ChildMetas {
     pub cached: bool,
     /// The app's Deployment and Jobs as cached (observe confirms an absence with a fresh read).
     pub deployment: Option<Deployment>,
+    /// The canary Deployment (`<app>-canary`) as cached.
+    pub canary: Option<Deployment>,
     pub jobs: Vec<Job>,
 }
 
@@ -57,6 +59,8 @@ impl ChildMetas {
             ChildMetas { cached: stores.deployments.is_some() && stores.jobs.is_some(), ..Default::default() };
         if let Some(deployments) = &stores.deployments {
             out.deployment = deployments.get(&ObjectRef::new(name).within(ns)).map(|d| d.as_ref().clone());
+            let canary = crate::names::canary(name);
+            out.canary = deployments.get(&ObjectRef::new(&canary).within(ns)).map(|d| d.as_ref().clone());
         }
         if let Some(jobs) = &stores.jobs {
             let ours = |j: &Job| {

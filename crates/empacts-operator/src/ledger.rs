@@ -15,6 +15,16 @@
 //! - `empacts.io/desired-generation: "<generation>"`: the last generation it became desired.
 //! - `empacts.io/retry-ack`, `empacts.io/rollback-ack`: request values acted upon;
 //!   `empacts.io/rollback-target`: where a requested rollback goes.
+//! - `empacts.io/canary: "<generation> <step> <since|->"`: the canary of the revision, desired
+//!   at that generation, is at that step (0-based; the number of steps means promoted), its
+//!   pods ready since that Unix time (the step's pause counts from there).
+//! - `empacts.io/analysis: "<generation> <started> <last> <passed> <failed> <inconclusive>"`:
+//!   metric analysis of the revision desired at that generation: when it started, when it
+//!   last measured, and the measurements by outcome. A new desired generation starts afresh.
+//! - `empacts.io/promote-ack`, `empacts.io/abort-ack`: canary requests acted upon.
+//! - `empacts.io/rolled-at: "<unix time>"`: when its pods were last asked for (the
+//!   Deployment switched to it, or its canary step began); the operator's own progress
+//!   deadline counts from there.
 
 use std::collections::BTreeMap;
 
@@ -29,6 +39,11 @@ pub const DESIRED_GENERATION: &str = "empacts.io/desired-generation";
 pub const RETRY_ACK: &str = "empacts.io/retry-ack";
 pub const ROLLBACK_ACK: &str = "empacts.io/rollback-ack";
 pub const ROLLBACK_TARGET: &str = "empacts.io/rollback-target";
+pub const CANARY: &str = "empacts.io/canary";
+pub const ANALYSIS: &str = "empacts.io/analysis";
+pub const PROMOTE_ACK: &str = "empacts.io/promote-ack";
+pub const ABORT_ACK: &str = "empacts.io/abort-ack";
+pub const ROLLED_AT: &str = "empacts.io/rolled-at";
 /// Set on every revision recorded (or imported) by a build that keeps this ledger. A
 /// ControllerRevision without it and without a desired generation was recorded by an
 /// earlier build: its facts are imported once from what that build left (status, Jobs).
@@ -126,6 +141,10 @@ pub enum FailReason {
     MigrationLost,
     /// A user asked to roll back from it.
     RollbackRequested,
+    /// Its metric analysis failed (or stayed inconclusive) too often.
+    AnalysisFailed,
+    /// A user aborted its canary.
+    Aborted,
 }
 
 impl FailReason {
@@ -135,6 +154,8 @@ impl FailReason {
             FailReason::RolloutFailed => "RolloutFailed",
             FailReason::MigrationLost => "MigrationLost",
             FailReason::RollbackRequested => "RollbackRequested",
+            FailReason::AnalysisFailed => "AnalysisFailed",
+            FailReason::Aborted => "Aborted",
         }
     }
 
@@ -144,9 +165,76 @@ impl FailReason {
             FailReason::RolloutFailed,
             FailReason::MigrationLost,
             FailReason::RollbackRequested,
+            FailReason::AnalysisFailed,
+            FailReason::Aborted,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)
+    }
+}
+
+/// Where the canary of a revision stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CanaryMark {
+    /// The desired generation this canary belongs to (an older one no longer counts).
+    pub generation: i64,
+    /// Index of the current step; the number of steps: promoted.
+    pub step: u32,
+    /// Unix time the step's canary pods were all ready.
+    pub since: Option<i64>,
+}
+
+impl CanaryMark {
+    pub fn encode(&self) -> String {
+        let since = self.since.map(|t| t.to_string()).unwrap_or_else(|| "-".into());
+        format!("{} {} {since}", self.generation, self.step)
+    }
+
+    pub fn decode(s: &str) -> Option<Self> {
+        let mut it = s.split(' ');
+        let generation = it.next()?.parse().ok()?;
+        let step = it.next()?.parse().ok()?;
+        let since = match it.next()? {
+            "-" => None,
+            t => Some(t.parse().ok()?),
+        };
+        Some(CanaryMark { generation, step, since })
+    }
+}
+
+/// Measurements of a revision's metric analysis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AnalysisMark {
+    /// The desired generation this analysis belongs to.
+    pub generation: i64,
+    /// Unix time the analysis started, and of its last measurement.
+    pub started: i64,
+    pub last: Option<i64>,
+    pub passed: u32,
+    pub failed: u32,
+    pub inconclusive: u32,
+}
+
+impl AnalysisMark {
+    pub fn encode(&self) -> String {
+        let last = self.last.map(|t| t.to_string()).unwrap_or_else(|| "-".into());
+        format!("{} {} {last} {} {} {}", self.generation, self.started, self.passed, self.failed, self.inconclusive)
+    }
+
+    pub fn decode(s: &str) -> Option<Self> {
+        let v: Vec<&str> = s.split(' ').collect();
+        let [generation, started, last, passed, failed, inconclusive] = v.as_slice() else { return None };
+        Some(AnalysisMark {
+            generation: generation.parse().ok()?,
+            started: started.parse().ok()?,
+            last: match *last {
+                "-" => None,
+                t => Some(t.parse().ok()?),
+            },
+            passed: passed.parse().ok()?,
+            failed: failed.parse().ok()?,
+            inconclusive: inconclusive.parse().ok()?,
+        })
     }
 }
 
@@ -169,6 +257,11 @@ pub struct Entry {
     pub retry_ack: Option<String>,
     pub rollback_ack: Option<String>,
     pub rollback_target: Option<String>,
+    pub canary: Option<CanaryMark>,
+    pub analysis: Option<AnalysisMark>,
+    pub promote_ack: Option<String>,
+    pub abort_ack: Option<String>,
+    pub rolled_at: Option<i64>,
     /// Its effective spec has a rollbackCommand (for the desired revision: the current spec's).
     pub has_rollback_command: bool,
     /// The recorded spec decodes (it can be rolled back to).
@@ -206,6 +299,11 @@ pub fn read_marks(cr: &ControllerRevision, entry: &mut Entry) {
     entry.retry_ack = a.get(RETRY_ACK).cloned();
     entry.rollback_ack = a.get(ROLLBACK_ACK).cloned();
     entry.rollback_target = a.get(ROLLBACK_TARGET).cloned();
+    entry.canary = a.get(CANARY).and_then(|v| CanaryMark::decode(v));
+    entry.analysis = a.get(ANALYSIS).and_then(|v| AnalysisMark::decode(v));
+    entry.promote_ack = a.get(PROMOTE_ACK).cloned();
+    entry.abort_ack = a.get(ABORT_ACK).cloned();
+    entry.rolled_at = parse_i64(a, ROLLED_AT);
     entry.number = cr.revision;
     entry.resource_version = cr.metadata.resource_version.clone();
     entry.legacy = !a.contains_key(LEDGER_VERSION) && !a.contains_key(DESIRED_GENERATION);
@@ -229,6 +327,20 @@ pub enum Mark {
         target: Option<String>,
         failed: Option<FailedMark>,
     },
+    Canary(CanaryMark),
+    Analysis(AnalysisMark),
+    /// Its pods were asked for at this Unix time.
+    Rolled(i64),
+    /// A promote request acknowledged, with the canary step it leads to.
+    PromoteAck {
+        value: String,
+        canary: Option<CanaryMark>,
+    },
+    /// An abort request acknowledged (failed None: there was no canary to abort).
+    AbortAck {
+        value: String,
+        failed: Option<FailedMark>,
+    },
     /// Facts of a revision recorded by an earlier build, written once.
     Import {
         migration: MigrationMark,
@@ -247,10 +359,33 @@ impl Mark {
             Mark::Failed(f) => BTreeMap::from([(FAILED, Some(failed(f)))]),
             Mark::Good(g) => BTreeMap::from([(GOOD, Some(g.to_string()))]),
             Mark::RetryAck { value, migration } => {
-                let mut out =
-                    BTreeMap::from([(RETRY_ACK, Some(value.clone())), (FAILED, None), (ROLLBACK_TARGET, None)]);
+                // A retry starts the canary and its analysis over.
+                let mut out = BTreeMap::from([
+                    (RETRY_ACK, Some(value.clone())),
+                    (FAILED, None),
+                    (ROLLBACK_TARGET, None),
+                    (CANARY, None),
+                    (ANALYSIS, None),
+                ]);
                 if let Some(m) = migration {
                     out.insert(MIGRATION, Some(m.encode()));
+                }
+                out
+            }
+            Mark::Canary(c) => BTreeMap::from([(CANARY, Some(c.encode()))]),
+            Mark::Rolled(t) => BTreeMap::from([(ROLLED_AT, Some(t.to_string()))]),
+            Mark::Analysis(a) => BTreeMap::from([(ANALYSIS, Some(a.encode()))]),
+            Mark::PromoteAck { value, canary } => {
+                let mut out = BTreeMap::from([(PROMOTE_ACK, Some(value.clone()))]);
+                if let Some(c) = canary {
+                    out.insert(CANARY, Some(c.encode()));
+                }
+                out
+            }
+            Mark::AbortAck { value, failed: f } => {
+                let mut out = BTreeMap::from([(ABORT_ACK, Some(value.clone()))]);
+                if let Some(f) = f {
+                    out.insert(FAILED, Some(failed(f)));
                 }
                 out
             }
@@ -284,8 +419,25 @@ impl Mark {
                 e.retry_ack = Some(value.clone());
                 e.failed = None;
                 e.rollback_target = None;
+                e.canary = None;
+                e.analysis = None;
                 if let Some(m) = migration {
                     e.migration = *m;
+                }
+            }
+            Mark::Canary(c) => e.canary = Some(*c),
+            Mark::Rolled(t) => e.rolled_at = Some(*t),
+            Mark::Analysis(a) => e.analysis = Some(*a),
+            Mark::PromoteAck { value, canary } => {
+                e.promote_ack = Some(value.clone());
+                if canary.is_some() {
+                    e.canary = *canary;
+                }
+            }
+            Mark::AbortAck { value, failed } => {
+                e.abort_ack = Some(value.clone());
+                if failed.is_some() {
+                    e.failed = *failed;
                 }
             }
             Mark::Import { migration, failed, good } => {
@@ -394,6 +546,24 @@ mod tests {
                 failed: Some(FailedMark { generation: 3, reason: FailReason::RolloutFailed }),
                 good: None,
             },
+            Mark::Canary(CanaryMark { generation: 3, step: 1, since: Some(1_700_000_000) }),
+            Mark::Canary(CanaryMark { generation: 3, step: 0, since: None }),
+            Mark::Analysis(AnalysisMark {
+                generation: 3,
+                started: 10,
+                last: Some(40),
+                passed: 2,
+                failed: 1,
+                inconclusive: 3,
+            }),
+            Mark::Analysis(AnalysisMark { generation: 3, started: 10, last: None, ..Default::default() }),
+            Mark::PromoteAck { value: "p".into(), canary: Some(CanaryMark { generation: 3, step: 2, since: None }) },
+            Mark::AbortAck {
+                value: "a".into(),
+                failed: Some(FailedMark { generation: 4, reason: FailReason::Aborted }),
+            },
+            Mark::Failed(FailedMark { generation: 4, reason: FailReason::AnalysisFailed }),
+            Mark::Rolled(1_800_000_000),
         ];
         for mark in marks {
             let mut expected = entry("r", 1);

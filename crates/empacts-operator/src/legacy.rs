@@ -94,6 +94,7 @@ mod tests {
                 ready_replicas: 1,
                 available_replicas: 1,
                 progress_deadline_exceeded: false,
+                progressed_at: None,
             }),
             references_ok: vec!["g".into(), "d".into()],
             jobs,

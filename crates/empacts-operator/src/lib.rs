@@ -1,6 +1,7 @@
 //! The EmpactsApp operator as a library: pure desired-state builders and decisions,
 //! and the reconcile loop that applies them.
 
+pub mod analysis;
 pub mod apply;
 pub mod build;
 pub mod children;

@@ -6,6 +6,11 @@ pub fn workload(app: &str) -> String {
     app.to_string()
 }
 
+/// The canary Deployment: the new revision's pods during a canary.
+pub fn canary(app: &str) -> String {
+    format!("{app}-canary")
+}
+
 /// Immutable ConfigMap holding `spec.env`, named by its content so that every revision
 /// keeps pointing at the exact configuration it was tested with (rollbacks restore it too).
 pub fn env_config_map(app: &str, content_hash: &str) -> String {

@@ -18,7 +18,10 @@ use crate::children::ChildMetas;
 use crate::error::{Error, Result, is_not_found};
 use crate::hash::HashKey;
 use crate::ledger::{self, Entry, Ledger, MigrationState};
-use crate::plan::{DeploymentState, GeneratedSecret, JobKind, JobState, ObservedJob, PlanInput, RollbackRequest};
+use crate::plan::{
+    AnalysisSettings, Delivery, DeploymentState, GeneratedSecret, JobKind, JobState, ObservedJob, PlanInput,
+    RollbackRequest, Step,
+};
 use crate::revision::{RevisionSpec, identity};
 use crate::validate::ValidatedApp;
 use crate::{hash, legacy, names};
@@ -31,6 +34,8 @@ pub struct Observed {
     pub app: ValidatedApp,
     /// The Deployment, if this app controls it.
     pub deployment: Option<Deployment>,
+    /// The canary Deployment, if this app controls it.
+    pub canary: Option<Deployment>,
     /// Recorded spec of each readable revision (D: the current spec).
     pub specs: BTreeMap<String, EmpactsAppSpec>,
     /// Hash of the referenced Secret content per revision whose references are all present.
@@ -76,6 +81,16 @@ pub async fn observe(
             .get_opt(&names::workload(&app.name))
             .await
             .map_err(|e| read_error("Deployment", ns, &app.name, e))?,
+    };
+    // The canary exists only during canaries: a cached absence is believed (a canary the
+    // cache has not shown yet is applied again, which changes nothing).
+    let canary = match children.canary.clone() {
+        Some(d) => Some(d),
+        None if children.cached => None,
+        None => Api::<Deployment>::namespaced(client.clone(), ns)
+            .get_opt(&names::canary(&app.name))
+            .await
+            .map_err(|e| read_error("Deployment", ns, &names::canary(&app.name), e))?,
     };
     let revisions = Api::<ControllerRevision>::namespaced(client.clone(), ns)
         .list(&selector)
@@ -134,6 +149,13 @@ pub async fn observe(
     let deployment = match deployment {
         Some(d) if !controlled_by(&d.metadata, &app.uid) => {
             name_taken = Some(format!("Deployment {ns}/{}", d.name_any()));
+            None
+        }
+        other => other,
+    };
+    let canary = match canary {
+        Some(d) if !controlled_by(&d.metadata, &app.uid) => {
+            name_taken = name_taken.or(Some(format!("Deployment {ns}/{}", d.name_any())));
             None
         }
         other => other,
@@ -208,6 +230,7 @@ pub async fn observe(
         }
     }
 
+    let live_replicas = deployment.as_ref().and_then(|d| d.spec.as_ref()).and_then(|s| s.replicas);
     let input = PlanInput {
         app: app.name.clone(),
         generation: app.generation,
@@ -230,8 +253,38 @@ pub async fn observe(
         name_taken,
         config_maps: children.config_maps(&app),
         imports,
+        now: k8s_openapi::jiff::Timestamp::now().as_second(),
+        progress_deadline: i64::from(app.spec.rollout().progress_deadline_seconds()),
+        delivery: delivery(&app.spec),
+        analysis: app.spec.analysis.as_ref().map(|a| AnalysisSettings {
+            interval: a.interval_seconds(),
+            failure_limit: a.failure_limit(),
+            inconclusive_limit: a.inconclusive_limit(),
+            duration: a.duration_seconds(),
+        }),
+        measurement: None,
+        canary: canary.as_ref().map(deployment_state),
+        replicas: build::deployment::replicas(&app, live_replicas),
+        autoscaled: app.spec.autoscaling.is_some(),
+        promote: app.annotations.get(annotations::PROMOTE).cloned(),
+        abort: app.annotations.get(annotations::ABORT).cloned(),
     };
-    Ok(Observed { input, app, deployment, specs, config_hashes, generated, children, jobs })
+    let mut input = input;
+    if let Some(revision) = crate::plan::analysis_due(&input) {
+        input.measurement = Some(crate::analysis::measure(&app.spec, ns, &app.name, &revision).await);
+    }
+    Ok(Observed { input, app, deployment, canary, specs, config_hashes, generated, children, jobs })
+}
+
+/// The rollout strategy as the decision uses it.
+pub fn delivery(spec: &EmpactsAppSpec) -> Delivery {
+    let rollout = spec.rollout();
+    match rollout.strategy() {
+        empacts_api::RolloutStrategy::RollingUpdate => Delivery::RollingUpdate,
+        empacts_api::RolloutStrategy::Canary => Delivery::Canary(
+            rollout.steps().iter().map(|s| Step { weight: s.weight, pause: s.pause_seconds() }).collect(),
+        ),
+    }
 }
 
 /// A ledger entry's static facts from a revision's spec.
@@ -411,6 +464,13 @@ pub fn deployment_state(deployment: &Deployment) -> DeploymentState {
         ready_replicas: status.ready_replicas.unwrap_or(0),
         available_replicas: status.available_replicas.unwrap_or(0),
         progress_deadline_exceeded,
+        progressed_at: status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "Progressing")
+            .and_then(|c| c.last_update_time.as_ref())
+            .map(|t| t.0.as_second()),
     }
 }
 

@@ -15,13 +15,16 @@
 //! - a manual rollback request is the same procedure towards the requested good revision;
 //! - D stays failed until another revision was desired after the failure, or a retry.
 
-mod lifecycle;
+pub(crate) mod lifecycle;
 mod retention;
 
 use empacts_api::Phase;
 use empacts_api::conditions::reasons;
 
-pub use crate::ledger::{Entry, FailReason, FailedMark, Ledger, Mark, MigrationMark, MigrationState};
+pub use crate::ledger::{
+    AnalysisMark, CanaryMark, Entry, FailReason, FailedMark, Ledger, Mark, MigrationMark, MigrationState,
+};
+pub use lifecycle::analysis_due;
 pub use retention::{Retention, retention};
 
 /// State of a Job the operator created.
@@ -76,6 +79,8 @@ pub struct DeploymentState {
     pub available_replicas: i32,
     /// Progressing=False with reason ProgressDeadlineExceeded, for the current generation.
     pub progress_deadline_exceeded: bool,
+    /// Last update of the Progressing condition (Unix time): the controller saw progress.
+    pub progressed_at: Option<i64>,
 }
 
 impl DeploymentState {
@@ -120,8 +125,84 @@ pub struct RollbackRequest {
     pub target: String,
 }
 
-/// Everything the decision needs, gathered by `validate` and `observe`.
+/// One canary step as the decision uses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    pub weight: i32,
+    /// Seconds to hold the step once its pods are ready; None: until `empacts promote`.
+    pub pause: Option<u64>,
+}
+
+/// How a new revision reaches the pods.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Delivery {
+    #[default]
+    RollingUpdate,
+    Canary(Vec<Step>),
+}
+
+/// Metric analysis settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnalysisSettings {
+    pub interval: u64,
+    pub failure_limit: u32,
+    pub inconclusive_limit: u32,
+    /// Analysis of a completed rolling update lasts this long (None: canaries only).
+    pub duration: Option<u64>,
+}
+
+/// Outcome of one metric's measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Passed,
+    Failed,
+    /// Prometheus unreachable, an error, or no data: never a pass.
+    Inconclusive,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Passed => "Passed",
+            Verdict::Failed => "Failed",
+            Verdict::Inconclusive => "Inconclusive",
+        }
+    }
+}
+
+/// One metric measured once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricResult {
+    pub metric: String,
+    pub value: Option<f64>,
+    pub verdict: Verdict,
+    /// Why it is not a pass (the range missed, or the error), for Events and status.
+    pub detail: String,
+}
+
+/// Every metric of the analysis measured once, for `revision`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Measurement {
+    pub revision: String,
+    pub results: Vec<MetricResult>,
+}
+
+impl Measurement {
+    /// A failed metric fails the measurement; otherwise an inconclusive one makes it inconclusive.
+    pub fn verdict(&self) -> Verdict {
+        let any = |v| self.results.iter().any(|r| r.verdict == v);
+        if any(Verdict::Failed) {
+            Verdict::Failed
+        } else if any(Verdict::Inconclusive) || self.results.is_empty() {
+            Verdict::Inconclusive
+        } else {
+            Verdict::Passed
+        }
+    }
+}
+
+/// Everything the decision needs, gathered by `validate` and `observe`.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct PlanInput {
     /// The app's name (for messages and Job names).
     pub app: String,
@@ -154,6 +235,24 @@ pub struct PlanInput {
     pub config_maps: Vec<String>,
     /// Facts of revisions recorded by an earlier build, to write once (already in `ledger`).
     pub imports: Vec<(String, Mark)>,
+    /// Unix seconds of this reconcile: canary pauses, analysis intervals and the operator's
+    /// own progress deadline count from it.
+    pub now: i64,
+    /// spec.rollout.progressDeadlineSeconds.
+    pub progress_deadline: i64,
+    pub delivery: Delivery,
+    pub analysis: Option<AnalysisSettings>,
+    /// This reconcile's measurement, taken when [`analysis_due`] said so.
+    pub measurement: Option<Measurement>,
+    /// The canary Deployment (`<app>-canary`), if this app controls it.
+    pub canary: Option<DeploymentState>,
+    /// Pods the app runs (spec.replicas, or the autoscaler's current count).
+    pub replicas: i32,
+    /// An autoscaler owns the stable Deployment's replica count.
+    pub autoscaled: bool,
+    /// `empacts.io/promote` and `empacts.io/abort` request values.
+    pub promote: Option<String>,
+    pub abort: Option<String>,
 }
 
 /// One write, in the order the plan gives.
@@ -195,6 +294,15 @@ pub enum Action {
     ApplyDeployment {
         revision: String,
     },
+    /// The canary Deployment with this revision's template at `replicas`, and the stable
+    /// Deployment (keeping its revision) at `stable_replicas` unless an autoscaler owns them.
+    ApplyCanary {
+        revision: String,
+        replicas: i32,
+        stable_replicas: Option<i32>,
+    },
+    /// The canary Deployment to 0 pods (if it runs any).
+    StopCanary,
     /// Service, HPA, PDB from the current spec (removed when no longer in it).
     ApplyServing,
     Prune(Retention),
@@ -216,6 +324,20 @@ pub struct Plan {
     pub migration_complete: Option<bool>,
     /// Warnings worth an Event that are not a phase (names only, never values).
     pub notes: Vec<(&'static str, String)>,
+    /// The canary in progress, for status.
+    pub canary: Option<CanaryView>,
+}
+
+/// Where a canary stands, for status and `kubectl get`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanaryView {
+    pub revision: String,
+    /// 1-based; steps + 1 while promoting.
+    pub step: u32,
+    pub steps: u32,
+    pub weight: i32,
+    pub replicas: i32,
+    pub stable_replicas: Option<i32>,
 }
 
 /// The plan under construction: marks update the working ledger as they are emitted.
@@ -225,6 +347,7 @@ pub(crate) struct Builder<'a> {
     pub actions: Vec<Action>,
     pub notes: Vec<(&'static str, String)>,
     pub current: Option<String>,
+    pub canary: Option<CanaryView>,
 }
 
 impl<'a> Builder<'a> {
@@ -251,6 +374,7 @@ impl<'a> Builder<'a> {
             current: self.current,
             migration_complete,
             notes: self.notes,
+            canary: self.canary,
         }
     }
 }
@@ -274,6 +398,7 @@ pub fn plan(input: &PlanInput) -> Plan {
         actions: Vec::new(),
         notes: Vec::new(),
         current: input.deployment.as_ref().and_then(|d| d.revision.clone()),
+        canary: None,
     };
     if let Some(message) = &input.invalid {
         return b.finish(Phase::Stalled, reasons::INVALID_SPEC, message.clone());
@@ -365,11 +490,21 @@ fn generated_secrets(b: &mut Builder<'_>) -> bool {
     creating
 }
 
-/// Acknowledge retry and rollback requests on D's ledger entry, before acting on them.
+/// Acknowledge retry, rollback and abort requests on D's ledger entry, before acting on
+/// them (a promote is acknowledged where the canary is decided).
 fn requests(b: &mut Builder<'_>) {
     let input = b.input;
     let d = input.desired.as_str();
     let entry = b.ledger.get(d).cloned().unwrap_or_default();
+    if let Some(value) = input.abort.as_ref().filter(|v| entry.abort_ack.as_ref() != Some(*v)) {
+        let failed = if lifecycle::in_canary(&entry) && b.ledger.effective_failure(d).is_none() {
+            Some(FailedMark { generation: input.generation, reason: FailReason::Aborted })
+        } else {
+            b.notes.push(("AbortRefused", format!("abort refused: no canary of revision {d} is in progress")));
+            None
+        };
+        b.mark(d, Mark::AbortAck { value: value.clone(), failed });
+    }
     if let Some(value) = input.retry.as_ref().filter(|v| entry.retry_ack.as_ref() != Some(*v)) {
         let m = entry.migration;
         let migration = match m.state {
@@ -411,5 +546,7 @@ fn requests(b: &mut Builder<'_>) {
     }
 }
 
+#[cfg(test)]
+mod canary_tests;
 #[cfg(test)]
 mod tests;

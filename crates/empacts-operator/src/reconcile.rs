@@ -163,6 +163,8 @@ async fn invalid_spec(app: &EmpactsApp, ctx: &Context, previous: &EmpactsAppStat
         history: previous.history.clone(),
         observed_retry: previous.observed_retry.clone(),
         observed_rotation: previous.observed_rotation.clone(),
+        canary: previous.canary.clone(),
+        analysis: previous.analysis.clone(),
         ..status
     };
     if &status != previous {
@@ -184,8 +186,15 @@ async fn record_transitions(
     ctx.metrics.secrets_generated.inc_by(outcome.secrets_created.len() as u64);
     ctx.metrics.secret_rotations.inc_by(outcome.secrets_rotated.len() as u64);
     let changed = previous.phase != new.phase || previous.observed_generation != new.observed_generation;
-    let requested =
-        plan.actions.iter().any(|a| matches!(a, plan::Action::Mark { mark: plan::Mark::RollbackAck { .. }, .. }));
+    let requested = plan.actions.iter().any(|a| {
+        matches!(
+            a,
+            plan::Action::Mark {
+                mark: plan::Mark::RollbackAck { .. } | plan::Mark::AbortAck { .. } | plan::Mark::PromoteAck { .. },
+                ..
+            }
+        )
+    });
     // Names only: values never reach Events.
     let notes = outcome
         .secrets_created
@@ -198,7 +207,8 @@ async fn record_transitions(
         .chain(
             plan.notes
                 .iter()
-                .filter(|_| changed || requested)
+                // Each failed or inconclusive measurement is news of its own.
+                .filter(|(reason, _)| changed || requested || reason.starts_with("Analysis"))
                 .map(|(reason, note)| (EventType::Warning, *reason, "Reconcile", note.clone())),
         );
     for (type_, reason, action, note) in notes {

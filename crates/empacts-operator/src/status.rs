@@ -4,7 +4,10 @@
 //! lastTransitionTime moves only when a condition's status changes.
 
 use empacts_api::conditions::{self, reasons};
-use empacts_api::{EmpactsAppStatus, MigrationPhase, MigrationStatus, Phase, RevisionRecord, RevisionResult};
+use empacts_api::{
+    AnalysisStatus, CanaryStatus, EmpactsAppStatus, MeasurementRecord, MigrationPhase, MigrationStatus, Phase,
+    RevisionRecord, RevisionResult,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::ledger::{FailReason, MigrationState};
@@ -40,6 +43,20 @@ pub fn compute(plan: &Plan, s: &StatusInput<'_>) -> EmpactsAppStatus {
         migration: migration_status(plan, input),
         observed_retry: plan.ledger.get(d).and_then(|e| e.retry_ack.clone()),
         observed_rotation: rotation(plan, input).filter(|_| s.error.is_none()),
+        canary: plan.canary.as_ref().map(|c| CanaryStatus {
+            revision: c.revision.clone(),
+            step: c.step as i32,
+            steps: c.steps as i32,
+            weight: c.weight,
+            canary_replicas: c.replicas,
+            stable_replicas: c.stable_replicas,
+            progress: if c.step > c.steps {
+                "promoting".into()
+            } else {
+                format!("{}/{} {}%", c.step, c.steps, c.weight)
+            },
+        }),
+        analysis: analysis_status(plan, s),
     };
     let (generation, has_migration) = (input.generation, input.has_migration);
     set_conditions(&mut status.conditions, plan, d, dep, has_migration, generation, &s.now);
@@ -49,6 +66,41 @@ pub fn compute(plan: &Plan, s: &StatusInput<'_>) -> EmpactsAppStatus {
         set(&mut status.conditions, conditions::RECONCILING, true, reasons::RECONCILE_ERROR, error, g, &s.now);
     }
     status
+}
+
+/// Measurements kept in status.analysis.
+pub const MEASUREMENTS_KEPT: usize = 10;
+
+/// The analysis counts of D from the ledger; the latest measurements (this reconcile's
+/// first) carried over from the previous status, which is their only record.
+fn analysis_status(plan: &Plan, s: &StatusInput<'_>) -> Option<AnalysisStatus> {
+    let d = s.input.desired.as_str();
+    let entry = plan.ledger.get(d)?;
+    let mark = entry.analysis.filter(|a| a.generation == entry.desired_generation)?;
+    let mut measurements: Vec<MeasurementRecord> = s
+        .input
+        .measurement
+        .iter()
+        .filter(|m| m.revision == d)
+        .flat_map(|m| &m.results)
+        .map(|r| MeasurementRecord {
+            metric: r.metric.clone(),
+            value: r.value.map(|v| v.to_string()),
+            phase: r.verdict.as_str().into(),
+            message: r.detail.clone(),
+            at: s.now.clone(),
+        })
+        .collect();
+    let earlier = s.previous.analysis.as_ref().filter(|a| a.revision == d);
+    measurements.extend(earlier.into_iter().flat_map(|a| a.measurements.iter().cloned()));
+    measurements.truncate(MEASUREMENTS_KEPT);
+    Some(AnalysisStatus {
+        revision: d.to_string(),
+        passed: mark.passed as i32,
+        failed: mark.failed as i32,
+        inconclusive: mark.inconclusive as i32,
+        measurements,
+    })
 }
 
 /// The rotation request every generated Secret satisfies (or will, by this plan).

@@ -85,6 +85,23 @@ pub fn build(
     }
 }
 
+pub const CANARY_COMPONENT: &str = "canary";
+
+/// The canary Deployment: `revision`'s pods next to the stable ones, behind the same
+/// Service (whose selector they match), told apart by `empacts.io/track: canary`. Its own
+/// selector includes that label, so it never counts the stable pods.
+pub fn canary(app: &ValidatedApp, revision: &str, config_hash: Option<&str>, replicas: i32) -> Deployment {
+    let mut d = build(app, revision, config_hash, None);
+    d.metadata.name = Some(names::canary(&app.name));
+    d.metadata.labels.get_or_insert_with(BTreeMap::new).insert(labels::COMPONENT.into(), CANARY_COMPONENT.into());
+    let spec = d.spec.as_mut().expect("build sets a spec");
+    spec.replicas = Some(replicas);
+    spec.selector.match_labels.get_or_insert_with(BTreeMap::new).insert(labels::TRACK.into(), "canary".into());
+    let template_meta = spec.template.metadata.get_or_insert_with(Default::default);
+    template_meta.labels.get_or_insert_with(BTreeMap::new).insert(labels::TRACK.into(), "canary".into());
+    d
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +162,24 @@ spec:
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!(sc.allow_privilege_escalation, Some(false));
         assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_string()][..]));
+    }
+
+    #[test]
+    fn the_canary_runs_the_revision_behind_the_same_service() {
+        let app = app_from_yaml("spec: {image: 'api:2', replicas: 10}");
+        let c = canary(&app, "r2", Some("h"), 3);
+        assert_eq!(c.metadata.name.as_deref(), Some("demo-canary"));
+        let spec = c.spec.unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        let selector = spec.selector.match_labels.unwrap();
+        assert_eq!(selector[labels::TRACK], "canary");
+        let pod_labels = spec.template.metadata.unwrap().labels.unwrap();
+        assert_eq!(pod_labels[labels::REVISION], "r2");
+        for (k, v) in crate::build::service::build(&app).spec.unwrap().selector.unwrap() {
+            assert_eq!(pod_labels.get(&k), Some(&v), "the Service selects canary pods by {k}");
+        }
+        let stable = build(&app, "r1", None, None).spec.unwrap().selector.match_labels.unwrap();
+        assert!(!stable.contains_key(labels::TRACK));
     }
 
     #[test]

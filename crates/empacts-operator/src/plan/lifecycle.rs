@@ -1,10 +1,15 @@
 //! The rollout state machine: migrate, roll, verify, and roll back.
 
+use std::ops::ControlFlow;
+
 use empacts_api::Phase;
 use empacts_api::conditions::reasons;
 
-use super::{Action, Builder, DeploymentState, FailReason, FailedMark, JobKind, JobState, Mark, ObservedJob, Plan};
-use crate::ledger::{Entry, MigrationMark, MigrationState};
+use super::{
+    Action, Builder, CanaryView, Delivery, DeploymentState, FailReason, FailedMark, JobKind, JobState, Mark,
+    ObservedJob, Plan, PlanInput, Verdict,
+};
+use crate::ledger::{AnalysisMark, CanaryMark, Entry, MigrationMark, MigrationState};
 
 pub(super) fn decide(mut b: Builder<'_>) -> Plan {
     let input = b.input;
@@ -18,15 +23,24 @@ pub(super) fn decide(mut b: Builder<'_>) -> Plan {
         return new_revision(b);
     }
     let dep = input.deployment.clone().expect("a current revision comes from a Deployment");
-    if dep.failed() {
+    let unproven = b.ledger.get(&d).is_some_and(|e| e.good.is_none_or(|g| g < e.desired_generation));
+    if dep.failed() || (unproven && overdue(&b, &d, &dep)) {
         let failure = FailedMark { generation: input.generation, reason: FailReason::RolloutFailed };
         b.mark(&d, Mark::Failed(failure));
         return failed(b, failure);
     }
     b.push(Action::ApplyDeployment { revision: d.clone() });
+    if dep.complete() && input.canary.as_ref().is_some_and(|c| c.desired_replicas > 0) {
+        // Promoted: the stable Deployment serves the revision on its own now.
+        b.push(Action::StopCanary);
+    }
     if dep.proven() {
         let entry = b.ledger.get(&d).cloned().unwrap_or_default();
         if entry.good.is_none_or(|g| g < entry.desired_generation) {
+            b = match analyse_rollout(b, &entry) {
+                ControlFlow::Continue(b) => b,
+                ControlFlow::Break(plan) => return plan,
+            };
             b.mark(&d, Mark::Good(input.generation));
         }
         let message = format!("revision {d} is available ({}/{} ready)", dep.ready_replicas, dep.desired_replicas);
@@ -57,7 +71,17 @@ fn other_running(b: &Builder<'_>, kind: JobKind, revision: &str) -> Option<Strin
         .map(|j| j.name.clone())
 }
 
-fn roll(mut b: Builder<'_>, d: &str) -> Plan {
+/// D may roll out now: as a canary when the strategy asks for one and a good stable
+/// revision serves, else as a rolling update of the Deployment.
+fn roll(b: Builder<'_>, d: &str) -> Plan {
+    if canary_applies(&b, d) {
+        return canary(b, d);
+    }
+    rolling_update(b, d)
+}
+
+fn rolling_update(mut b: Builder<'_>, d: &str) -> Plan {
+    b.mark(d, Mark::Rolled(b.input.now));
     b.push(Action::ApplyDeployment { revision: d.to_string() });
     b.current = Some(d.to_string());
     b.finish(Phase::Progressing, reasons::PROGRESSING, format!("rolling out revision {d}"))
@@ -168,7 +192,10 @@ fn failed(b: Builder<'_>, failure: FailedMark) -> Plan {
     match failure.reason {
         FailReason::MigrationFailed => migration_failed(b, &d),
         FailReason::MigrationLost => migration_lost(b, &d),
-        FailReason::RolloutFailed | FailReason::RollbackRequested => roll_back(b, failure),
+        FailReason::RolloutFailed
+        | FailReason::RollbackRequested
+        | FailReason::AnalysisFailed
+        | FailReason::Aborted => roll_back(b, failure),
     }
 }
 
@@ -184,15 +211,20 @@ fn rolling_back(b: Builder<'_>, message: String) -> Plan {
 fn roll_back(mut b: Builder<'_>, failure: FailedMark) -> Plan {
     let input = b.input;
     let d = input.desired.clone();
-    let requested = failure.reason == FailReason::RollbackRequested;
-    let why = if requested {
-        "a rollback was requested from revision".to_string()
-    } else {
-        "rollout failed for revision".into()
-    };
+    let requested = matches!(failure.reason, FailReason::RollbackRequested | FailReason::Aborted);
+    let why = match failure.reason {
+        FailReason::RollbackRequested => "a rollback was requested from revision",
+        FailReason::Aborted => "the canary was aborted for revision",
+        FailReason::AnalysisFailed => "metric analysis failed for revision",
+        _ => "rollout failed for revision",
+    }
+    .to_string();
+    // The canary's pods go first, whatever follows: the stable pods have served on this
+    // schema for the whole canary, so stopping the new code is always safe.
+    b.push(Action::StopCanary);
     if !requested && !input.auto_rollback {
         let message = format!(
-            "rollout of revision {d} exceeded its progress deadline and rollout.autoRollback is false; fix the spec or run `empacts rollback`"
+            "{why} {d} and rollout.autoRollback is false; the canary (if any) is stopped; fix the spec or run `empacts rollback`"
         );
         return stalled(b, reasons::AUTO_ROLLBACK_DISABLED, message);
     }
@@ -289,7 +321,12 @@ fn restore(mut b: Builder<'_>, g: &str, why: &str) -> Plan {
         Some(dep) if dep.complete() => {
             let message =
                 format!("{why} {d}; rolled back to revision {g}, which serves; change the spec or run `empacts retry`");
-            b.finish(Phase::RolledBack, reasons::ROLLED_BACK, message)
+            let reason = match b.ledger.effective_failure(&d).map(|f| f.reason) {
+                Some(FailReason::AnalysisFailed) => reasons::ANALYSIS_FAILED,
+                Some(FailReason::Aborted) => reasons::ABORTED,
+                _ => reasons::ROLLED_BACK,
+            };
+            b.finish(Phase::RolledBack, reason, message)
         }
         Some(dep) if dep.failed() => {
             let message = format!("{why} {d} and the rollback to {g} is not progressing either; fix the spec");
@@ -298,4 +335,265 @@ fn restore(mut b: Builder<'_>, g: &str, why: &str) -> Plan {
         Some(_) => rolling_back(b, format!("{why} {d}; waiting for revision {g} to become available again")),
         None => rolling_back(b, format!("{why} {d}; restoring revision {g}")),
     }
+}
+
+/// How long after the Deployment controller should have judged a rollout the operator
+/// judges it itself.
+pub const OVERDUE_GRACE_SECONDS: i64 = 30;
+
+/// The rollout of `revision` (its pods asked for at its rolled-at mark) has not completed
+/// within the progress deadline plus a grace. The Deployment controller's
+/// ProgressDeadlineExceeded is the first judge, but it never comes when a Deployment
+/// returns to a template whose ReplicaSet exists while its Progressing condition still says
+/// NewReplicaSetAvailable (a retry right after a rollback): the controller sees no progress
+/// and no deadline. The operator's clock is the backstop.
+/// Progress the controller saw (its condition's last update) moves the deadline, as it does
+/// for the controller: a long rollout that keeps progressing is never overdue.
+fn overdue(b: &Builder<'_>, revision: &str, dep: &DeploymentState) -> bool {
+    let input = b.input;
+    let Some(rolled) = b.ledger.get(revision).and_then(|e| e.rolled_at) else { return false };
+    let at = dep.progressed_at.map_or(rolled, |p| p.max(rolled));
+    dep.observed_generation >= dep.generation
+        && !dep.complete()
+        && input.now > at + input.progress_deadline + OVERDUE_GRACE_SECONDS
+}
+
+/// D's canary mark, if it belongs to the generation D is desired at.
+fn canary_mark(entry: &Entry) -> Option<CanaryMark> {
+    entry.canary.filter(|c| c.generation == entry.desired_generation)
+}
+
+/// D's analysis mark, if it belongs to the generation D is desired at.
+fn analysis_mark(entry: &Entry) -> Option<AnalysisMark> {
+    entry.analysis.filter(|a| a.generation == entry.desired_generation)
+}
+
+/// A canary of this revision started at its current desired generation and the revision
+/// did not become good since: an abort applies to it.
+pub(crate) fn in_canary(entry: &Entry) -> bool {
+    canary_mark(entry).is_some() && entry.good.is_none_or(|g| g < entry.desired_generation)
+}
+
+fn steps(input: &PlanInput) -> &[super::Step] {
+    match &input.delivery {
+        Delivery::Canary(steps) => steps,
+        Delivery::RollingUpdate => &[],
+    }
+}
+
+/// A canary needs a stable revision that is good and serves; once started it goes on.
+fn canary_applies(b: &Builder<'_>, d: &str) -> bool {
+    let input = b.input;
+    if steps(input).is_empty() {
+        return false;
+    }
+    if b.ledger.get(d).and_then(canary_mark).is_some() {
+        return true;
+    }
+    let Some(c) = b.current.as_deref().filter(|c| *c != d) else { return false };
+    let stable_good = b.ledger.get(c).is_some_and(|e| e.good.is_some()) && b.ledger.effective_failure(c).is_none();
+    stable_good && input.deployment.as_ref().is_some_and(|dep| dep.revision.as_deref() == Some(c) && dep.complete())
+}
+
+/// Canary pods for a weight: the share of the app's pods, at least one.
+pub fn canary_replicas(total: i32, weight: i32) -> i32 {
+    ((i64::from(total.max(0)) * i64::from(weight) + 99) / 100).max(1) as i32
+}
+
+/// D runs as the canary next to the stable revision, step by step, then is promoted.
+fn canary(mut b: Builder<'_>, d: &str) -> Plan {
+    let input = b.input;
+    let steps = steps(input).to_vec();
+    let last = steps.len() as u32;
+    let entry = b.ledger.get(d).cloned().unwrap_or_default();
+    let mut mark =
+        canary_mark(&entry).unwrap_or(CanaryMark { generation: entry.desired_generation, step: 0, since: None });
+    if canary_mark(&entry).is_none() {
+        // Recorded before the canary Deployment changes: a restart resumes this canary.
+        b.mark(d, Mark::Canary(mark));
+        b.mark(d, Mark::Rolled(input.now));
+    }
+    if let Some(value) = input.promote.as_ref().filter(|v| entry.promote_ack.as_ref() != Some(*v)) {
+        let full = value.starts_with("full");
+        let step = if full { last } else { (mark.step + 1).min(last) };
+        mark = CanaryMark { step, since: None, ..mark };
+        b.mark(d, Mark::PromoteAck { value: value.clone(), canary: Some(mark) });
+        b.mark(d, Mark::Rolled(input.now));
+    }
+    if mark.step >= last {
+        return promote(b, d, last);
+    }
+    let step = steps[mark.step as usize];
+    let total = input.replicas;
+    let replicas = canary_replicas(total, step.weight);
+    let stable_replicas = (!input.autoscaled).then(|| (total - replicas).max(1));
+    b.push(Action::ApplyCanary { revision: d.to_string(), replicas, stable_replicas });
+    b.canary = Some(CanaryView {
+        revision: d.to_string(),
+        step: mark.step + 1,
+        steps: last,
+        weight: step.weight,
+        replicas,
+        stable_replicas,
+    });
+    let at = format!("canary of revision {d} at step {}/{last} ({}%)", mark.step + 1, step.weight);
+    let observed = input.canary.clone().filter(|c| c.revision.as_deref() == Some(d) && c.desired_replicas == replicas);
+    match observed {
+        Some(c) if c.failed() || overdue(&b, d, &c) => {
+            let failure = FailedMark { generation: input.generation, reason: FailReason::RolloutFailed };
+            b.mark(d, Mark::Failed(failure));
+            return failed(b, failure);
+        }
+        Some(c) if c.complete() => {}
+        other => {
+            let ready = other.map(|c| c.ready_replicas).unwrap_or(0);
+            let message = format!("{at}: {ready}/{replicas} canary pods ready");
+            return b.finish(Phase::Progressing, reasons::CANARY_STEP, message);
+        }
+    }
+    let since = match mark.since {
+        Some(t) => t,
+        None => {
+            mark.since = Some(input.now);
+            b.mark(d, Mark::Canary(mark));
+            input.now
+        }
+    };
+    let mut b = match record_measurement(b, d, since) {
+        ControlFlow::Continue(b) => b,
+        ControlFlow::Break(plan) => return plan,
+    };
+    let Some(pause) = step.pause else {
+        let message = format!("{at}: waiting for `empacts promote` (or `empacts abort`)");
+        return b.finish(Phase::Progressing, reasons::WAITING_FOR_PROMOTE, message);
+    };
+    let elapsed = input.now.saturating_sub(since).max(0) as u64;
+    if elapsed < pause {
+        let message = format!("{at}: {replicas} canary pods ready; next step in {}s", pause - elapsed);
+        return b.finish(Phase::Progressing, reasons::CANARY_STEP, message);
+    }
+    let next = CanaryMark { step: mark.step + 1, since: None, ..mark };
+    b.mark(d, Mark::Canary(next));
+    if next.step >= last {
+        return promote(b, d, last);
+    }
+    b.mark(d, Mark::Rolled(input.now));
+    let message = format!("canary of revision {d}: step {}/{last} passed, moving to the next", mark.step + 1);
+    b.finish(Phase::Progressing, reasons::CANARY_STEP, message)
+}
+
+/// Every step passed: the stable Deployment takes D's template; the canary keeps its pods
+/// until the stable ones are all available (then the main path stops it).
+fn promote(mut b: Builder<'_>, d: &str, steps: u32) -> Plan {
+    if b.current.as_deref() != Some(d) {
+        b.mark(d, Mark::Rolled(b.input.now));
+    }
+    b.push(Action::ApplyDeployment { revision: d.to_string() });
+    b.current = Some(d.to_string());
+    let replicas = b.input.canary.as_ref().map(|c| c.desired_replicas).unwrap_or(0);
+    b.canary = Some(CanaryView {
+        revision: d.to_string(),
+        step: steps + 1,
+        steps,
+        weight: 100,
+        replicas,
+        stable_replicas: None,
+    });
+    let message = format!("promoting revision {d}: the stable Deployment takes its template");
+    b.finish(Phase::Progressing, reasons::PROMOTING, message)
+}
+
+/// Fold this reconcile's measurement of D into its analysis mark. Break(plan) when the
+/// analysis failed: D is marked failed and rolled back (Break).
+fn record_measurement<'a>(mut b: Builder<'a>, d: &str, started: i64) -> ControlFlow<Plan, Builder<'a>> {
+    let input = b.input;
+    let Some(settings) = input.analysis else { return ControlFlow::Continue(b) };
+    let Some(m) = input.measurement.as_ref().filter(|m| m.revision == d) else { return ControlFlow::Continue(b) };
+    let entry = b.ledger.get(d).cloned().unwrap_or_default();
+    let mut a = analysis_mark(&entry).unwrap_or(AnalysisMark {
+        generation: entry.desired_generation,
+        started,
+        ..Default::default()
+    });
+    a.last = Some(input.now);
+    match m.verdict() {
+        Verdict::Passed => a.passed += 1,
+        Verdict::Failed => a.failed += 1,
+        Verdict::Inconclusive => a.inconclusive += 1,
+    }
+    for r in m.results.iter().filter(|r| r.verdict != Verdict::Passed) {
+        let reason = if r.verdict == Verdict::Failed { "AnalysisMeasurementFailed" } else { "AnalysisInconclusive" };
+        b.notes.push((reason, format!("revision {d}: metric {} {}", r.metric, r.detail)));
+    }
+    b.mark(d, Mark::Analysis(a));
+    let limit = if a.failed >= settings.failure_limit {
+        let total = a.failed + a.passed + a.inconclusive;
+        format!("{} of {total} measurements failed (failureLimit {})", a.failed, settings.failure_limit)
+    } else if a.inconclusive >= settings.inconclusive_limit {
+        format!("{} measurements were inconclusive (inconclusiveLimit {})", a.inconclusive, settings.inconclusive_limit)
+    } else {
+        return ControlFlow::Continue(b);
+    };
+    let failure = FailedMark { generation: input.generation, reason: FailReason::AnalysisFailed };
+    // The applies of D this plan queued before the verdict go: the rollback decides now.
+    b.actions.retain(|a| !matches!(a, Action::ApplyCanary { .. } | Action::ApplyDeployment { .. }));
+    b.mark(d, Mark::Failed(failure));
+    let mut plan = failed(b, failure);
+    plan.message = format!("{limit}; {}", plan.message);
+    ControlFlow::Break(plan)
+}
+
+/// A completed rolling update of D under `analysis.duration`: measure until the window
+/// ends. Break(plan) while it runs or when it failed; Continue once it passed (D becomes good).
+fn analyse_rollout<'a>(mut b: Builder<'a>, entry: &Entry) -> ControlFlow<Plan, Builder<'a>> {
+    let input = b.input;
+    let Some(duration) = input.analysis.and_then(|a| a.duration) else { return ControlFlow::Continue(b) };
+    if !steps(input).is_empty() {
+        // A canary was analysed step by step; its promotion ends the analysis.
+        return ControlFlow::Continue(b);
+    }
+    let d = entry.revision.clone();
+    let started = analysis_mark(entry).map(|a| a.started).unwrap_or(input.now);
+    if analysis_mark(entry).is_none() {
+        let a = AnalysisMark { generation: entry.desired_generation, started, ..Default::default() };
+        b.mark(&d, Mark::Analysis(a));
+    }
+    let b = record_measurement(b, &d, started)?;
+    let elapsed = input.now.saturating_sub(started).max(0) as u64;
+    if elapsed >= duration {
+        return ControlFlow::Continue(b);
+    }
+    let passed = b.ledger.get(&d).and_then(analysis_mark).map(|a| a.passed).unwrap_or(0);
+    let message = format!(
+        "revision {d} is rolled out; analysing it for {}s more ({passed} measurements passed)",
+        duration - elapsed
+    );
+    ControlFlow::Break(b.finish(Phase::Progressing, reasons::ANALYSING, message))
+}
+
+/// The revision to measure in this reconcile, if its analysis is running and a
+/// measurement is due (pure: observe asks before it queries Prometheus).
+pub fn analysis_due(input: &PlanInput) -> Option<String> {
+    let settings = input.analysis?;
+    let d = &input.desired;
+    let entry = input.ledger.get(d)?;
+    if input.paused || input.ledger.effective_failure(d).is_some() {
+        return None;
+    }
+    let current = input.deployment.as_ref().and_then(|dep| dep.revision.as_deref());
+    let running = match &input.delivery {
+        Delivery::Canary(steps) => {
+            canary_mark(entry).is_some_and(|c| c.since.is_some() && (c.step as usize) < steps.len())
+                && current != Some(d.as_str())
+        }
+        Delivery::RollingUpdate => {
+            settings.duration.is_some()
+                && current == Some(d.as_str())
+                && input.deployment.as_ref().is_some_and(DeploymentState::proven)
+                && entry.good.is_none_or(|g| g < entry.desired_generation)
+        }
+    };
+    let last = analysis_mark(entry).and_then(|a| a.last);
+    let due = last.is_none_or(|t| input.now.saturating_sub(t) >= settings.interval as i64);
+    (running && due).then(|| d.clone())
 }

@@ -19,6 +19,7 @@ fn healthy(rev: &str) -> DeploymentState {
         ready_replicas: 3,
         available_replicas: 3,
         progress_deadline_exceeded: false,
+        progressed_at: None,
     }
 }
 

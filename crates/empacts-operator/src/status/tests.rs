@@ -48,6 +48,7 @@ fn held_input() -> PlanInput {
             ready_replicas: 1,
             available_replicas: 1,
             progress_deadline_exceeded: false,
+            progressed_at: None,
         }),
         references_ok: vec!["g".into(), "d".into()],
         ..Default::default()
