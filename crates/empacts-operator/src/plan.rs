@@ -358,6 +358,14 @@ impl<'a> Builder<'a> {
         self.actions.push(Action::Mark { revision: revision.to_string(), mark });
     }
 
+    /// D failed now, for `reason`. At the app's generation, or the one D was last desired at
+    /// if the view is older than the ledger: a failure must count against the revision as the
+    /// ledger knows it, never be forgiven by a stale generation.
+    pub fn failure(&self, reason: FailReason) -> FailedMark {
+        let d = self.ledger.get(&self.input.desired).map(|e| e.desired_generation).unwrap_or(0);
+        FailedMark { generation: self.input.generation.max(d), reason }
+    }
+
     pub fn push(&mut self, action: Action) {
         self.actions.push(action);
     }
@@ -498,7 +506,7 @@ fn requests(b: &mut Builder<'_>) {
     let entry = b.ledger.get(d).cloned().unwrap_or_default();
     if let Some(value) = input.abort.as_ref().filter(|v| entry.abort_ack.as_ref() != Some(*v)) {
         let failed = if lifecycle::in_canary(&entry) && b.ledger.effective_failure(d).is_none() {
-            Some(FailedMark { generation: input.generation, reason: FailReason::Aborted })
+            Some(b.failure(FailReason::Aborted))
         } else {
             b.notes.push(("AbortRefused", format!("abort refused: no canary of revision {d} is in progress")));
             None
@@ -526,7 +534,7 @@ fn requests(b: &mut Builder<'_>) {
         }
         let acceptable = request.target != d && probe.rollback_target(d).is_some();
         if acceptable {
-            let failed = FailedMark { generation: input.generation, reason: FailReason::RollbackRequested };
+            let failed = b.failure(FailReason::RollbackRequested);
             let mark = Mark::RollbackAck {
                 value: request.value.clone(),
                 target: Some(request.target.clone()),

@@ -188,7 +188,8 @@ mod tests {
         assert_eq!(got, GOLDEN, "revision identity changed; bump REVISION_SCHEMA deliberately and update GOLDEN");
     }
 
-    const GOLDEN: [&str; 6] = [
+    const GOLDEN: [&str; 7] = [
+        "empacts-api-canary.yaml=549ff1c888",
         "empacts-api.yaml=7a356118ea",
         "minimal.yaml=b89fa59a3b",
         "minimal=3b74b932ea",

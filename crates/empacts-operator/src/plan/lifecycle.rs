@@ -25,7 +25,7 @@ pub(super) fn decide(mut b: Builder<'_>) -> Plan {
     let dep = input.deployment.clone().expect("a current revision comes from a Deployment");
     let unproven = b.ledger.get(&d).is_some_and(|e| e.good.is_none_or(|g| g < e.desired_generation));
     if dep.failed() || (unproven && overdue(&b, &d, &dep)) {
-        let failure = FailedMark { generation: input.generation, reason: FailReason::RolloutFailed };
+        let failure = b.failure(FailReason::RolloutFailed);
         b.mark(&d, Mark::Failed(failure));
         return failed(b, failure);
     }
@@ -140,7 +140,6 @@ fn migrate(mut b: Builder<'_>, entry: &Entry) -> Plan {
 
 /// Attempt `attempt` of D's migration was created: follow its Job.
 fn created(mut b: Builder<'_>, d: &str, attempt: u32, job: Option<ObservedJob>) -> Plan {
-    let generation = b.input.generation;
     match job.filter(|j| j.attempt == attempt).map(|j| j.state) {
         Some(JobState::Running) => migrating(b, format!("migration of revision {d} is running")),
         Some(JobState::Succeeded) => {
@@ -150,12 +149,14 @@ fn created(mut b: Builder<'_>, d: &str, attempt: u32, job: Option<ObservedJob>) 
         }
         Some(JobState::Failed { .. }) => {
             b.mark(d, Mark::Migration(MigrationMark::new(attempt, MigrationState::Failed)));
-            b.mark(d, Mark::Failed(FailedMark { generation, reason: FailReason::MigrationFailed }));
+            let failure = b.failure(FailReason::MigrationFailed);
+            b.mark(d, Mark::Failed(failure));
             migration_failed(b, d)
         }
         Some(JobState::Absent) | None => {
             if b.ledger.effective_failure(d).map(|f| f.reason) != Some(FailReason::MigrationLost) {
-                b.mark(d, Mark::Failed(FailedMark { generation, reason: FailReason::MigrationLost }));
+                let failure = b.failure(FailReason::MigrationLost);
+                b.mark(d, Mark::Failed(failure));
             }
             migration_lost(b, d)
         }
@@ -440,7 +441,7 @@ fn canary(mut b: Builder<'_>, d: &str) -> Plan {
     let observed = input.canary.clone().filter(|c| c.revision.as_deref() == Some(d) && c.desired_replicas == replicas);
     match observed {
         Some(c) if c.failed() || overdue(&b, d, &c) => {
-            let failure = FailedMark { generation: input.generation, reason: FailReason::RolloutFailed };
+            let failure = b.failure(FailReason::RolloutFailed);
             b.mark(d, Mark::Failed(failure));
             return failed(b, failure);
         }
@@ -534,7 +535,7 @@ fn record_measurement<'a>(mut b: Builder<'a>, d: &str, started: i64) -> ControlF
     } else {
         return ControlFlow::Continue(b);
     };
-    let failure = FailedMark { generation: input.generation, reason: FailReason::AnalysisFailed };
+    let failure = b.failure(FailReason::AnalysisFailed);
     // The applies of D this plan queued before the verdict go: the rollback decides now.
     b.actions.retain(|a| !matches!(a, Action::ApplyCanary { .. } | Action::ApplyDeployment { .. }));
     b.mark(d, Mark::Failed(failure));

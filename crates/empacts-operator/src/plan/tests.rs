@@ -424,6 +424,46 @@ fn arb_deployment() -> impl Strategy<Value = Option<DeploymentState>> {
     }))
 }
 
+const NOW: i64 = 1_800_000_000;
+
+type CanarySide =
+    (Option<(u32, bool)>, Option<DeploymentState>, Option<AnalysisSettings>, Option<Verdict>, (bool, bool));
+
+/// The strategy, D's canary mark, the canary Deployment, analysis settings, this
+/// reconcile's measurement, and abort/promote requests.
+fn arb_delivery() -> impl Strategy<Value = (Delivery, CanarySide)> {
+    let steps = vec![Step { weight: 25, pause: Some(30) }, Step { weight: 50, pause: None }];
+    (
+        prop_oneof![Just(Delivery::RollingUpdate), Just(Delivery::Canary(steps))],
+        prop::option::of((0u32..3, any::<bool>())),
+        prop::option::of((0u8..3).prop_map(|shape| match shape {
+            0 => healthy(D),
+            1 => rolling(D),
+            _ => stuck(D),
+        })),
+        prop::option::of((1u32..3, prop::option::of(Just(60u64))).prop_map(|(limit, duration)| AnalysisSettings {
+            interval: 10,
+            failure_limit: limit,
+            inconclusive_limit: limit,
+            duration,
+        })),
+        prop::option::of(prop_oneof![Just(Verdict::Passed), Just(Verdict::Failed), Just(Verdict::Inconclusive)]),
+        (any::<bool>(), any::<bool>()),
+    )
+        .prop_map(|(delivery, mark, canary, analysis, verdict, requests)| {
+            (delivery, (mark, canary, analysis, verdict, requests))
+        })
+}
+
+/// The plan gives D pods: the Deployment's template or the canary's.
+fn runs_d(p: &Plan) -> bool {
+    p.actions.iter().any(|a| match a {
+        Action::ApplyDeployment { revision } => revision == D,
+        Action::ApplyCanary { revision, replicas, .. } => revision == D && *replicas > 0,
+        _ => false,
+    })
+}
+
 fn arb_input() -> impl Strategy<Value = PlanInput> {
     (
         (arb_entry(D, 4), arb_entry(G, 1), arb_entry("hhhhhhhhhh", 2), arb_entry("kkkkkkkkkk", 3)),
@@ -434,30 +474,58 @@ fn arb_input() -> impl Strategy<Value = PlanInput> {
         prop::option::of(Just("retry".to_string())),
         prop::option::of(prop::sample::select(REVS.to_vec())),
         3i64..8,
+        arb_delivery(),
     )
-        .prop_map(|(entries, deployment, jobs, has_migration, auto_rollback, retry, rollback, generation)| {
-            let (d, g, h, k) = entries;
-            PlanInput {
-                app: "app".into(),
-                generation,
-                desired: D.into(),
-                has_migration,
-                auto_rollback,
-                history_limit: 2,
-                retry,
-                rollback: rollback.map(|t| RollbackRequest { value: format!("{t}@1"), target: t.into() }),
-                ledger: Ledger { entries: vec![g, h, k, d] },
-                deployment,
-                jobs: jobs
-                    .into_iter()
-                    .map(|(rev, migrate, attempt, state)| {
-                        job(if migrate { JobKind::Migrate } else { JobKind::Rollback }, rev, attempt, state)
-                    })
-                    .collect(),
-                references_ok: REVS.iter().map(|r| r.to_string()).collect(),
-                ..Default::default()
-            }
-        })
+        .prop_map(
+            |(entries, deployment, jobs, has_migration, auto_rollback, retry, rollback, generation, delivery)| {
+                let (mut d, g, h, k) = entries;
+                let (canary_mark, canary, analysis, verdict, requests) = delivery.1;
+                d.canary = canary_mark.map(|(step, ready)| CanaryMark {
+                    generation: d.desired_generation,
+                    step,
+                    since: ready.then_some(NOW - 100),
+                });
+                d.rolled_at = Some(NOW - 50);
+                let (abort, promote) = requests;
+                PlanInput {
+                    now: NOW,
+                    progress_deadline: 10,
+                    delivery: delivery.0,
+                    canary,
+                    analysis,
+                    measurement: verdict.map(|v| Measurement {
+                        revision: D.into(),
+                        results: vec![MetricResult {
+                            metric: "m".into(),
+                            value: None,
+                            verdict: v,
+                            detail: String::new(),
+                        }],
+                    }),
+                    replicas: 3,
+                    abort: abort.then(|| "a1".to_string()),
+                    promote: promote.then(|| "p1".to_string()),
+                    app: "app".into(),
+                    generation,
+                    desired: D.into(),
+                    has_migration,
+                    auto_rollback,
+                    history_limit: 2,
+                    retry,
+                    rollback: rollback.map(|t| RollbackRequest { value: format!("{t}@1"), target: t.into() }),
+                    ledger: Ledger { entries: vec![g, h, k, d] },
+                    deployment,
+                    jobs: jobs
+                        .into_iter()
+                        .map(|(rev, migrate, attempt, state)| {
+                            job(if migrate { JobKind::Migrate } else { JobKind::Rollback }, rev, attempt, state)
+                        })
+                        .collect(),
+                    references_ok: REVS.iter().map(|r| r.to_string()).collect(),
+                    ..Default::default()
+                }
+            },
+        )
 }
 
 proptest! {
@@ -468,17 +536,46 @@ proptest! {
     #[test]
     fn never_rolls_out_a_failed_revision(input in arb_input()) {
         let p = plan(&input);
-        if deploys(&p).as_deref() == Some(D) {
+        if runs_d(&p) {
             prop_assert!(p.ledger.effective_failure(D).is_none(), "{:?}", p.actions);
         }
     }
 
-    /// The Deployment never gets D while D's migration is needed and not in effect.
+    /// Neither the Deployment nor a canary gets D while D's migration is needed and not in effect.
     #[test]
     fn never_rolls_out_before_the_migration_succeeded(input in arb_input()) {
         let p = plan(&input);
-        if input.has_migration && deploys(&p).as_deref() == Some(D) {
+        if input.has_migration && runs_d(&p) {
             prop_assert!(p.ledger.get(D).unwrap().migration.in_effect(), "{:?}", p.actions);
+        }
+    }
+
+    /// Whenever the plan undoes D (a rollback Job, or the stable restored), the canary is
+    /// stopped in the same plan, before anything else runs.
+    #[test]
+    fn a_failed_canary_is_stopped_first(input in arb_input()) {
+        let p = plan(&input);
+        let undoing = p.actions.iter().any(|a| matches!(a, Action::CreateJob { kind: JobKind::Rollback, .. }))
+            || deploys(&p).is_some_and(|r| r != D);
+        if undoing {
+            let stop = p.actions.iter().position(|a| *a == Action::StopCanary);
+            prop_assert!(stop.is_some(), "{:?}", p.actions);
+            let first_undo = p.actions.iter().position(|a| matches!(a, Action::CreateJob { .. } | Action::ApplyDeployment { .. }));
+            prop_assert!(stop < first_undo || first_undo.is_none(), "{:?}", p.actions);
+        }
+    }
+
+    /// An analysis that reached a limit this reconcile fails D in the same plan.
+    #[test]
+    fn an_analysis_over_its_limit_fails_the_revision(input in arb_input()) {
+        let p = plan(&input);
+        let Some(settings) = input.analysis else { return Ok(()) };
+        if let Some(a) = p.ledger.get(D).and_then(|e| e.analysis) {
+            let recorded = p.actions.iter().any(|x| matches!(x, Action::Mark { mark: Mark::Analysis(_), .. }));
+            if recorded && (a.failed >= settings.failure_limit || a.inconclusive >= settings.inconclusive_limit) {
+                prop_assert!(p.ledger.effective_failure(D).is_some(), "{:?}", p.actions);
+                prop_assert!(!runs_d(&p), "{:?}", p.actions);
+            }
         }
     }
 
