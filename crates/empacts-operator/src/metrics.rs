@@ -20,6 +20,7 @@ pub struct Metrics {
     pub secrets_generated: IntCounter,
     pub watch_restarts: IntCounter,
     pub child_applies: IntCounterVec,
+    pub analysis_measurements: IntCounterVec,
     pub leader: IntGauge,
     pub build_info: IntGaugeVec,
 }
@@ -70,6 +71,11 @@ impl Metrics {
             &["kind", "result"],
         )
         .unwrap();
+        let analysis_measurements = IntCounterVec::new(
+            Opts::new("analysis_measurements_total", "Metric measurements of canary and rollout analysis, by verdict"),
+            &["verdict"],
+        )
+        .unwrap();
         let leader = IntGauge::new("leader", "1 while this replica holds the leader lease").unwrap();
         let build_info = IntGaugeVec::new(Opts::new("build_info", "Operator build"), &["version"]).unwrap();
         for c in [
@@ -78,6 +84,7 @@ impl Metrics {
             Box::new(reconcile_duration.clone()),
             Box::new(reconcile_deadline_exceeded.clone()),
             Box::new(apps_by_phase.clone()),
+            Box::new(analysis_measurements.clone()),
             Box::new(migrations.clone()),
             Box::new(migration_duration.clone()),
             Box::new(rollbacks.clone()),
@@ -108,6 +115,7 @@ impl Metrics {
             secrets_generated,
             watch_restarts,
             child_applies,
+            analysis_measurements,
             leader,
             build_info,
         }

@@ -107,6 +107,9 @@ async fn reconcile_app(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Next> 
         let kind = if component == Some(build::job::ROLLBACK_COMPONENT) { "rollback" } else { "migrate" };
         ctx.count_finished_job(&app, job, kind);
     }
+    for result in observed.input.measurement.iter().flat_map(|m| &m.results) {
+        ctx.metrics.analysis_measurements.with_label_values(&[result.verdict.as_str()]).inc();
+    }
     ctx.set_phase(&app, plan.phase);
 
     let moving = matches!(plan.phase, Phase::Migrating | Phase::Progressing | Phase::RollingBack | Phase::Pending);

@@ -46,6 +46,47 @@ pub fn render_yaml(input: &str, default_namespace: &str) -> Result<String, Rende
             out.push_str("---\n");
             out.push_str(&serde_yaml::to_string(&manifest).expect("JSON values convert to YAML"));
         }
+        if let Some(canary) = first_canary_step(&app) {
+            out.push_str(&canary);
+        }
     }
     Ok(out)
+}
+
+/// With the Canary strategy: the canary Deployment as a new revision's first step runs it
+/// (only while a canary is in progress; the stable Deployment above then runs the rest).
+fn first_canary_step(app: &validate::ValidatedApp) -> Option<String> {
+    let rollout = app.spec.rollout();
+    if rollout.strategy() != empacts_api::RolloutStrategy::Canary {
+        return None;
+    }
+    let step = rollout.steps().first()?.clone();
+    let total = build::deployment::replicas(app, None);
+    let replicas = crate::plan::lifecycle::canary_replicas(total, step.weight);
+    let revision = crate::revision::identity(&app.spec);
+    let canary = build::deployment::canary(app, &revision, None, replicas);
+    let yaml = serde_yaml::to_string(&build::manifest(&canary)).expect("JSON values convert to YAML");
+    Some(format!(
+        "---\n# During a canary, first step ({}% of {total} pods; the stable Deployment runs {} of them):\n{yaml}",
+        step.weight,
+        if app.spec.autoscaling.is_some() { total } else { (total - replicas).max(1) }
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_canary_app_renders_its_first_step() {
+        let yaml = "apiVersion: empacts.io/v1alpha1\nkind: EmpactsApp\nmetadata: {name: api}\nspec: {image: 'api:2', replicas: 10, rollout: {strategy: Canary, steps: [{weight: 20, pause: 1m}]}}\n";
+        let out = render_yaml(yaml, "ns").unwrap();
+        assert!(
+            out.contains("# During a canary, first step (20% of 10 pods; the stable Deployment runs 8 of them)"),
+            "{out}"
+        );
+        assert!(out.contains("name: api-canary"), "{out}");
+        let plain = render_yaml(&yaml.replace("strategy: Canary, ", ""), "ns").unwrap();
+        assert!(!plain.contains("api-canary"));
+    }
 }
