@@ -7,6 +7,11 @@ TESTBED_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE_ROOT="${EMPACTS_TESTBED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/empacts-testbed}"
 CACHE_DIR="$CACHE_ROOT/${K8S_VERSION}-kwok${KWOK_VERSION}-helm${HELM_VERSION}"
 BIN_DIR="$CACHE_DIR/bin"
+# Prometheus and the Prometheus Operator CRDs have cache dirs of their own, keyed by their own versions, so a
+# change of one does not invalidate the (much longer) Kubernetes build.
+PROM_BIN_DIR="$CACHE_ROOT/prometheus-$PROMETHEUS_VERSION/bin"
+PROM_CRD_DIR="$CACHE_ROOT/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION/crds"
+PROM_CRDS=(monitoring.coreos.com_servicemonitors.yaml monitoring.coreos.com_prometheusrules.yaml)
 
 STATE="${EMPACTS_TESTBED_STATE:-/tmp/empacts-testbed}"
 API_PORT="${EMPACTS_TESTBED_API_PORT:-16443}"

@@ -5,7 +5,9 @@
 //!   a client;
 //! - [`TestNamespace`] gives each test its own namespace;
 //! - [`Operator`] runs the operator in-process, scoped to that namespace, so tests do not
-//!   see each other's apps and can stop and restart it.
+//!   see each other's apps and can stop and restart it;
+//! - [`prometheus`]: a real Prometheus ([`TestPrometheus`]) scraping a test exporter whose traffic
+//!   the test sets ([`TestExporter`]), started on demand (`tests/cluster/up` only builds it).
 //!
 //! kwok conventions (tests/cluster/README.md): an image containing `fail-rollout` never gets
 //! Ready; a Job pod whose image contains `fail-migration` fails; everything else becomes
@@ -30,6 +32,9 @@ use tokio::sync::{OnceCell, oneshot};
 pub use empacts_api as api;
 
 pub mod fault_proxy;
+pub mod prometheus;
+
+pub use prometheus::{TestExporter, TestPrometheus, Traffic, prometheus_operator_crds, promtool_check_rules};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -83,27 +88,34 @@ fn init_logging() {
 }
 
 async fn start_cluster() -> ClusterEnv {
-    let root = repo_root();
-    let out = tokio::process::Command::new("bash")
-        .arg(root.join("tests/cluster/up"))
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .await
-        .expect("tests/cluster/up runs");
-    assert!(out.status.success(), "tests/cluster/up failed (see its output above)");
-    let exports = String::from_utf8(out.stdout).expect("exports are UTF-8");
-    let value = |name: &str| -> String {
-        exports
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("export {name}=")))
-            .unwrap_or_else(|| panic!("tests/cluster/up exports {name}: {exports}"))
-            .split(':')
-            .next()
-            .unwrap()
-            .trim_matches(|c| c == '\'' || c == '"')
-            .to_string()
-    };
-    ClusterEnv { kubeconfig: value("KUBECONFIG").into(), bin_dir: value("PATH").into() }
+    tokio::task::spawn_blocking(|| ClusterEnv {
+        kubeconfig: up_export("KUBECONFIG").expect("tests/cluster/up exports KUBECONFIG").into(),
+        bin_dir: up_export("PATH").expect("tests/cluster/up exports PATH").into(),
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// What `tests/cluster/up` printed (run once per test process; blocking).
+fn up_exports() -> &'static str {
+    static EXPORTS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    EXPORTS.get_or_init(|| {
+        let out = std::process::Command::new("bash")
+            .arg(repo_root().join("tests/cluster/up"))
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("tests/cluster/up runs");
+        assert!(out.status.success(), "tests/cluster/up failed (see its output above)");
+        String::from_utf8(out.stdout).expect("exports are UTF-8")
+    })
+}
+
+/// The value of `export NAME='value'` printed by `tests/cluster/up` (for PATH: the testbed's bin
+/// dir, the part before the first `:`). Runs `up` on first use (blocking).
+pub fn up_export(name: &str) -> Option<String> {
+    let value = up_exports().lines().find_map(|l| l.strip_prefix(&format!("export {name}=")))?;
+    let value = if name == "PATH" { value.split(':').next()? } else { value };
+    Some(value.trim_matches(|c| c == '\'' || c == '"').to_string())
 }
 
 pub async fn client_for(kubeconfig: &Path) -> Client {
