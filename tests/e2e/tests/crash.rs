@@ -39,6 +39,10 @@ enum Scenario {
     RollbackWithoutCommand,
     RetryAfterDownMigration,
     Rotation,
+    /// A canary (steps 50% for 2 s) promoted.
+    CanaryPromote,
+    /// A canary whose pods never become ready: aborted, its migration undone, the stable untouched.
+    CanaryAbort,
 }
 
 impl Scenario {
@@ -51,15 +55,28 @@ impl Scenario {
             Scenario::RollbackWithoutCommand => (2, 1, 0),
             Scenario::RetryAfterDownMigration => (5, 1, 0),
             Scenario::Rotation => (1, 1, 1),
+            Scenario::CanaryPromote => (2, 1, 0),
+            Scenario::CanaryAbort => (3, 1, 0),
         }
     }
 }
 
 fn app(image: &str, rollback_command: bool) -> EmpactsApp {
+    app_with(image, rollback_command, false)
+}
+
+/// With the Canary strategy: 2 pods, one step at 50% for 2 s.
+fn canary_app(image: &str) -> EmpactsApp {
+    app_with(image, true, true)
+}
+
+fn app_with(image: &str, rollback_command: bool, canary: bool) -> EmpactsApp {
     let down = if rollback_command { ", rollbackCommand: [down]" } else { "" };
+    let (replicas, strategy) =
+        if canary { (", replicas: 2", ", strategy: Canary, steps: [{weight: 50, pause: 2s}]") } else { ("", "") };
     app_yaml(&format!(
-        "apiVersion: empacts.io/v1alpha1\nkind: EmpactsApp\nmetadata: {{name: api}}\nspec: {{image: '{image}', \
-         secrets: [{{env: JWT, generate: {{}}}}], migration: {{command: [up]{down}}}, rollout: {{progressDeadlineSeconds: 10}}}}\n"
+        "apiVersion: empacts.io/v1alpha1\nkind: EmpactsApp\nmetadata: {{name: api}}\nspec: {{image: '{image}'{replicas}, \
+         secrets: [{{env: JWT, generate: {{}}}}], migration: {{command: [up]{down}}}, rollout: {{progressDeadlineSeconds: 10{strategy}}}}}\n"
     ))
 }
 
@@ -101,7 +118,13 @@ impl Run {
             let stream = watcher(deployments, watcher::Config::default()).applied_objects();
             let _ = stream
                 .try_for_each(|d| {
-                    let image = d.spec.and_then(|s| s.template.spec).and_then(|p| p.containers[0].image.clone());
+                    // The stable Deployment only: a canary's image is not what the app serves.
+                    let stable = d.metadata.name.as_deref() == Some("api");
+                    let image = d
+                        .spec
+                        .filter(|_| stable)
+                        .and_then(|s| s.template.spec)
+                        .and_then(|p| p.containers[0].image.clone());
                     let mut seen = seen.lock().unwrap();
                     if let Some(image) = image
                         && seen.last() != Some(&image)
@@ -215,7 +238,8 @@ async fn run(env: &ClusterEnv, client: &Client, scenario: Scenario, fault: Fault
     };
     let mut r = Run::start(env, client, &label, fault).await;
     let with_command = scenario != Scenario::RollbackWithoutCommand;
-    apply_app(&r.ns, &app(V1, with_command)).await;
+    let canary = matches!(scenario, Scenario::CanaryPromote | Scenario::CanaryAbort);
+    apply_app(&r.ns, &if canary { canary_app(V1) } else { app(V1, with_command) }).await;
     let deleter = (fault == Fault::DeleteStatus).then(|| delete_status_repeatedly(r.ns.api()));
     r.phase(V1, Phase::Ready).await;
     match scenario {
@@ -245,6 +269,20 @@ async fn run(env: &ClusterEnv, client: &Client, scenario: Scenario, fault: Fault
                     .is_some_and(|c| c.status == "True" && c.reason == "RollbackNeedsRollbackCommand")
             })
             .await;
+        }
+        Scenario::CanaryPromote => {
+            apply_app(&r.ns, &canary_app(V2)).await;
+            r.phase(V2, Phase::Ready).await;
+        }
+        Scenario::CanaryAbort => {
+            apply_app(&r.ns, &canary_app(BAD)).await;
+            r.phase(BAD, Phase::RolledBack).await;
+            let images = r.images.lock().unwrap().clone();
+            assert!(
+                !images.contains(&BAD.to_string()),
+                "{}: the stable took the canary's image: {images:?}",
+                r.ns.name
+            );
         }
         Scenario::Rotation => {
             let before = r.secret().await;
@@ -399,6 +437,16 @@ async fn crash_at_every_write_retry_after_down_migration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn crash_at_every_write_rotation() {
     every_crash_point(Scenario::Rotation).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_at_every_write_canary_promote() {
+    every_crash_point(Scenario::CanaryPromote).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_at_every_write_canary_abort_with_rollback_command() {
+    every_crash_point(Scenario::CanaryAbort).await;
 }
 
 /// A stale view (EmpactsApp watch events 2 s late) and a status deleted every second end

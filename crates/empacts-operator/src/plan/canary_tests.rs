@@ -396,6 +396,14 @@ fn a_rolling_update_with_analysis_duration_becomes_good_only_after_the_window() 
     let p = plan(&i);
     assert!(marks(&p).contains(&Mark::Failed(FailedMark { generation: 2, reason: FailReason::AnalysisFailed })));
     assert_eq!(deploys(&p).as_deref(), Some(G), "rolled back to the last good revision");
+
+    // The first rollout of an app has nothing to go back to: it is not analysed.
+    i.ledger.get_mut(G).unwrap().good = None;
+    i.ledger.get_mut(D).unwrap().analysis = None;
+    assert_eq!(analysis_due(&i), None);
+    let p = plan(&i);
+    assert_eq!(p.phase, Phase::Ready);
+    assert!(marks(&p).contains(&Mark::Good(2)));
 }
 
 #[test]

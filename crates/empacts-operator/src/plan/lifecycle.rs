@@ -549,8 +549,9 @@ fn record_measurement<'a>(mut b: Builder<'a>, d: &str, started: i64) -> ControlF
 fn analyse_rollout<'a>(mut b: Builder<'a>, entry: &Entry) -> ControlFlow<Plan, Builder<'a>> {
     let input = b.input;
     let Some(duration) = input.analysis.and_then(|a| a.duration) else { return ControlFlow::Continue(b) };
-    if !steps(input).is_empty() {
-        // A canary was analysed step by step; its promotion ends the analysis.
+    if !steps(input).is_empty() || b.ledger.rollback_target(&entry.revision).is_none() {
+        // A canary was analysed step by step (its promotion ends the analysis); the first
+        // rollout of an app has nothing to go back to, so nothing to decide.
         return ControlFlow::Continue(b);
     }
     let d = entry.revision.clone();
@@ -589,6 +590,7 @@ pub fn analysis_due(input: &PlanInput) -> Option<String> {
         }
         Delivery::RollingUpdate => {
             settings.duration.is_some()
+                && input.ledger.rollback_target(d).is_some()
                 && current == Some(d.as_str())
                 && input.deployment.as_ref().is_some_and(DeploymentState::proven)
                 && entry.good.is_none_or(|g| g < entry.desired_generation)
