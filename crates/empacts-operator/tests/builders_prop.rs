@@ -79,6 +79,10 @@ prop_compose! {
             pod_labels: None,
             pod_annotations: Some(BTreeMap::new()),
             paused,
+            analysis: None,
+            ingress: None,
+            network_policy: None,
+            monitoring: None,
         }
     }
 }
