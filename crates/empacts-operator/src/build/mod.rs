@@ -4,8 +4,10 @@
 pub mod configmap;
 pub mod deployment;
 pub mod hpa;
+pub mod ingress;
 pub mod job;
 pub mod meta;
+pub mod networkpolicy;
 pub mod pdb;
 pub mod pod;
 pub mod revision;
