@@ -131,6 +131,8 @@ fn expected_grants() -> BTreeMap<(String, String), BTreeSet<String>> {
         ("", "configmaps", children.to_vec()),
         ("autoscaling", "horizontalpodautoscalers", children.to_vec()),
         ("policy", "poddisruptionbudgets", children.to_vec()),
+        ("networking.k8s.io", "ingresses", children.to_vec()),
+        ("networking.k8s.io", "networkpolicies", children.to_vec()),
     ];
     table
         .into_iter()
