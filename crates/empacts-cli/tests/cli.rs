@@ -45,12 +45,17 @@ fn render_api_example_shows_every_child() {
             "Deployment",
             "Service",
             "HorizontalPodAutoscaler",
-            "PodDisruptionBudget"
+            "PodDisruptionBudget",
+            "Ingress",
+            "NetworkPolicy"
         ]
     );
     assert!(yaml.contains("namespace: production"));
     assert!(yaml.contains("<generated-by-operator>"), "generated secret shows a placeholder");
     assert!(yaml.contains("name: empacts-api-migrate-"));
+    assert!(yaml.contains("cert-manager.io/cluster-issuer: letsencrypt"), "the Ingress asks cert-manager");
+    assert!(yaml.contains("secretName: empacts-api-tls"));
+    assert!(yaml.contains("kubernetes.io/metadata.name: ingress-nginx"), "the policy admits the controller");
 }
 
 #[test]

@@ -117,6 +117,24 @@ pub const CHILD_KINDS: &[ChildKind] = &[
         prune: Prune::WhenUnwanted,
     },
     ChildKind {
+        kind: "Ingress",
+        group: "networking.k8s.io",
+        version: "v1",
+        resource: "ingresses",
+        verbs: &["list", "watch", "create", "patch", "delete"],
+        watch: Watch::OwnedMetadata,
+        prune: Prune::WhenUnwanted,
+    },
+    ChildKind {
+        kind: "NetworkPolicy",
+        group: "networking.k8s.io",
+        version: "v1",
+        resource: "networkpolicies",
+        verbs: &["list", "watch", "create", "patch", "delete"],
+        watch: Watch::OwnedMetadata,
+        prune: Prune::WhenUnwanted,
+    },
+    ChildKind {
         kind: "ControllerRevision",
         group: "apps",
         version: "v1",
@@ -147,9 +165,30 @@ pub fn child_kind(kind: &str) -> Option<&'static ChildKind> {
 
 /// The kind of every child the builders make. No `..`: a new field must be mapped here.
 pub fn kinds_of(children: &Children) -> Vec<&'static str> {
-    let Children { service_account, config_map, generated_secrets, migration_job, deployment, service, hpa, pdb } =
-        children;
-    let _ = (service_account, config_map, generated_secrets, migration_job, deployment, service, hpa, pdb);
+    let Children {
+        service_account,
+        config_map,
+        generated_secrets,
+        migration_job,
+        deployment,
+        service,
+        hpa,
+        pdb,
+        ingress,
+        network_policy,
+    } = children;
+    let _ = (
+        service_account,
+        config_map,
+        generated_secrets,
+        migration_job,
+        deployment,
+        service,
+        hpa,
+        pdb,
+        ingress,
+        network_policy,
+    );
     vec![
         "ServiceAccount",
         "ConfigMap",
@@ -159,6 +198,8 @@ pub fn kinds_of(children: &Children) -> Vec<&'static str> {
         "Service",
         "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
+        "Ingress",
+        "NetworkPolicy",
     ]
 }
 
@@ -172,7 +213,8 @@ mod tests {
     fn every_built_child_and_the_ledger_are_registered() {
         let app = app_from_yaml(
             "spec: {image: 'api:1', env: {A: b}, secrets: [{env: K, generate: {}}], migration: {command: [m]}, \
-             autoscaling: {maxReplicas: 3, targetCPU: 50}, disruption: {minAvailable: 1}}",
+             autoscaling: {maxReplicas: 3, targetCPU: 50}, disruption: {minAvailable: 1}, \
+             ingress: {host: a.example.com}, networkPolicy: {}}",
         );
         let children = crate::build::build_all(&app, None, None, |_| Some(SecretValue::placeholder()));
         let built: Vec<String> =
@@ -180,6 +222,9 @@ mod tests {
         for kind in &built {
             assert!(kinds_of(&children).contains(&kind.as_str()), "{kind} built but not in kinds_of");
             assert!(child_kind(kind).is_some(), "{kind} built but not registered");
+        }
+        for kind in kinds_of(&children) {
+            assert!(built.iter().any(|b| b == kind), "{kind} is not built by this test's app: add its field");
         }
         assert!(child_kind("ControllerRevision").is_some(), "the ledger's kind");
     }

@@ -20,6 +20,58 @@ fn int_or_percent() -> impl Strategy<Value = IntOrString> {
     prop_oneof![(1..5i32).prop_map(IntOrString::Int), (1..100i32).prop_map(|p| IntOrString::String(format!("{p}%")))]
 }
 
+fn labels() -> impl Strategy<Value = BTreeMap<String, String>> {
+    proptest::collection::btree_map("[a-z]{1,6}(\\.io/[a-z]{1,4})?", "[a-z0-9]{0,6}", 0..3)
+}
+
+fn ingress() -> impl Strategy<Value = IngressSpec> {
+    (
+        "[a-z][a-z0-9]{0,8}\\.example\\.com",
+        proptest::option::of("/[a-z/]{0,8}"),
+        proptest::option::of("[a-z]{1,8}"),
+        proptest::option::of((proptest::option::of("[a-z]{1,8}"), proptest::option::of("[a-z]{1,8}"), any::<bool>())),
+    )
+        .prop_map(|(host, path, class_name, tls)| IngressSpec {
+            host,
+            path,
+            class_name,
+            tls: tls.map(|(secret, issuer, namespaced)| IngressTls {
+                issuer_kind: namespaced.then_some(IssuerKind::Issuer),
+                // One of the two at least (admission).
+                secret_name: if issuer.is_none() { Some(secret.unwrap_or_else(|| "cert".into())) } else { secret },
+                issuer,
+            }),
+            annotations: None,
+        })
+}
+
+fn network_policy() -> impl Strategy<Value = NetworkPolicySpec> {
+    (
+        proptest::option::of(any::<bool>()),
+        proptest::option::of("([a-z][a-z0-9-]{0,8}[a-z0-9])?"),
+        proptest::option::of(proptest::collection::vec(
+            (proptest::option::of(labels()), proptest::option::of(labels())),
+            0..3,
+        )),
+        proptest::option::of(proptest::collection::vec(1..65535i32, 0..3)),
+    )
+        .prop_map(|(enabled, controller, peers, allow_ports)| NetworkPolicySpec {
+            enabled,
+            ingress_controller_namespace: controller,
+            allow_from: peers.map(|peers| {
+                peers
+                    .into_iter()
+                    .map(|(namespace_selector, pod_selector)| NetworkPeer {
+                        // One of the two at least (admission).
+                        pod_selector: pod_selector.or_else(|| namespace_selector.is_none().then(BTreeMap::new)),
+                        namespace_selector,
+                    })
+                    .collect()
+            }),
+            allow_ports,
+        })
+}
+
 prop_compose! {
     fn spec()(
         image in image(),
@@ -34,6 +86,7 @@ prop_compose! {
         migration in proptest::option::of((proptest::collection::vec("[a-z:]{1,8}", 1..4), any::<bool>())),
         surge in proptest::option::of(int_or_percent()),
         paused in proptest::option::of(any::<bool>()),
+        networking in (proptest::option::of(ingress()), proptest::option::of(network_policy())),
     ) -> EmpactsAppSpec {
         let secrets: Vec<SecretEnv> = secret_names
             .into_iter()
@@ -80,8 +133,8 @@ prop_compose! {
             pod_annotations: Some(BTreeMap::new()),
             paused,
             analysis: None,
-            ingress: None,
-            network_policy: None,
+            ingress: networking.0,
+            network_policy: networking.1,
             monitoring: None,
         }
     }
@@ -116,6 +169,15 @@ proptest! {
         }
         prop_assert_eq!(first.hpa.is_some(), valid.spec.autoscaling.is_some());
         prop_assert_eq!(first.migration_job.is_some(), valid.spec.migration.is_some());
+        prop_assert_eq!(first.ingress.is_some(), valid.spec.ingress.is_some());
+        let policy_on = valid.spec.network_policy.as_ref().is_some_and(|n| n.enabled());
+        prop_assert_eq!(first.network_policy.is_some(), policy_on);
+        if let Some(policy) = &first.network_policy {
+            // A rule without `from` admits every source: every rule names its callers.
+            for rule in policy.spec.as_ref().unwrap().ingress.iter().flatten() {
+                prop_assert!(rule.from.as_ref().is_some_and(|f| !f.is_empty()), "{:?}", rule);
+            }
+        }
         for m in first.to_manifests() {
             let name = m["metadata"]["name"].as_str().unwrap();
             prop_assert!(name.len() <= 253, "{}", name);

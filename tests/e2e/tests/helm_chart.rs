@@ -14,6 +14,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -131,6 +132,8 @@ fn expected_grants() -> BTreeMap<(String, String), BTreeSet<String>> {
         ("", "configmaps", children.to_vec()),
         ("autoscaling", "horizontalpodautoscalers", children.to_vec()),
         ("policy", "poddisruptionbudgets", children.to_vec()),
+        ("networking.k8s.io", "ingresses", children.to_vec()),
+        ("networking.k8s.io", "networkpolicies", children.to_vec()),
     ];
     table
         .into_iter()
@@ -566,6 +569,7 @@ async fn helm_install_rbac_is_enough_for_the_operator_and_pods_pass_restricted_p
     let example = std::fs::read_to_string(repo_root().join("examples/empacts-api.yaml")).unwrap();
     let app = app_yaml(&example);
     assert!(app.spec.autoscaling.is_some() && app.spec.disruption.is_some() && app.spec.migration.is_some());
+    assert!(app.spec.ingress.is_some() && app.spec.network_policy.is_some());
     apply_app(&ns, &app).await;
     let ready = wait_app(&ns, "empacts-api", "Ready with the chart's RBAC", T, |a| {
         phase(a) == Some(Phase::Ready) && observed_current(a)
@@ -578,6 +582,8 @@ async fn helm_install_rbac_is_enough_for_the_operator_and_pods_pass_restricted_p
     ns.api::<Deployment>().get("empacts-api").await.expect("app Deployment");
     ns.api::<HorizontalPodAutoscaler>().get("empacts-api").await.expect("app HPA");
     ns.api::<PodDisruptionBudget>().get("empacts-api").await.expect("app PDB");
+    ns.api::<Ingress>().get("empacts-api").await.expect("app Ingress");
+    ns.api::<NetworkPolicy>().get("empacts-api").await.expect("app NetworkPolicy");
     let jobs = ns.api::<Job>().list(&ListParams::default()).await.unwrap().items;
     assert!(jobs.iter().any(|j| j.name_any().starts_with("empacts-api-migrate-")), "migration Job ran");
     let reporters = wait_until("an events.k8s.io Event on the app", T, || async {

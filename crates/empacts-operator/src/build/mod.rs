@@ -4,8 +4,10 @@
 pub mod configmap;
 pub mod deployment;
 pub mod hpa;
+pub mod ingress;
 pub mod job;
 pub mod meta;
+pub mod networkpolicy;
 pub mod pdb;
 pub mod pod;
 pub mod revision;
@@ -17,6 +19,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
 use crate::{secret_value::SecretValue, validate::ValidatedApp};
@@ -32,6 +35,8 @@ pub struct Children {
     pub service: Service,
     pub hpa: Option<HorizontalPodAutoscaler>,
     pub pdb: Option<PodDisruptionBudget>,
+    pub ingress: Option<Ingress>,
+    pub network_policy: Option<NetworkPolicy>,
 }
 
 /// All children of `app` as a new revision of it would have them. `secret_value` supplies the value of each generated secret
@@ -59,6 +64,8 @@ pub fn build_all(
         service: service::build(app),
         hpa: hpa::build(app),
         pdb: pdb::build(app),
+        ingress: ingress::build(app),
+        network_policy: networkpolicy::build(app),
     }
 }
 
@@ -105,11 +112,15 @@ impl Children {
             service,
             hpa,
             pdb,
+            ingress,
+            network_policy,
         } = self;
         vec![
             ("Service", Some(manifest(service))),
             ("HorizontalPodAutoscaler", hpa.as_ref().map(manifest)),
             ("PodDisruptionBudget", pdb.as_ref().map(manifest)),
+            ("Ingress", ingress.as_ref().map(manifest)),
+            ("NetworkPolicy", network_policy.as_ref().map(manifest)),
         ]
     }
 }
