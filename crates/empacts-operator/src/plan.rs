@@ -326,6 +326,8 @@ pub struct Plan {
     pub notes: Vec<(&'static str, String)>,
     /// The canary in progress, for status.
     pub canary: Option<CanaryView>,
+    /// Seconds until a pause ends or a measurement is due: reconcile again then.
+    pub wake: Option<u64>,
 }
 
 /// Where a canary stands, for status and `kubectl get`.
@@ -348,6 +350,7 @@ pub(crate) struct Builder<'a> {
     pub notes: Vec<(&'static str, String)>,
     pub current: Option<String>,
     pub canary: Option<CanaryView>,
+    pub wake: Option<u64>,
 }
 
 impl<'a> Builder<'a> {
@@ -364,6 +367,11 @@ impl<'a> Builder<'a> {
     pub fn failure(&self, reason: FailReason) -> FailedMark {
         let d = self.ledger.get(&self.input.desired).map(|e| e.desired_generation).unwrap_or(0);
         FailedMark { generation: self.input.generation.max(d), reason }
+    }
+
+    /// Reconcile again within `seconds` (the soonest of all asked for).
+    pub fn wake_in(&mut self, seconds: u64) {
+        self.wake = Some(self.wake.map_or(seconds, |w| w.min(seconds)).max(1));
     }
 
     pub fn push(&mut self, action: Action) {
@@ -383,6 +391,7 @@ impl<'a> Builder<'a> {
             migration_complete,
             notes: self.notes,
             canary: self.canary,
+            wake: self.wake,
         }
     }
 }
@@ -407,6 +416,7 @@ pub fn plan(input: &PlanInput) -> Plan {
         notes: Vec::new(),
         current: input.deployment.as_ref().and_then(|d| d.revision.clone()),
         canary: None,
+        wake: None,
     };
     if let Some(message) = &input.invalid {
         return b.finish(Phase::Stalled, reasons::INVALID_SPEC, message.clone());

@@ -114,8 +114,10 @@ async fn reconcile_app(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Next> 
 
     let moving = matches!(plan.phase, Phase::Migrating | Phase::Progressing | Phase::RollingBack | Phase::Pending);
     let waits_for_secret = matches!(plan.reason, reasons::SECRET_NOT_FOUND | reasons::SECRET_KEY_NOT_FOUND);
+    // A canary pause ending or a measurement due sooner than the usual requeue sets the time.
+    let wake = plan.wake.map(Duration::from_secs);
     Ok(Some(match () {
-        _ if moving => ACTIVE_REQUEUE,
+        _ if moving => wake.map_or(ACTIVE_REQUEUE, |w| w.min(ACTIVE_REQUEUE)),
         _ if waits_for_secret => MISSING_SECRET_REQUEUE.min(ctx.settings.resync),
         _ => ctx.settings.resync,
     }))

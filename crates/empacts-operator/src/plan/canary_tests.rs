@@ -156,6 +156,7 @@ fn the_pause_counts_from_when_the_step_is_ready_then_the_next_step_runs() {
     let mut i = at_step(i, 0, Some(NOW - 59));
     let p = plan(&i);
     assert!(marks(&p).is_empty());
+    assert_eq!(p.wake, Some(1), "reconcile again when the pause ends");
     i.now = NOW + 1;
     let p = plan(&i);
     assert_eq!(marks(&p), vec![Mark::Canary(CanaryMark { generation: 2, step: 1, since: None })]);
@@ -348,6 +349,9 @@ fn measurements_are_due_only_while_a_ready_canary_step_runs_and_each_interval() 
     assert_eq!(analysis_due(&i), None, "the step's pods are not ready yet");
     i = at_step(i, 0, Some(NOW - 1));
     assert_eq!(analysis_due(&i).as_deref(), Some(D), "first measurement as soon as the step is ready");
+    let mut ready = i.clone();
+    ready.canary = Some(deployment(D, 1, 1));
+    assert_eq!(plan(&ready).wake, Some(10), "the next measurement is due in one interval");
     i.ledger.get_mut(D).unwrap().analysis =
         Some(AnalysisMark { generation: 2, started: NOW - 1, last: Some(NOW - 9), ..Default::default() });
     assert_eq!(analysis_due(&i), None, "interval 10 s not over");

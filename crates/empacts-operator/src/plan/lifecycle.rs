@@ -464,12 +464,16 @@ fn canary(mut b: Builder<'_>, d: &str) -> Plan {
         ControlFlow::Continue(b) => b,
         ControlFlow::Break(plan) => return plan,
     };
+    if let Some(a) = input.analysis {
+        b.wake_in(a.interval);
+    }
     let Some(pause) = step.pause else {
         let message = format!("{at}: waiting for `empacts promote` (or `empacts abort`)");
         return b.finish(Phase::Progressing, reasons::WAITING_FOR_PROMOTE, message);
     };
     let elapsed = input.now.saturating_sub(since).max(0) as u64;
     if elapsed < pause {
+        b.wake_in(pause - elapsed);
         let message = format!("{at}: {replicas} canary pods ready; next step in {}s", pause - elapsed);
         return b.finish(Phase::Progressing, reasons::CANARY_STEP, message);
     }
@@ -560,10 +564,14 @@ fn analyse_rollout<'a>(mut b: Builder<'a>, entry: &Entry) -> ControlFlow<Plan, B
         let a = AnalysisMark { generation: entry.desired_generation, started, ..Default::default() };
         b.mark(&d, Mark::Analysis(a));
     }
-    let b = record_measurement(b, &d, started)?;
+    let mut b = record_measurement(b, &d, started)?;
     let elapsed = input.now.saturating_sub(started).max(0) as u64;
     if elapsed >= duration {
         return ControlFlow::Continue(b);
+    }
+    b.wake_in(duration - elapsed);
+    if let Some(a) = input.analysis {
+        b.wake_in(a.interval);
     }
     let passed = b.ledger.get(&d).and_then(analysis_mark).map(|a| a.passed).unwrap_or(0);
     let message = format!(
