@@ -262,6 +262,10 @@ impl Writer<'_> {
         let uid = self.app.uid.as_str();
         let name = names::workload(&self.app.name);
         for (kind, obj) in children.serving() {
+            // Prometheus Operator objects only while their CRDs are installed.
+            if !self.ctx.monitoring.writable(kind) {
+                continue;
+            }
             let live = self.observed.children.get(kind, &name);
             match obj {
                 Some(obj) => ensure(self.ctx, obj, live, uid).await?,

@@ -116,6 +116,27 @@ pub const CHILD_KINDS: &[ChildKind] = &[
         watch: Watch::OwnedMetadata,
         prune: Prune::WhenUnwanted,
     },
+    // Prometheus Operator kinds: optional CRDs, so not watched (a watch of a missing kind
+    // fails); read fresh (metadata) when an app may need a write, and written only while
+    // their CRDs are installed (see `monitoring`).
+    ChildKind {
+        kind: "ServiceMonitor",
+        group: "monitoring.coreos.com",
+        version: "v1",
+        resource: "servicemonitors",
+        verbs: &["get", "create", "patch", "delete"],
+        watch: Watch::ReadFresh,
+        prune: Prune::WhenUnwanted,
+    },
+    ChildKind {
+        kind: "PrometheusRule",
+        group: "monitoring.coreos.com",
+        version: "v1",
+        resource: "prometheusrules",
+        verbs: &["get", "create", "patch", "delete"],
+        watch: Watch::ReadFresh,
+        prune: Prune::WhenUnwanted,
+    },
     ChildKind {
         kind: "ControllerRevision",
         group: "apps",
@@ -147,9 +168,20 @@ pub fn child_kind(kind: &str) -> Option<&'static ChildKind> {
 
 /// The kind of every child the builders make. No `..`: a new field must be mapped here.
 pub fn kinds_of(children: &Children) -> Vec<&'static str> {
-    let Children { service_account, config_map, generated_secrets, migration_job, deployment, service, hpa, pdb } =
-        children;
+    let Children {
+        service_account,
+        config_map,
+        generated_secrets,
+        migration_job,
+        deployment,
+        service,
+        hpa,
+        pdb,
+        service_monitor,
+        prometheus_rule,
+    } = children;
     let _ = (service_account, config_map, generated_secrets, migration_job, deployment, service, hpa, pdb);
+    let _ = (service_monitor, prometheus_rule);
     vec![
         "ServiceAccount",
         "ConfigMap",
@@ -159,6 +191,8 @@ pub fn kinds_of(children: &Children) -> Vec<&'static str> {
         "Service",
         "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
+        "ServiceMonitor",
+        "PrometheusRule",
     ]
 }
 
@@ -172,7 +206,7 @@ mod tests {
     fn every_built_child_and_the_ledger_are_registered() {
         let app = app_from_yaml(
             "spec: {image: 'api:1', env: {A: b}, secrets: [{env: K, generate: {}}], migration: {command: [m]}, \
-             autoscaling: {maxReplicas: 3, targetCPU: 50}, disruption: {minAvailable: 1}}",
+             autoscaling: {maxReplicas: 3, targetCPU: 50}, disruption: {minAvailable: 1}, monitoring: {}}",
         );
         let children = crate::build::build_all(&app, None, None, |_| Some(SecretValue::placeholder()));
         let built: Vec<String> =

@@ -8,10 +8,12 @@ pub mod job;
 pub mod meta;
 pub mod pdb;
 pub mod pod;
+pub mod prometheusrule;
 pub mod revision;
 pub mod secret;
 pub mod service;
 pub mod serviceaccount;
+pub mod servicemonitor;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -32,6 +34,10 @@ pub struct Children {
     pub service: Service,
     pub hpa: Option<HorizontalPodAutoscaler>,
     pub pdb: Option<PodDisruptionBudget>,
+    /// Prometheus Operator objects (generic manifests: their CRDs are optional; the
+    /// reconciler applies them only while the CRDs are installed).
+    pub service_monitor: Option<serde_json::Value>,
+    pub prometheus_rule: Option<serde_json::Value>,
 }
 
 /// All children of `app` as a new revision of it would have them. `secret_value` supplies the value of each generated secret
@@ -59,6 +65,8 @@ pub fn build_all(
         service: service::build(app),
         hpa: hpa::build(app),
         pdb: pdb::build(app),
+        service_monitor: servicemonitor::build(app),
+        prometheus_rule: prometheusrule::build(app),
     }
 }
 
@@ -105,11 +113,15 @@ impl Children {
             service,
             hpa,
             pdb,
+            service_monitor,
+            prometheus_rule,
         } = self;
         vec![
             ("Service", Some(manifest(service))),
             ("HorizontalPodAutoscaler", hpa.as_ref().map(manifest)),
             ("PodDisruptionBudget", pdb.as_ref().map(manifest)),
+            (servicemonitor::KIND, service_monitor.clone()),
+            (prometheusrule::KIND, prometheus_rule.clone()),
         ]
     }
 }
