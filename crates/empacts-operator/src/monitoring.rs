@@ -250,6 +250,15 @@ mod tests {
     }
 
     #[test]
+    fn render_shows_the_monitoring_objects_when_asked_for() {
+        let yaml = "apiVersion: empacts.io/v1alpha1\nkind: EmpactsApp\nmetadata: {name: api}\nspec: {image: 'api:1', monitoring: {}}\n";
+        let out = crate::render::render_yaml(yaml, "ns").unwrap();
+        assert!(out.contains("kind: ServiceMonitor") && out.contains("kind: PrometheusRule"), "{out}");
+        let plain = crate::render::render_yaml(&yaml.replace(", monitoring: {}", ""), "ns").unwrap();
+        assert!(!plain.contains("ServiceMonitor") && !plain.contains("PrometheusRule"));
+    }
+
+    #[test]
     fn established_needs_the_condition_and_v1() {
         let crd: CustomResourceDefinition = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
