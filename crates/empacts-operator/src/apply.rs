@@ -262,6 +262,10 @@ impl Writer<'_> {
         let uid = self.app.uid.as_str();
         let name = names::workload(&self.app.name);
         for (kind, obj) in children.serving() {
+            // Prometheus Operator objects only while their CRDs are installed.
+            if !self.ctx.monitoring.writable(kind) {
+                continue;
+            }
             let live = self.observed.children.get(kind, &name);
             match obj {
                 Some(obj) => ensure(self.ctx, obj, live, uid).await?,
@@ -369,6 +373,13 @@ async fn apply_child(ctx: &Context, obj: serde_json::Value, live: &ObjectMeta) -
     value["metadata"]["uid"] = live.uid.clone().into();
     let api = dynamic_api(&ctx.client, &ns, &kind);
     let params = PatchParams::apply(FIELD_MANAGER).force();
+    // A Service was created by a plain create, which leaves its fields owned by our manager's
+    // Update operation: an apply that drops a port (the metrics port, when spec.monitoring
+    // goes) would not remove it. Replace the ports whole with a merge patch first.
+    if kind == "Service" {
+        let merge = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+        api.patch(&name, &merge, &Patch::Merge(&value)).await.map_err(|e| dyn_write_error(&kind, &ns, &name, e))?;
+    }
     let applied = match api.patch(&name, &params, &Patch::Apply(&value)).await {
         // Someone else's edit of a keyed list (say a Service port) can leave entries our apply
         // cannot remove, making the merged object invalid. Take the object back with a merge

@@ -64,6 +64,9 @@ pub struct Context {
     stores: RwLock<HashMap<String, ChildStores>>,
     /// What this process last applied, to skip applies that would change nothing.
     pub applied: AppliedRecord,
+    /// Whether the Prometheus Operator's CRDs are installed, and what it knows of the apps'
+    /// monitoring objects.
+    pub monitoring: crate::monitoring::Monitoring,
     /// Reconciles in flight over every controller of this process.
     pub slots: Arc<tokio::sync::Semaphore>,
     /// Last phase of each app, feeding the apps-by-phase gauge.
@@ -98,6 +101,7 @@ impl Context {
             hash_key,
             stores: RwLock::default(),
             applied: AppliedRecord::default(),
+            monitoring: Default::default(),
             phases: Mutex::default(),
             counted_jobs: Mutex::default(),
             failures: Mutex::default(),
@@ -175,6 +179,7 @@ impl Context {
         self.counted_jobs.lock().expect("job set lock").remove(app);
         self.failures.lock().expect("failure map lock").remove(app);
         self.applied.forget(app.namespace.as_deref().unwrap_or_default(), &app.name);
+        self.monitoring.forget(app.namespace.as_deref().unwrap_or_default(), &app.name);
         self.readiness.progress.forget(app);
     }
 

@@ -173,12 +173,17 @@ pub async fn run(
 ) {
     ctx.readiness.progress.reset(Instant::now());
     let shutdown = shutdown.shared();
-    if scope.namespaces.is_empty() {
-        run_one(ctx, None, shutdown).await;
-    } else {
-        let runs = scope.namespaces.iter().map(|ns| run_one(ctx.clone(), Some(ns.clone()), shutdown.clone()));
-        futures::future::join_all(runs).await;
-    }
+    // Whether the Prometheus Operator's CRDs are installed, for as long as the controllers run.
+    let crds = Box::pin(crate::monitoring::watch_crds(ctx.clone()));
+    let controllers = async move {
+        if scope.namespaces.is_empty() {
+            run_one(ctx, None, shutdown).await;
+        } else {
+            let runs = scope.namespaces.iter().map(|ns| run_one(ctx.clone(), Some(ns.clone()), shutdown.clone()));
+            futures::future::join_all(runs).await;
+        }
+    };
+    futures::future::select(Box::pin(controllers), crds).await;
 }
 
 /// One Controller over one namespace (None: all namespaces).
@@ -275,6 +280,8 @@ async fn run_one(
                 .map(|app| ObjectRef::from(app.as_ref()))
                 .collect::<Vec<_>>()
         })
+        // A Prometheus Operator CRD installed or removed: every app (its monitoring objects).
+        .reconcile_all_on(ctx.monitoring.changes())
         // A rollout touches several children at once (ReplicaSet -> Deployment status, Job
         // status, HPA status); coalescing their triggers saves reconciles without delaying much.
         .with_config(

@@ -17,6 +17,7 @@ pub mod leader;
 pub mod ledger;
 pub mod legacy;
 pub mod metrics;
+pub mod monitoring;
 pub mod names;
 pub mod observe;
 pub mod plan;

@@ -268,6 +268,7 @@ pub async fn observe(
         autoscaled: app.spec.autoscaling.is_some(),
         promote: app.annotations.get(annotations::PROMOTE).cloned(),
         abort: app.annotations.get(annotations::ABORT).cloned(),
+        monitoring_unavailable: None,
     };
     let mut input = input;
     if let Some(revision) = crate::plan::analysis_due(&input) {

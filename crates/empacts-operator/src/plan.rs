@@ -253,6 +253,8 @@ pub struct PlanInput {
     /// `empacts.io/promote` and `empacts.io/abort` request values.
     pub promote: Option<String>,
     pub abort: Option<String>,
+    /// Why the app's spec.monitoring cannot be honoured (a Prometheus Operator CRD is missing).
+    pub monitoring_unavailable: Option<String>,
 }
 
 /// One write, in the order the plan gives.
@@ -420,6 +422,9 @@ pub fn plan(input: &PlanInput) -> Plan {
     };
     if let Some(message) = &input.invalid {
         return b.finish(Phase::Stalled, reasons::INVALID_SPEC, message.clone());
+    }
+    if let Some(note) = &input.monitoring_unavailable {
+        b.notes.push((crate::monitoring::UNAVAILABLE, note.clone()));
     }
     if let Some(name) = &input.name_taken {
         let message = format!(

@@ -19,7 +19,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::plan::{self, Plan, PlanInput};
 use crate::status::{self, StatusInput};
-use crate::{build, events, observe, validate};
+use crate::{build, events, monitoring, observe, validate};
 
 /// Requeue while something is moving; watches usually wake us sooner.
 const ACTIVE_REQUEUE: Duration = Duration::from_secs(5);
@@ -73,8 +73,13 @@ async fn reconcile_app(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Next> 
         Ok(v) => v,
         Err(invalid) => return invalid_spec(&app, &ctx, &previous, Error::Invalid(invalid)).await,
     };
-    let children = ChildMetas::snapshot(ctx.stores(&valid.namespace).as_ref(), &valid);
-    let observed = observe::observe(&ctx.client, &ctx.hash_key, &valid, &previous, children).await?;
+    let mut children = ChildMetas::snapshot(ctx.stores(&valid.namespace).as_ref(), &valid);
+    monitoring::observe(&ctx, &valid, &mut children).await?;
+    let mut observed = observe::observe(&ctx.client, &ctx.hash_key, &valid, &previous, children).await?;
+    observed.input.monitoring_unavailable = ctx.monitoring.unavailable(&valid);
+    if observed.input.monitoring_unavailable.is_none() {
+        ctx.monitoring.clear_report(&valid.namespace, &valid.name);
+    }
     let mut plan = plan::plan(&observed.input);
 
     // A failed write still gets its status: users see why their app is not moving.
@@ -212,8 +217,14 @@ async fn record_transitions(
         .chain(
             plan.notes
                 .iter()
-                // Each failed or inconclusive measurement is news of its own.
-                .filter(|(reason, _)| changed || requested || reason.starts_with("Analysis"))
+                // Each failed or inconclusive measurement is news of its own; missing monitoring
+                // CRDs once per transition.
+                .filter(|(reason, note)| match *reason {
+                    monitoring::UNAVAILABLE => {
+                        ctx.monitoring.first_report(&app.namespace().unwrap_or_default(), &app.name_any(), note)
+                    }
+                    _ => changed || requested || reason.starts_with("Analysis"),
+                })
                 .map(|(reason, note)| (EventType::Warning, *reason, "Reconcile", note.clone())),
         );
     for (type_, reason, action, note) in notes {

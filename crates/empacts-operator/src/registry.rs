@@ -116,6 +116,27 @@ pub const CHILD_KINDS: &[ChildKind] = &[
         watch: Watch::OwnedMetadata,
         prune: Prune::WhenUnwanted,
     },
+    // Prometheus Operator kinds: optional CRDs, so not watched (a watch of a missing kind
+    // fails); read fresh (metadata) when an app may need a write, and written only while
+    // their CRDs are installed (see `monitoring`).
+    ChildKind {
+        kind: "ServiceMonitor",
+        group: "monitoring.coreos.com",
+        version: "v1",
+        resource: "servicemonitors",
+        verbs: &["get", "create", "patch", "delete"],
+        watch: Watch::ReadFresh,
+        prune: Prune::WhenUnwanted,
+    },
+    ChildKind {
+        kind: "PrometheusRule",
+        group: "monitoring.coreos.com",
+        version: "v1",
+        resource: "prometheusrules",
+        verbs: &["get", "create", "patch", "delete"],
+        watch: Watch::ReadFresh,
+        prune: Prune::WhenUnwanted,
+    },
     ChildKind {
         kind: "Ingress",
         group: "networking.k8s.io",
@@ -176,6 +197,8 @@ pub fn kinds_of(children: &Children) -> Vec<&'static str> {
         pdb,
         ingress,
         network_policy,
+        service_monitor,
+        prometheus_rule,
     } = children;
     let _ = (
         service_account,
@@ -188,6 +211,8 @@ pub fn kinds_of(children: &Children) -> Vec<&'static str> {
         pdb,
         ingress,
         network_policy,
+        service_monitor,
+        prometheus_rule,
     );
     vec![
         "ServiceAccount",
@@ -200,6 +225,8 @@ pub fn kinds_of(children: &Children) -> Vec<&'static str> {
         "PodDisruptionBudget",
         "Ingress",
         "NetworkPolicy",
+        "ServiceMonitor",
+        "PrometheusRule",
     ]
 }
 
@@ -214,7 +241,7 @@ mod tests {
         let app = app_from_yaml(
             "spec: {image: 'api:1', env: {A: b}, secrets: [{env: K, generate: {}}], migration: {command: [m]}, \
              autoscaling: {maxReplicas: 3, targetCPU: 50}, disruption: {minAvailable: 1}, \
-             ingress: {host: a.example.com}, networkPolicy: {}}",
+             ingress: {host: a.example.com}, networkPolicy: {}, monitoring: {}}",
         );
         let children = crate::build::build_all(&app, None, None, |_| Some(SecretValue::placeholder()));
         let built: Vec<String> =

@@ -84,9 +84,42 @@ fn aggregated(role: &Value) -> bool {
     })
 }
 
-/// The operator's own ClusterRoles.
+/// The ClusterRole reading the Prometheus Operator CRDs (by name), rendered in every mode.
+fn monitoring_crds(role: &Value) -> bool {
+    role["metadata"]["name"].as_str().is_some_and(|n| n.ends_with("-monitoring-crds"))
+}
+
+/// The operator's own ClusterRoles (other than the CRD reader).
 fn operator_cluster_roles(docs: &[Value]) -> Vec<&Value> {
-    of_kind(docs, "ClusterRole").into_iter().filter(|r| !aggregated(r)).collect()
+    of_kind(docs, "ClusterRole").into_iter().filter(|r| !aggregated(r) && !monitoring_crds(r)).collect()
+}
+
+/// One ClusterRole (and its binding) reads exactly the two Prometheus Operator CRDs by name.
+fn assert_monitoring_crds_role(docs: &[Value]) {
+    let roles: Vec<&Value> = of_kind(docs, "ClusterRole").into_iter().filter(|r| monitoring_crds(r)).collect();
+    assert_eq!(roles.len(), 1, "one ClusterRole reads the monitoring CRDs");
+    let rules = roles[0]["rules"].as_sequence().expect("rules");
+    assert_eq!(rules.len(), 1);
+    assert_eq!(strings(&rules[0]["apiGroups"]), ["apiextensions.k8s.io"]);
+    assert_eq!(strings(&rules[0]["resources"]), ["customresourcedefinitions"]);
+    assert_eq!(
+        strings(&rules[0]["resourceNames"]),
+        ["servicemonitors.monitoring.coreos.com", "prometheusrules.monitoring.coreos.com"]
+    );
+    assert_eq!(strings(&rules[0]["verbs"]), ["get", "list", "watch"]);
+    let bindings: Vec<&Value> = of_kind(docs, "ClusterRoleBinding")
+        .into_iter()
+        .filter(|b| b["roleRef"]["name"] == roles[0]["metadata"]["name"])
+        .collect();
+    assert_eq!(bindings.len(), 1, "the CRD reader is bound");
+}
+
+/// ClusterRoleBindings of the operator's own ClusterRoles (other than the CRD reader).
+fn operator_cluster_bindings(docs: &[Value]) -> Vec<&Value> {
+    of_kind(docs, "ClusterRoleBinding")
+        .into_iter()
+        .filter(|b| !b["roleRef"]["name"].as_str().is_some_and(|n| n.ends_with("-monitoring-crds")))
+        .collect()
 }
 
 fn assert_aggregated_roles(docs: &[Value]) {
@@ -134,6 +167,8 @@ fn expected_grants() -> BTreeMap<(String, String), BTreeSet<String>> {
         ("policy", "poddisruptionbudgets", children.to_vec()),
         ("networking.k8s.io", "ingresses", children.to_vec()),
         ("networking.k8s.io", "networkpolicies", children.to_vec()),
+        ("monitoring.coreos.com", "servicemonitors", vec!["get", "create", "patch", "delete"]),
+        ("monitoring.coreos.com", "prometheusrules", vec!["get", "create", "patch", "delete"]),
     ];
     table
         .into_iter()
@@ -314,7 +349,10 @@ async fn helm_template_renders_least_privilege_restricted_manifests() {
         "ClusterRole grants exactly what the operator uses"
     );
     assert_aggregated_roles(&all);
-    let crb = one(&all, "ClusterRoleBinding");
+    assert_monitoring_crds_role(&all);
+    let bindings = operator_cluster_bindings(&all);
+    assert_eq!(bindings.len(), 1, "one ClusterRoleBinding of the operator's ClusterRole");
+    let crb = bindings[0];
     assert_eq!(crb["roleRef"]["name"], operator_cluster_roles(&all)[0]["metadata"]["name"]);
     assert_eq!(crb["subjects"][0]["namespace"].as_str(), Some("ops"));
     assert_lease_role(&all, "ops");
@@ -326,7 +364,9 @@ async fn helm_template_renders_least_privilege_restricted_manifests() {
     // Watched namespaces: a Role + RoleBinding in each, and no ClusterRole granting the operator
     // anything (only the users' aggregated roles, which grant EmpactsApps only).
     let scoped = render(&env, "ops", &["watchNamespaces={apps,web}"]);
-    assert!(operator_cluster_roles(&scoped).is_empty() && of_kind(&scoped, "ClusterRoleBinding").is_empty());
+    assert!(operator_cluster_roles(&scoped).is_empty() && operator_cluster_bindings(&scoped).is_empty());
+    // Except the reader of the two Prometheus Operator CRDs (cluster-scoped objects).
+    assert_monitoring_crds_role(&scoped);
     assert_aggregated_roles(&scoped);
     let web: Vec<&Value> =
         of_kind(&scoped, "Role").into_iter().filter(|r| r["metadata"]["namespace"].as_str() == Some("web")).collect();

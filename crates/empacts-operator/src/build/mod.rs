@@ -10,10 +10,12 @@ pub mod meta;
 pub mod networkpolicy;
 pub mod pdb;
 pub mod pod;
+pub mod prometheusrule;
 pub mod revision;
 pub mod secret;
 pub mod service;
 pub mod serviceaccount;
+pub mod servicemonitor;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -35,8 +37,13 @@ pub struct Children {
     pub service: Service,
     pub hpa: Option<HorizontalPodAutoscaler>,
     pub pdb: Option<PodDisruptionBudget>,
+
     pub ingress: Option<Ingress>,
     pub network_policy: Option<NetworkPolicy>,
+    /// Prometheus Operator objects (generic manifests: their CRDs are optional; the
+    /// reconciler applies them only while the CRDs are installed).
+    pub service_monitor: Option<serde_json::Value>,
+    pub prometheus_rule: Option<serde_json::Value>,
 }
 
 /// All children of `app` as a new revision of it would have them. `secret_value` supplies the value of each generated secret
@@ -64,8 +71,11 @@ pub fn build_all(
         service: service::build(app),
         hpa: hpa::build(app),
         pdb: pdb::build(app),
+
         ingress: ingress::build(app),
         network_policy: networkpolicy::build(app),
+        service_monitor: servicemonitor::build(app),
+        prometheus_rule: prometheusrule::build(app),
     }
 }
 
@@ -112,8 +122,11 @@ impl Children {
             service,
             hpa,
             pdb,
+
             ingress,
             network_policy,
+            service_monitor,
+            prometheus_rule,
         } = self;
         vec![
             ("Service", Some(manifest(service))),
@@ -121,6 +134,8 @@ impl Children {
             ("PodDisruptionBudget", pdb.as_ref().map(manifest)),
             ("Ingress", ingress.as_ref().map(manifest)),
             ("NetworkPolicy", network_policy.as_ref().map(manifest)),
+            (servicemonitor::KIND, service_monitor.clone()),
+            (prometheusrule::KIND, prometheus_rule.clone()),
         ]
     }
 }
