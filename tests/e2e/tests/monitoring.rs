@@ -27,7 +27,8 @@ fn app(spec: &str) -> EmpactsApp {
 
 /// The directory of the CRD YAMLs; None skips the test (a failure under EMPACTS_TESTBED_REQUIRED).
 fn crd_dir() -> Option<PathBuf> {
-    match std::env::var_os("EMPACTS_PROMETHEUS_OPERATOR_CRDS") {
+    let from_up = || up_export("EMPACTS_PROMETHEUS_OPERATOR_CRDS").map(Into::into);
+    match std::env::var_os("EMPACTS_PROMETHEUS_OPERATOR_CRDS").or_else(from_up) {
         Some(dir) => Some(PathBuf::from(dir)),
         None if std::env::var_os("EMPACTS_TESTBED_REQUIRED").is_some() => panic!(
             "EMPACTS_PROMETHEUS_OPERATOR_CRDS is not set: it must name the directory holding \
@@ -176,6 +177,23 @@ async fn monitoring_children_follow_the_prometheus_operator_crds_and_the_spec() 
     let expr = error_rate_expr(&rule);
     assert!(expr.contains(&format!(r#"namespace="{}",app="api""#, ns.name)) && expr.ends_with("> 0.02"), "{expr}");
     assert_eq!(rule["spec"]["groups"][0]["rules"][0]["for"], "2m");
+
+    // The live PrometheusRule's groups are a rule file the real Prometheus accepts and loads.
+    let dir = std::env::temp_dir().join(format!("empacts-rules-{}", ns.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("rules.yaml");
+    let groups = serde_json::json!({"groups": rule["spec"]["groups"].clone()});
+    std::fs::write(&file, serde_yaml::to_string(&groups).unwrap()).unwrap();
+    empacts_e2e::prometheus::promtool_check_rules(&file).unwrap_or_else(|e| panic!("promtool refuses the rules: {e}"));
+    let prometheus = empacts_e2e::prometheus::TestPrometheus::start(&[], &[&file]).await;
+    let loaded = wait_until("Prometheus loaded the app's alerts", T, || async {
+        let loaded = prometheus.rules_loaded().await;
+        (loaded.len() == 3).then_some(loaded)
+    })
+    .await;
+    assert_eq!(loaded, ["HighErrorRate", "HighResponseTime", "PodCrashLooping"]);
+    drop(prometheus);
+    let _ = std::fs::remove_dir_all(&dir);
 
     // (c) A new threshold updates the rule.
     let spec = spec.replace("errorRate: 0.02", "errorRate: 0.05");
