@@ -14,7 +14,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, ObjectMeta};
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -373,12 +373,18 @@ async fn apply_child(ctx: &Context, obj: serde_json::Value, live: &ObjectMeta) -
     value["metadata"]["uid"] = live.uid.clone().into();
     let api = dynamic_api(&ctx.client, &ns, &kind);
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    // A Service was created by a plain create, which leaves its fields owned by our manager's
-    // Update operation: an apply that drops a port (the metrics port, when spec.monitoring
-    // goes) would not remove it. Replace the ports whole with a merge patch first.
-    if kind == "Service" {
+    if let Some(fields) = upgraded_managed_fields(live.managed_fields.as_deref().unwrap_or_default()) {
+        // The fields our create (or a replica-count patch) set belong to our Update entry, and
+        // an apply never removes fields only that entry owns: an env var of a removed secret
+        // would stay in the pod template. Hand them to our Apply entry first (what kubectl's
+        // client-side-to-server-side upgrade does), on the version we read.
+        let patch = serde_json::json!({"metadata": {
+            "managedFields": fields,
+            "resourceVersion": live.resource_version,
+            "uid": live.uid,
+        }});
         let merge = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-        api.patch(&name, &merge, &Patch::Merge(&value)).await.map_err(|e| dyn_write_error(&kind, &ns, &name, e))?;
+        api.patch(&name, &merge, &Patch::Merge(&patch)).await.map_err(|e| dyn_write_error(&kind, &ns, &name, e))?;
     }
     let applied = match api.patch(&name, &params, &Patch::Apply(&value)).await {
         // Someone else's edit of a keyed list (say a Service port) can leave entries our apply
@@ -395,6 +401,47 @@ async fn apply_child(ctx: &Context, obj: serde_json::Value, live: &ObjectMeta) -
     ctx.applied.record(&kind, &applied.metadata);
     ctx.metrics.child_applies.with_label_values(&[kind.as_str(), "applied"]).inc();
     Ok(())
+}
+
+/// Our manager's entries of the main resource merged into one Apply entry, when any of them
+/// is an Update entry (None: nothing to upgrade).
+pub fn upgraded_managed_fields(fields: &[ManagedFieldsEntry]) -> Option<Vec<ManagedFieldsEntry>> {
+    let main = |f: &ManagedFieldsEntry| f.subresource.as_deref().unwrap_or_default().is_empty();
+    let ours = |f: &ManagedFieldsEntry| f.manager.as_deref() == Some(FIELD_MANAGER) && main(f);
+    if !fields.iter().any(|f| ours(f) && f.operation.as_deref() == Some("Update")) {
+        return None;
+    }
+    let mut merged = serde_json::json!({});
+    let mut api_version = None;
+    let mut time = None;
+    for f in fields.iter().filter(|f| ours(f)) {
+        if let Some(v) = &f.fields_v1 {
+            merge_fields(&mut merged, &v.0);
+        }
+        if f.operation.as_deref() == Some("Apply") || api_version.is_none() {
+            api_version = f.api_version.clone();
+        }
+        time = time.max(f.time.clone());
+    }
+    let mut out: Vec<ManagedFieldsEntry> = fields.iter().filter(|f| !ours(f)).cloned().collect();
+    out.push(ManagedFieldsEntry {
+        manager: Some(FIELD_MANAGER.into()),
+        operation: Some("Apply".into()),
+        api_version,
+        fields_type: Some("FieldsV1".into()),
+        fields_v1: Some(FieldsV1(merged)),
+        time,
+        subresource: None,
+    });
+    Some(out)
+}
+
+/// Union of two FieldsV1 trees (nested maps whose leaves are `{}`).
+fn merge_fields(into: &mut serde_json::Value, from: &serde_json::Value) {
+    let (Some(into), Some(from)) = (into.as_object_mut(), from.as_object()) else { return };
+    for (k, v) in from {
+        merge_fields(into.entry(k.clone()).or_insert_with(|| serde_json::json!({})), v);
+    }
 }
 
 /// Delete if present (background propagation, so a Job's pods go too).
@@ -436,5 +483,37 @@ async fn expire_job(client: &Client, ns: &str, name: &str) -> Result<()> {
         Ok(_) => Ok(()),
         Err(e) if is_not_found(&e) => Ok(()),
         Err(e) => Err(write_error::<Job>(ns, name, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(manager: &str, operation: &str, fields: serde_json::Value) -> ManagedFieldsEntry {
+        ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            operation: Some(operation.into()),
+            api_version: Some("apps/v1".into()),
+            fields_type: Some("FieldsV1".into()),
+            fields_v1: Some(FieldsV1(fields)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn our_update_entry_is_merged_into_our_apply_entry_and_others_are_kept() {
+        let create = entry(FIELD_MANAGER, "Update", serde_json::json!({"f:spec": {"f:replicas": {}, "f:a": {}}}));
+        let apply = entry(FIELD_MANAGER, "Apply", serde_json::json!({"f:spec": {"f:b": {}}}));
+        let theirs = entry("kubectl", "Update", serde_json::json!({"f:metadata": {"f:labels": {}}}));
+        let mut status = entry(FIELD_MANAGER, "Update", serde_json::json!({"f:status": {}}));
+        status.subresource = Some("status".into());
+        let out = upgraded_managed_fields(&[create, apply.clone(), theirs.clone(), status.clone()]).unwrap();
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert!(out.contains(&theirs) && out.contains(&status), "others' entries and subresources stay");
+        let ours = out.iter().find(|f| f.operation.as_deref() == Some("Apply")).unwrap();
+        let merged = &ours.fields_v1.as_ref().unwrap().0;
+        assert_eq!(merged, &serde_json::json!({"f:spec": {"f:replicas": {}, "f:a": {}, "f:b": {}}}));
+        assert_eq!(upgraded_managed_fields(&[apply, theirs]), None, "nothing to upgrade");
     }
 }

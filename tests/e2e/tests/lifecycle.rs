@@ -814,3 +814,34 @@ async fn unowned_objects_named_like_the_app_are_untouched_and_survive_its_deleti
     op.stop().await;
     ns.cleanup().await;
 }
+
+/// Children are created with a plain create (never taking over), which leaves their fields
+/// owned by the operator's Update entry; a later server-side apply must still remove what the
+/// spec no longer asks for (an env var of a removed secret, a probe, a Service port).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_spec_no_longer_asks_for_is_removed_from_children_created_earlier() {
+    let (_env, client) = cluster().await;
+    let ns = TestNamespace::new(&client, "fields-removed").await;
+    let op = Operator::start(&client, &ns.name).await;
+    create_secret(&ns, "db", "url", "postgres://x").await;
+    let v1 = app(
+        "api",
+        "{image: 'registry.example.com/api:1.0.0', secrets: [{env: A, generate: {}}, {env: DB, secretKeyRef: {name: db, key: url}}], \
+         probes: {readiness: {path: /ready}}, monitoring: {port: 9090}}",
+    );
+    apply_app(&ns, &v1).await;
+    ready_on(&ns, "api", "registry.example.com/api:1.0.0").await;
+    let v2 = app("api", "{image: 'registry.example.com/api:1.0.1', secrets: [{env: A, generate: {}}]}");
+    apply_app(&ns, &v2).await;
+    ready_on(&ns, "api", "registry.example.com/api:1.0.1").await;
+    let d = deployment(&ns, "api").await;
+    let c = &d.spec.unwrap().template.spec.unwrap().containers[0];
+    let env: Vec<String> = c.env.iter().flatten().map(|e| e.name.clone()).collect();
+    assert_eq!(env, ["A"], "the removed secret's variable is gone from the pod template");
+    assert!(c.readiness_probe.is_none(), "the removed probe is gone: {:?}", c.readiness_probe);
+    let svc = ns.api::<Service>().get("api").await.unwrap();
+    let ports: Vec<String> = svc.spec.unwrap().ports.iter().flatten().filter_map(|p| p.name.clone()).collect();
+    assert_eq!(ports, ["http"], "the metrics port is gone from the Service");
+    op.stop().await;
+    ns.cleanup().await;
+}
