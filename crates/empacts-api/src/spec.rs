@@ -120,6 +120,7 @@ pub const MAX_APP_NAME_LEN: usize = 42;
     cel,
     validation = Rule::new("!has(self.secrets) || !has(self.env) || self.secrets.all(s, !(s.env in self.env))").message("a variable is defined both in spec.env and spec.secrets; keep one").field_path(".secrets"),
     validation = Rule::new("!has(self.replicas) || !has(self.autoscaling) || self.replicas <= self.autoscaling.maxReplicas").message("spec.replicas must not exceed spec.autoscaling.maxReplicas").field_path(".replicas"),
+    validation = Rule::new("!has(self.monitoring) || !has(self.monitoring.port) || self.monitoring.port == (has(self.port) ? self.port : 8080) || self.monitoring.port != (has(self.service) && has(self.service.port) ? self.service.port : 80)").message("spec.monitoring.port must differ from the Service port (spec.service.port, default 80): the Service exposes the metrics on a port of that number").field_path(".monitoring.port"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct EmpactsAppSpec {

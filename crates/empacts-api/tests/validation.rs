@@ -182,6 +182,12 @@ const REFUSED: &[(&str, &str, &str)] = &[
     ("{image: 'api:1', networkPolicy: {allowFrom: [{}]}}", "spec.networkPolicy.allowFrom[0]", "namespaceSelector"),
     ("{image: 'api:1', monitoring: {labels: {'app.kubernetes.io/name': x}}}", "spec.monitoring.labels", "must not set"),
     ("{image: 'api:1', monitoring: {alerts: {errorRate: 2}}}", "spec.monitoring.alerts.errorRate", "maximum"),
+    ("{image: 'api:1', monitoring: {port: 80}}", "spec.monitoring.port", "must differ from the Service port"),
+    (
+        "{image: 'api:1', service: {port: 9090}, monitoring: {port: 9090}}",
+        "spec.monitoring.port",
+        "must differ from the Service port",
+    ),
 ];
 
 #[test]
@@ -324,6 +330,7 @@ fn valid_specs_pass() {
         "{image: 'api:1', analysis: {prometheus: {address: 'https://prometheus.monitoring.svc:9090/prom'}, interval: 10s, failureLimit: 1, duration: 5m, metrics: [{name: error-rate, query: 'sum(rate(x{app=\"{{app}}\"}[1m]))', thresholdRange: {max: 0.01}}]}}",
         "{image: 'api:1', ingress: {host: '*.example.com', path: /api, className: nginx, tls: {issuer: letsencrypt}, annotations: {'nginx.ingress.kubernetes.io/limit-rps': '20'}}}",
         "{image: 'api:1', networkPolicy: {ingressControllerNamespace: '', allowFrom: [{namespaceSelector: {'kubernetes.io/metadata.name': web}}, {podSelector: {role: client}}], allowPorts: [8080, 9090]}}",
+        "{image: 'api:1', port: 80, monitoring: {port: 80}}",
         "{image: 'api:1', monitoring: {port: 9090, path: /metrics, interval: 15s, labels: {release: prometheus}, alerts: {errorRate: 0.05, latencyP95Seconds: 1.5, for: 10m}}}",
     ] {
         validate(&app(spec)).unwrap_or_else(|e| panic!("{spec} must be valid: {e}"));
