@@ -186,34 +186,21 @@ pub fn child_kind(kind: &str) -> Option<&'static ChildKind> {
 
 /// The kind of every child the builders make. No `..`: a new field must be mapped here.
 pub fn kinds_of(children: &Children) -> Vec<&'static str> {
+    // Every field named (no `..`), so a new child kind does not compile until it is listed below.
     let Children {
-        service_account,
-        config_map,
-        generated_secrets,
-        migration_job,
-        deployment,
-        service,
-        hpa,
-        pdb,
-        ingress,
-        network_policy,
-        service_monitor,
-        prometheus_rule,
+        service_account: _,
+        config_map: _,
+        generated_secrets: _,
+        migration_job: _,
+        deployment: _,
+        service: _,
+        hpa: _,
+        pdb: _,
+        ingress: _,
+        network_policy: _,
+        service_monitor: _,
+        prometheus_rule: _,
     } = children;
-    let _ = (
-        service_account,
-        config_map,
-        generated_secrets,
-        migration_job,
-        deployment,
-        service,
-        hpa,
-        pdb,
-        ingress,
-        network_policy,
-        service_monitor,
-        prometheus_rule,
-    );
     vec![
         "ServiceAccount",
         "ConfigMap",

@@ -1,5 +1,6 @@
 //! Canary steps, promotion, abort and metric analysis: the decision table.
 
+use super::tests::entry;
 use super::*;
 
 const D: &str = "dddddddddd";
@@ -19,10 +20,6 @@ fn deployment(rev: &str, replicas: i32, ready: i32) -> DeploymentState {
         progress_deadline_exceeded: false,
         progressed_at: None,
     }
-}
-
-fn entry(rev: &str, number: i64, desired_generation: i64) -> Entry {
-    Entry { revision: rev.into(), number, desired_generation, spec_readable: true, ..Default::default() }
 }
 
 /// G good and serving 10 pods; D desired at generation 2 with steps 10% (60 s) and 50% (60 s).

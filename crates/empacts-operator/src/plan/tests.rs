@@ -31,7 +31,7 @@ fn stuck(rev: &str) -> DeploymentState {
     DeploymentState { progress_deadline_exceeded: true, ..rolling(rev) }
 }
 
-fn entry(rev: &str, number: i64, desired_generation: i64) -> Entry {
+pub(super) fn entry(rev: &str, number: i64, desired_generation: i64) -> Entry {
     Entry { revision: rev.into(), number, desired_generation, spec_readable: true, ..Default::default() }
 }
 
