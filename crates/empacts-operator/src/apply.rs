@@ -335,7 +335,7 @@ async fn create_child(ctx: &Context, obj: serde_json::Value) -> Result<()> {
     let obj: DynamicObject = serde_json::from_value(with_applied_hash(obj)).expect("children are objects");
     match dynamic_api(&ctx.client, &ns, &kind).create(&create_params(), &obj).await {
         Ok(created) => {
-            ctx.applied.record(&kind, &created.metadata);
+            ctx.applied.record(&kind, &crate::children::cached_meta(&kind, &created));
             ctx.metrics.child_applies.with_label_values(&[kind.as_str(), "created"]).inc();
             Ok(())
         }
@@ -398,7 +398,7 @@ async fn apply_child(ctx: &Context, obj: serde_json::Value, live: &ObjectMeta) -
         }
         other => other.map_err(|e| dyn_write_error(&kind, &ns, &name, e))?,
     };
-    ctx.applied.record(&kind, &applied.metadata);
+    ctx.applied.record(&kind, &crate::children::cached_meta(&kind, &applied));
     ctx.metrics.child_applies.with_label_values(&[kind.as_str(), "applied"]).inc();
     Ok(())
 }

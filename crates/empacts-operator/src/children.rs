@@ -19,14 +19,14 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use empacts_api::labels;
 
 use crate::observe::controlled_by;
-use crate::registry::{CHILD_KINDS, Watch};
+use crate::registry::{CHILD_KINDS, Watch, child_kind};
 use crate::validate::ValidatedApp;
 
 /// Annotation carrying the hash of the object as the operator last applied it.
 pub const APPLIED_ANNOTATION: &str = "empacts.io/applied";
 
 /// Read handles of the metadata caches the controller keeps, one per registered kind
-/// watched by metadata ([`Watch::OwnedMetadata`]).
+/// watched by metadata ([`Watch::OwnedMetadata`], [`Watch::OwnedSpecHash`]).
 #[derive(Clone, Default)]
 pub struct ChildStores {
     pub stores: BTreeMap<&'static str, Store<PartialObjectMeta<DynamicObject>>>,
@@ -70,7 +70,7 @@ impl ChildMetas {
             };
             out.jobs = jobs.state().iter().filter(|j| ours(j)).map(|j| j.as_ref().clone()).collect();
         }
-        for kind in CHILD_KINDS.iter().filter(|k| k.watch == Watch::OwnedMetadata) {
+        for kind in CHILD_KINDS.iter().filter(|k| k.cached()) {
             let Some(store) = stores.stores.get(kind.kind) else { continue };
             if kind.kind == "ConfigMap" {
                 let instance = |m: &PartialObjectMeta<DynamicObject>| {
@@ -124,9 +124,35 @@ impl ChildMetas {
     }
 }
 
-/// Generation if the kind has one, else resourceVersion: what moves when someone changes it.
+/// Annotation on the *cached* metadata (never on the server) of kinds watched with
+/// [`Watch::OwnedSpecHash`]: a hash of the object's spec, which they lack a generation for.
+pub const SPEC_HASH_ANNOTATION: &str = "empacts.io/cached-spec-hash";
+
+/// The metadata the caches and the applied record keep of a child: for kinds without a
+/// generation whose status moves on its own, with a hash of the spec.
+pub fn cached_meta(kind: &str, obj: &DynamicObject) -> ObjectMeta {
+    let mut meta = obj.metadata.clone();
+    if child_kind(kind).is_some_and(|k| k.watch == Watch::OwnedSpecHash) {
+        let spec = obj.data.get("spec").cloned().unwrap_or_default();
+        let hash = crate::hash::content_hash(&spec);
+        meta.annotations.get_or_insert_with(Default::default).insert(SPEC_HASH_ANNOTATION.into(), hash);
+    }
+    meta
+}
+
+/// What moves when someone else changes a child: its generation if the kind has one; else,
+/// when the cache hashed its spec, that hash with the labels and annotations (a status
+/// write moves neither); else the resourceVersion (any write).
 pub fn change_marker(meta: &ObjectMeta) -> Option<String> {
-    meta.generation.map(|g| format!("g{g}")).or_else(|| meta.resource_version.clone().map(|rv| format!("rv{rv}")))
+    if let Some(g) = meta.generation {
+        return Some(format!("g{g}"));
+    }
+    let annotations = meta.annotations.as_ref();
+    if annotations.is_some_and(|a| a.contains_key(SPEC_HASH_ANNOTATION)) {
+        let content = serde_json::json!([meta.labels, annotations, meta.owner_references.as_ref().map(Vec::len)]);
+        return Some(format!("s{}", crate::hash::content_hash(&content)));
+    }
+    meta.resource_version.clone().map(|rv| format!("rv{rv}"))
 }
 
 /// What this process applied last, per child.
@@ -207,12 +233,40 @@ mod tests {
         assert!(!record.is_current("Deployment", &live, "h2"), "desired state changed");
         assert!(!record.is_current("Deployment", &meta(Some(4), "11", "h1"), "h1"), "someone else changed the spec");
         assert!(record.is_current("Deployment", &meta(Some(3), "12", "h1"), "h1"), "status updates do not count");
-        let svc = meta(None, "5", "h");
-        record.record("Service", &svc);
-        assert!(!record.is_current("Service", &meta(None, "6", "h"), "h"), "no generation: any change counts");
+        let sa = meta(None, "5", "h");
+        record.record("ServiceAccount", &sa);
+        assert!(!record.is_current("ServiceAccount", &meta(None, "6", "h"), "h"), "no generation: any change counts");
         assert_eq!(record.apps(), 1);
         record.forget("ns", "app");
         assert_eq!(record.apps(), 0, "a deleted app leaves nothing behind");
         assert!(!record.is_current("Deployment", &live, "h1"));
+    }
+
+    fn hpa(rv: &str, max: i32, current: i32) -> DynamicObject {
+        let mut obj: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": meta(None, rv, "h"),
+            "spec": {"maxReplicas": max, "scaleTargetRef": {"kind": "Deployment", "name": "a"}},
+            "status": {"currentReplicas": current},
+        }))
+        .unwrap();
+        obj.metadata.resource_version = Some(rv.into());
+        obj
+    }
+
+    #[test]
+    fn without_a_generation_a_hashed_spec_ignores_status_writes_but_not_spec_or_label_edits() {
+        let record = AppliedRecord::default();
+        record.record("HorizontalPodAutoscaler", &cached_meta("HorizontalPodAutoscaler", &hpa("5", 4, 1)));
+        let live = |obj: DynamicObject| cached_meta("HorizontalPodAutoscaler", &obj);
+        assert!(record.is_current("HorizontalPodAutoscaler", &live(hpa("6", 4, 3)), "h"), "a status write");
+        assert!(!record.is_current("HorizontalPodAutoscaler", &live(hpa("7", 9, 3)), "h"), "a spec edit");
+        let mut labelled = hpa("8", 4, 3);
+        labelled.metadata.labels = Some(BTreeMap::from([("x".to_string(), "y".to_string())]));
+        assert!(!record.is_current("HorizontalPodAutoscaler", &live(labelled), "h"), "a label edit");
+        // Kinds watched by metadata keep no spec hash: any write counts for them.
+        assert!(
+            !cached_meta("ServiceAccount", &hpa("9", 4, 3)).annotations.unwrap().contains_key(SPEC_HASH_ANNOTATION)
+        );
     }
 }

@@ -17,7 +17,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 
 use crate::children::ChildStores;
-use crate::registry::{CHILD_KINDS, Watch};
+use crate::registry::{CHILD_KINDS, ChildKind, Watch};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
@@ -32,7 +32,7 @@ const WATCHED_BY_HAND: &[(&str, Watch)] =
 
 /// Every kind the controller watches, and how (a unit test compares it with the registry).
 pub fn watched() -> Vec<(&'static str, Watch)> {
-    let from_registry = CHILD_KINDS.iter().filter(|k| k.watch == Watch::OwnedMetadata).map(|k| (k.kind, k.watch));
+    let from_registry = CHILD_KINDS.iter().filter(|k| k.cached()).map(|k| (k.kind, k.watch));
     WATCHED_BY_HAND.iter().copied().chain(from_registry).collect()
 }
 
@@ -77,20 +77,60 @@ fn reported<K: Send + 'static>(
     events.inspect(move |event| readiness.watches.observe(&name, event))
 }
 
-/// A metadata watch of one registered child kind that also fills `writer`'s cache.
+type MetaEvents =
+    futures::stream::BoxStream<'static, Result<watcher::Event<PartialObjectMeta<DynamicObject>>, watcher::Error>>;
+
+/// The watch of one registered child kind, as metadata: a metadata watch, or for kinds
+/// without a generation whose status moves on its own a watch of whole objects cached as
+/// their metadata plus a hash of their spec (the objects themselves are not kept).
+fn child_watch(client: &Client, ns: Option<&str>, kind: &ChildKind, config: &watcher::Config) -> MetaEvents {
+    let ar = kind.api_resource();
+    if kind.watch != Watch::OwnedSpecHash {
+        let api: Api<PartialObjectMeta<DynamicObject>> = match ns {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+            None => Api::all_with(client.clone(), &ar),
+        };
+        return watcher(api, config.clone()).default_backoff().boxed();
+    }
+    let api: Api<DynamicObject> = match ns {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    };
+    let kind = kind.kind;
+    let meta = move |obj: DynamicObject| PartialObjectMeta {
+        types: obj.types.clone(),
+        metadata: crate::children::cached_meta(kind, &obj),
+        _phantom: std::marker::PhantomData,
+    };
+    watcher(api, config.clone())
+        .default_backoff()
+        .map(move |event| {
+            use watcher::Event::*;
+            event.map(|e| match e {
+                Apply(o) => Apply(meta(o)),
+                InitApply(o) => InitApply(meta(o)),
+                Delete(o) => Delete(meta(o)),
+                Init => Init,
+                InitDone => InitDone,
+            })
+        })
+        .boxed()
+}
+
+/// The watch of one registered child kind that also fills `writer`'s cache.
 fn cached(
     ctx: &Context,
     name: String,
     writer: reflector::store::Writer<PartialObjectMeta<DynamicObject>>,
-    api: Api<PartialObjectMeta<DynamicObject>>,
-    config: &watcher::Config,
+    events: MetaEvents,
 ) -> impl futures::Stream<Item = Result<PartialObjectMeta<DynamicObject>, watcher::Error>> + Send + 'static {
     // Status-only updates (an HPA reports metrics every 15 s, a PDB follows pod health) do not
-    // concern us: for kinds with a generation, pass an update only when the generation, labels
-    // or annotations moved. Deletions always pass, so a deleted child comes back at once.
-    // A relist starts the map over: objects deleted while the watch was down leave no entry.
+    // concern us: pass an update only when the generation (or the spec hash of kinds without
+    // one), labels or annotations moved. Deletions always pass, so a deleted child comes back
+    // at once. A relist starts the map over: objects deleted while the watch was down leave
+    // no entry.
     let mut seen: std::collections::HashMap<(Option<String>, String), u64> = Default::default();
-    let events = reported(ctx, name, watcher(api, config.clone()).default_backoff());
+    let events = reported(ctx, name, events);
     reflector(writer, events).filter_map(move |event| {
         let out = match event {
             Err(e) => Some(Err(e)),
@@ -156,12 +196,14 @@ fn unreadable(ctx: &Arc<Context>, obj: &DynamicObject, error: &serde_json::Error
     });
 }
 
-/// Hash of what a spec or metadata change moves, for kinds that have a generation.
+/// Hash of what a spec or metadata change moves, for kinds that have a generation or whose
+/// cached metadata carries a hash of their spec (None: every update passes).
 fn spec_fingerprint(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<u64> {
     use std::hash::{Hash, Hasher};
-    let generation = meta.generation?;
+    let spec_hash = || meta.annotations.as_ref()?.get(crate::children::SPEC_HASH_ANNOTATION).cloned();
+    let version = meta.generation.map(|g| g.to_string()).or_else(spec_hash)?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (generation, &meta.labels, &meta.annotations, &meta.owner_references.as_ref().map(|o| o.len())).hash(&mut h);
+    (version, &meta.labels, &meta.annotations, &meta.owner_references.as_ref().map(|o| o.len())).hash(&mut h);
     Some(h.finish())
 }
 
@@ -236,16 +278,13 @@ async fn run_one(
     let mut controller = controller
         .owns_stream(reflector(deployments, deployment_events).touched_objects())
         .owns_stream(reflector(jobs, job_events).touched_objects());
-    for kind in CHILD_KINDS.iter().filter(|k| k.watch == Watch::OwnedMetadata) {
+    for kind in CHILD_KINDS.iter().filter(|k| k.cached()) {
         let ar = kind.api_resource();
         let writer = reflector::store::Writer::new(ar.clone());
         stores.stores.insert(kind.kind, writer.as_reader());
-        let api: Api<PartialObjectMeta<DynamicObject>> = match ns {
-            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
-            None => Api::all_with(client.clone(), &ar),
-        };
         let name = format!("{}/{scope_name}", kind.kind);
-        controller = controller.owns_stream_with(cached(&ctx, name, writer, api, &ours), ar);
+        let events = child_watch(&client, ns, kind, &ours);
+        controller = controller.owns_stream_with(cached(&ctx, name, writer, events), ar);
     }
     ctx.set_stores(ns, stores);
 

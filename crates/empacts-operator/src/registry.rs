@@ -14,6 +14,11 @@ pub enum Watch {
     Owned,
     /// Metadata only, also feeding the skip-unchanged caches.
     OwnedMetadata,
+    /// Like [`Watch::OwnedMetadata`], for kinds without a `metadata.generation` whose status
+    /// moves on its own (an HPA's metrics, a LoadBalancer Service's address): watched whole,
+    /// cached as metadata plus a hash of the spec, so a status write is neither a trigger nor
+    /// a reason to apply again.
+    OwnedSpecHash,
     /// Metadata of every object of the kind, mapped to the apps that reference it.
     Referenced,
     /// Read fresh on every reconcile, not watched (the ledger).
@@ -95,7 +100,7 @@ pub const CHILD_KINDS: &[ChildKind] = &[
         version: "v1",
         resource: "services",
         verbs: &["list", "watch", "create", "patch"],
-        watch: Watch::OwnedMetadata,
+        watch: Watch::OwnedSpecHash,
         prune: Prune::OwnerReference,
     },
     ChildKind {
@@ -104,7 +109,7 @@ pub const CHILD_KINDS: &[ChildKind] = &[
         version: "v2",
         resource: "horizontalpodautoscalers",
         verbs: &["list", "watch", "create", "patch", "delete"],
-        watch: Watch::OwnedMetadata,
+        watch: Watch::OwnedSpecHash,
         prune: Prune::WhenUnwanted,
     },
     ChildKind {
@@ -167,6 +172,11 @@ pub const CHILD_KINDS: &[ChildKind] = &[
 ];
 
 impl ChildKind {
+    /// Watched by the controller and cached as metadata (with or without a spec hash).
+    pub fn cached(&self) -> bool {
+        matches!(self.watch, Watch::OwnedMetadata | Watch::OwnedSpecHash)
+    }
+
     pub fn api_resource(&self) -> kube::api::ApiResource {
         let api_version =
             if self.group.is_empty() { self.version.to_string() } else { format!("{}/{}", self.group, self.version) };
