@@ -21,6 +21,11 @@ ETCD_PEER_PORT="${EMPACTS_TESTBED_ETCD_PEER_PORT:-12380}"
 KCM_PORT="${EMPACTS_TESTBED_KCM_PORT:-0}"
 SCHED_PORT="${EMPACTS_TESTBED_SCHEDULER_PORT:-0}"
 KWOK_NODES="${EMPACTS_TESTBED_NODES:-3}"
+# Sized for a fleet (the benchmarks run up to 10,000 apps of 1-2 pods each): Services come from a /16 (65,534
+# cluster IPs; a /24 held ~250 apps), and each fake node takes this many pods (3 x 4000 = 12,000 by default;
+# kwok simulates them, so the number costs nothing until pods exist).
+PODS_PER_NODE="${EMPACTS_TESTBED_PODS_PER_NODE:-4000}"
+SERVICE_CIDR="${EMPACTS_TESTBED_SERVICE_CIDR:-10.0.0.0/16}"
 
 log() { printf '[testbed %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
