@@ -51,9 +51,10 @@ impl CliError {
 
     /// Print the error (one line unless `verbose`) and return the process's exit code.
     pub fn report(&self, verbose: bool, detail: Option<&anyhow::Error>) -> ExitCode {
-        if !matches!(self, CliError::DiffFound) {
-            eprintln!("error: {self}");
+        if matches!(self, CliError::DiffFound) {
+            return ExitCode::from(self.exit_code());
         }
+        eprintln!("error: {self}");
         if let Some(detail) = detail.filter(|_| verbose || backtrace_requested()) {
             eprintln!("{detail:?}");
         }

@@ -54,10 +54,11 @@ pub fn step(app: &EmpactsApp) -> String {
     if let Some(c) = &s.canary {
         return c.progress.clone();
     }
-    if let Some(m) = &s.migration {
-        return format!("migration {:?}", m.phase);
+    // A finished migration is history; a running or failed one is news.
+    match &s.migration {
+        Some(m) if m.phase != empacts_api::MigrationPhase::Succeeded => format!("migration {:?}", m.phase),
+        _ => "-".into(),
     }
-    "-".into()
 }
 
 /// The `get` table; NAMESPACE only with `-A`.

@@ -79,6 +79,31 @@ pub fn view(app: &EmpactsApp) -> Vec<String> {
     lines
 }
 
+/// One line per state for logs and pipes: phase, revisions, pods, migration, canary.
+pub fn line(app: &EmpactsApp) -> String {
+    let s = app.status.clone().unwrap_or_default();
+    let total = s.replicas.unwrap_or_else(|| app.spec.replicas());
+    let mut out = format!(
+        "{}: {} revision {} -> {}, updated {}/{total}, ready {}/{total}",
+        app.metadata.name.as_deref().unwrap_or_default(),
+        s.phase.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+        s.current_revision.as_deref().unwrap_or("-"),
+        s.desired_revision.as_deref().unwrap_or("-"),
+        s.updated_replicas.unwrap_or(0),
+        s.ready_replicas.unwrap_or(0),
+    );
+    if let Some(m) = &s.migration {
+        out.push_str(&format!(", migration {:?}", m.phase));
+    }
+    if let Some(c) = &s.canary {
+        out.push_str(&format!(", canary {}", c.progress));
+    }
+    if s.observed_generation != app.metadata.generation {
+        out.push_str(" (not yet observed)");
+    }
+    out
+}
+
 /// Watch the app until it is Ready (Ok) or failed/timed out (CliError exit 1). `tty`: redraw
 /// the view in place; otherwise print each new line state once.
 pub async fn watch(client: &Client, ns: &str, name: &str, timeout: Duration, tty: bool) -> anyhow::Result<()> {
@@ -116,7 +141,7 @@ pub async fn watch(client: &Client, ns: &str, name: &str, timeout: Duration, tty
             }
         };
         errors = 0;
-        screen.draw(view(&app));
+        screen.draw(if tty { view(&app) } else { vec![line(&app)] });
         match verdict(&app) {
             Verdict::Waiting => {}
             Verdict::Ready => {
@@ -149,7 +174,7 @@ pub fn parse_timeout(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// The terminal: redraws the view in place on a TTY, else prints only changed lines.
+/// The terminal: redraws the view in place on a TTY, else prints each changed line state.
 struct Screen {
     tty: bool,
     shown: Vec<String>,
@@ -170,8 +195,8 @@ impl Screen {
                 let _ = writeln!(out, "{l}");
             }
         } else {
-            for l in lines.iter().filter(|l| !self.shown.contains(l)) {
-                let _ = writeln!(out, "{}", l.trim_start());
+            for l in &lines {
+                let _ = writeln!(out, "{l}");
             }
         }
         let _ = out.flush();
