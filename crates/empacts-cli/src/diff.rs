@@ -111,8 +111,9 @@ async fn revision_name(
     Ok(found.unwrap_or_else(|| identity(spec)))
 }
 
-/// The live child of the desired one: Some(None) when it does not exist, None when its kind
-/// is not served (Prometheus Operator CRDs absent: the operator applies none then).
+/// The live child of the desired one: Some(None) when it does not exist, None when it is not
+/// compared (its kind is not served: Prometheus Operator CRDs absent, the operator applies none
+/// then; or a Secret the user may not read).
 async fn live_child(client: &Client, ns: &str, desired: &Value) -> anyhow::Result<Option<Option<Value>>> {
     let api_version = desired["apiVersion"].as_str().unwrap_or_default();
     let kind = desired["kind"].as_str().unwrap_or_default();
@@ -130,6 +131,11 @@ async fn live_child(client: &Client, ns: &str, desired: &Value) -> anyhow::Resul
                 Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
                 Err(e) => Err(anyhow::Error::new(e).context(format!("listing {kind}s in {ns}"))),
             }
+        }
+        // Users who may not read Secrets still get the rest of the diff.
+        Err(kube::Error::Api(s)) if s.code == 403 && kind == "Secret" => {
+            eprintln!("note: not comparing Secret {ns}/{name}: reading it is forbidden");
+            Ok(None)
         }
         Err(e) => Err(anyhow::Error::new(e).context(format!("reading {kind} {ns}/{name}"))),
     }
