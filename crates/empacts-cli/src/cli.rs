@@ -123,6 +123,11 @@ pub enum UserCommand {
         /// EmpactsApp YAML file (multi-document allowed); `-` reads standard input.
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
+        /// Field manager of the dry-run apply: the one you apply with (Flux:
+        /// kustomize-controller, Argo CD: argocd-controller), so fields the file dropped show
+        /// as removed.
+        #[arg(long, default_value = diff::DIFF_MANAGER)]
+        field_manager: String,
     },
     /// Print a shell completion script.
     Completion {
@@ -245,9 +250,9 @@ fn execute(global: GlobalArgs, command: UserCommand, flavor: Flavor, cli: fn() -
                 commands::rotate_secrets(&client, &ns, &app.name).await?;
                 format!("{ns}/{}: rotation of generated secrets requested\n", app.name)
             }
-            UserCommand::Diff { file } => {
+            UserCommand::Diff { file, field_manager } => {
                 let input = read_input(&file)?;
-                let diffs = diff::diff(&client, &input, &ns).await?;
+                let diffs = diff::diff(&client, &input, &ns, &field_manager).await?;
                 diffs.iter().for_each(|d| print!("{d}"));
                 if !diffs.is_empty() {
                     return Err(CliError::DiffFound.into());

@@ -6,7 +6,8 @@
 use anyhow::Context as _;
 use empacts_api::EmpactsApp;
 use empacts_operator::build::{self, revision as cr};
-use empacts_operator::observe::instance_selector;
+use empacts_operator::observe::{controlled_by, instance_selector};
+use empacts_operator::registry::{self, Prune};
 use empacts_operator::revision::{RevisionSpec, identity};
 use empacts_operator::secret_value::SecretValue;
 use empacts_operator::validate;
@@ -18,12 +19,13 @@ use serde_json::Value;
 
 use crate::normalize;
 
-/// Field manager of the dry-run apply (nothing is stored under it).
-pub const DIFF_MANAGER: &str = "kubectl-empacts-diff";
+/// Default field manager of the dry-run apply: `kubectl apply --server-side`'s, so fields the
+/// file no longer sets are dropped as that apply would drop them. Nothing is stored under it.
+pub const DIFF_MANAGER: &str = "kubectl";
 
 /// The unified diffs of every app in `yaml` (apps without a namespace go to `default_ns`).
 /// Documents of other kinds are skipped with a note on stderr.
-pub async fn diff(client: &Client, yaml: &str, default_ns: &str) -> anyhow::Result<Vec<String>> {
+pub async fn diff(client: &Client, yaml: &str, default_ns: &str, manager: &str) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(yaml) {
         let value = Value::deserialize(doc).context("parsing the YAML")?;
@@ -35,12 +37,12 @@ pub async fn diff(client: &Client, yaml: &str, default_ns: &str) -> anyhow::Resu
             eprintln!("skipping a {kind}: only EmpactsApps are compared");
             continue;
         }
-        out.extend(diff_app(client, value, default_ns).await?);
+        out.extend(diff_app(client, value, default_ns, manager).await?);
     }
     Ok(out)
 }
 
-async fn diff_app(client: &Client, mut value: Value, default_ns: &str) -> anyhow::Result<Vec<String>> {
+async fn diff_app(client: &Client, mut value: Value, default_ns: &str, manager: &str) -> anyhow::Result<Vec<String>> {
     let name =
         value.pointer("/metadata/name").and_then(Value::as_str).context("the EmpactsApp has no metadata.name")?;
     let name = name.to_string();
@@ -52,8 +54,7 @@ async fn diff_app(client: &Client, mut value: Value, default_ns: &str) -> anyhow
         }
     };
     let apps: Api<EmpactsApp> = Api::namespaced(client.clone(), &ns);
-    let params =
-        PatchParams { dry_run: true, force: true, field_manager: Some(DIFF_MANAGER.into()), ..Default::default() };
+    let params = PatchParams { dry_run: true, force: true, field_manager: Some(manager.into()), ..Default::default() };
     let app = apps
         .patch(&name, &params, &Patch::Apply(&value))
         .await
@@ -73,7 +74,7 @@ async fn diff_app(client: &Client, mut value: Value, default_ns: &str) -> anyhow
     children.deployment = build::deployment::build(&app, &revision, None, replicas);
     children.migration_job = build::job::migration(&app, &revision, 1);
 
-    let mut diffs = Vec::new();
+    let mut diffs = removed(client, &ns, &name, &app.uid, &children).await?;
     for desired in children.to_manifests() {
         let kind = desired["kind"].as_str().unwrap_or_default().to_string();
         let child = desired.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
@@ -87,6 +88,43 @@ async fn diff_app(client: &Client, mut value: Value, default_ns: &str) -> anyhow
         }
     }
     Ok(diffs)
+}
+
+/// Children the operator would delete: kinds the spec no longer asks for, still controlled by
+/// the app (diffed against /dev/null).
+async fn removed(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    uid: &str,
+    children: &build::Children,
+) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (kind, wanted) in children.serving() {
+        let Some(child) = registry::child_kind(kind).filter(|k| k.prune == Prune::WhenUnwanted) else { continue };
+        if wanted.is_some() {
+            continue;
+        }
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &child.api_resource());
+        let live = match api.list(&ListParams::default().labels(&instance_selector(name))).await {
+            Ok(list) => list.items,
+            Err(kube::Error::Api(s)) if s.code == 404 => continue,
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("listing {kind}s of {ns}/{name}"))),
+        };
+        for obj in live.into_iter().filter(|o| controlled_by(&o.metadata, uid)) {
+            let title = format!("{kind}/{ns}/{}", obj.metadata.name.clone().unwrap_or_default());
+            // In kubectl's key order, with the apiVersion and kind a listed item lacks.
+            let mut value = serde_json::Map::new();
+            value.insert("apiVersion".into(), child.api_resource().api_version.into());
+            value.insert("kind".into(), kind.into());
+            value.insert("metadata".into(), serde_json::to_value(&obj.metadata)?);
+            if let Value::Object(data) = obj.data {
+                value.extend(data);
+            }
+            out.push(normalize::removal(&title, &Value::Object(value)));
+        }
+    }
+    Ok(out)
 }
 
 /// The name the operator gives the app's revision: the recorded one with the same
@@ -118,9 +156,13 @@ async fn live_child(client: &Client, ns: &str, desired: &Value) -> anyhow::Resul
     let api_version = desired["apiVersion"].as_str().unwrap_or_default();
     let kind = desired["kind"].as_str().unwrap_or_default();
     let name = desired.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    let gvk = GroupVersionKind::gvk(group, version, kind);
-    let resource = ApiResource::from_gvk_with_plural(&gvk, &plural(kind));
+    let resource = match registry::child_kind(kind) {
+        Some(child) => child.api_resource(),
+        None => {
+            let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+            ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind))
+        }
+    };
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
     match api.get_opt(name).await {
         Ok(Some(obj)) => Ok(Some(Some(serde_json::to_value(obj)?))),
@@ -138,37 +180,5 @@ async fn live_child(client: &Client, ns: &str, desired: &Value) -> anyhow::Resul
             Ok(None)
         }
         Err(e) => Err(anyhow::Error::new(e).context(format!("reading {kind} {ns}/{name}"))),
-    }
-}
-
-/// The resource name of a kind (the children's kinds are all regular English plurals).
-fn plural(kind: &str) -> String {
-    let lower = kind.to_ascii_lowercase();
-    if let Some(stem) = lower.strip_suffix('y') {
-        format!("{stem}ies")
-    } else if lower.ends_with('s') {
-        format!("{lower}es")
-    } else {
-        format!("{lower}s")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn plurals_of_the_children() {
-        let kinds =
-            ["ServiceAccount", "Secret", "Ingress", "NetworkPolicy", "HorizontalPodAutoscaler", "PrometheusRule"];
-        assert_eq!(
-            kinds.map(super::plural),
-            [
-                "serviceaccounts",
-                "secrets",
-                "ingresses",
-                "networkpolicies",
-                "horizontalpodautoscalers",
-                "prometheusrules"
-            ]
-        );
     }
 }

@@ -124,6 +124,13 @@ pub fn unified(title: &str, live: Option<&Value>, desired: &Value) -> Option<Str
     Some(diff.unified_diff().context_radius(3).header(&live_name, &format!("desired/{title}")).to_string())
 }
 
+/// The diff of a live child the operator would delete.
+pub fn removal(title: &str, live: &Value) -> String {
+    let before = yaml(&clean(live.clone()));
+    let diff = similar::TextDiff::from_lines(before.as_str(), "");
+    diff.unified_diff().context_radius(3).header(&format!("live/{title}"), "/dev/null").to_string()
+}
+
 fn yaml(v: &Value) -> String {
     serde_yaml::to_string(v).expect("JSON values convert to YAML")
 }
@@ -185,6 +192,12 @@ mod tests {
         let diff = unified("Secret/s", Some(&have), &want).unwrap();
         assert!(!diff.contains("c2VjcmV0LXZhbHVl") && !diff.contains("generated-by-operator"), "{diff}");
         assert!(diff.contains("+    a: b") && diff.contains(REDACTED), "{diff}");
+        let gone = removal("Secret/s", &have);
+        assert!(gone.starts_with("--- live/Secret/s\n+++ /dev/null\n"), "{gone}");
+        assert!(
+            gone.contains("-  name: s\n") && gone.contains(REDACTED) && !gone.contains("c2VjcmV0LXZhbHVl"),
+            "{gone}"
+        );
         let new = unified("Secret/s", None, &want).unwrap();
         assert!(new.starts_with("--- /dev/null") && !new.contains("generated-by-operator"), "{new}");
     }

@@ -17,6 +17,8 @@ const T: Duration = Duration::from_secs(90);
 const V1: &str = "registry.example.com/api:1.0.0";
 const V2: &str = "registry.example.com/api:1.1.0";
 const BAD: &str = "registry.example.com/api:2.0.0-fail-rollout";
+/// An HPA child, so `diff` can show one the spec stops asking for.
+const AUTOSCALING: &str = "autoscaling: {minReplicas: 2, maxReplicas: 3, targetCPU: 50}";
 /// The stall test's progressDeadlineSeconds.
 const DEADLINE: u64 = 10;
 
@@ -24,7 +26,7 @@ fn app_text(ns: &str, image: &str) -> String {
     format!(
         "apiVersion: empacts.io/v1alpha1\nkind: EmpactsApp\nmetadata: {{name: api, namespace: {ns}}}\n\
          spec: {{image: '{image}', replicas: 2, secrets: [{{env: JWT, generate: {{}}}}], migration: {{command: [up]}}, \
-         rollout: {{progressDeadlineSeconds: {DEADLINE}}}}}\n"
+         rollout: {{progressDeadlineSeconds: {DEADLINE}}}, {AUTOSCALING}}}\n"
     )
 }
 
@@ -149,8 +151,19 @@ async fn outputs_diff_watch_to_ready_and_rollback() {
     );
     assert!(diff.contains("--- /dev/null\n+++ desired/Job/"), "the new revision's migration Job: {diff}");
     assert!(!diff.contains("kind: Secret"), "the generated Secret is unchanged: {diff}");
+    // Dropping autoscaling: the HPA goes, whole, and nothing else changes, when the dry-run
+    // applies as the manager that set autoscaling (apply_app's); under another it stays.
+    let unscaled = write(&dir, "unscaled.yaml", &app_text(n, V1).replace(&format!(", {AUTOSCALING}"), ""));
+    let out = plugin(&env, &["diff", "-f", &unscaled]).await;
+    assert_eq!((out.status.code(), stdout(&out)), (Some(0), String::new()), "{}", stderr(&out));
+    let out = plugin(&env, &["diff", "-f", &unscaled, "--field-manager", "e2e-gitops"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let diff = stdout(&out);
+    assert!(diff.starts_with(&format!("--- live/HorizontalPodAutoscaler/{n}/api\n+++ /dev/null\n")), "{diff}");
+    assert_eq!(diff.matches("\n--- ").count(), 0, "only the HPA differs: {diff}");
     let live: EmpactsApp = ns.api().get("api").await.unwrap();
     assert_eq!((live.spec.image.as_str(), live.metadata.generation), (V1, Some(1)), "diff wrote nothing");
+    assert!(live.spec.autoscaling.is_some(), "diff wrote nothing");
 
     // status --watch through an upgrade: 0 once the new generation is Ready.
     apply_text(&ns, &app_text(n, V2)).await;
