@@ -62,7 +62,7 @@ pub enum UserCommand {
         #[command(flatten)]
         output: OutputArg,
         /// Follow the rollout live until Ready or failed, like `kubectl rollout status`.
-        #[arg(short, long)]
+        #[arg(short, long, conflicts_with = "output")]
         watch: bool,
         /// With --watch: give up after this long (exit 1), e.g. 90s, 10m, 1h.
         #[arg(long, default_value = "10m", value_parser = watch::parse_timeout)]
@@ -189,8 +189,7 @@ fn execute(global: GlobalArgs, command: UserCommand, flavor: Flavor, cli: fn() -
                     format => output::serialized(&output::app_list(&apps), format)?,
                 }
             }
-            UserCommand::Status { app, output, watch: true, timeout } => {
-                let _ = output;
+            UserCommand::Status { app, watch: true, timeout, .. } => {
                 watch::watch(&client, &ns, &app.name, timeout, std::io::stdout().is_terminal()).await?;
                 String::new()
             }

@@ -171,7 +171,13 @@ fn plugin_usage_says_kubectl_empacts() {
 
 #[test]
 fn usage_errors_exit_2() {
-    for args in [&["status"][..], &["get", "-o", "xml"], &["run"], &["status", "api", "--timeout", "soon"]] {
+    for args in [
+        &["status"][..],
+        &["get", "-o", "xml"],
+        &["run"],
+        &["status", "api", "--timeout", "soon"],
+        &["status", "api", "-w", "-o", "json"],
+    ] {
         let out = plugin(args, "/nonexistent");
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
