@@ -11,7 +11,7 @@
 use std::process::ExitCode;
 
 /// What went wrong, as much as decides the exit code.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CliError {
     /// The app is not (yet) healthy; the message says what it is.
     #[error("{0}")]
@@ -70,7 +70,7 @@ fn backtrace_requested() -> bool {
 /// message is the context chain with the API server's own message (never a Debug dump).
 pub fn classify(err: &anyhow::Error) -> CliError {
     if let Some(cli) = err.downcast_ref::<CliError>() {
-        return clone(cli);
+        return cli.clone();
     }
     let contexts: Vec<String> = err
         .chain()
@@ -118,18 +118,6 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
         last = next;
     }
     last.to_string()
-}
-
-fn clone(err: &CliError) -> CliError {
-    match err {
-        CliError::Unhealthy(m) => CliError::Unhealthy(m.clone()),
-        CliError::Refused(m) => CliError::Refused(m.clone()),
-        CliError::DiffFound => CliError::DiffFound,
-        CliError::Usage(m) => CliError::Usage(m.clone()),
-        CliError::Unreachable(m) => CliError::Unreachable(m.clone()),
-        CliError::Forbidden(m) => CliError::Forbidden(m.clone()),
-        CliError::Other(m) => CliError::Other(m.clone()),
-    }
 }
 
 #[cfg(test)]
