@@ -161,6 +161,13 @@ fn execute(global: GlobalArgs, command: UserCommand, flavor: Flavor, cli: fn() -
             print!("{out}");
             return Ok(());
         }
+        UserCommand::Get { .. } => {}
+        _ if global.all_namespaces => {
+            return Err(CliError::Usage(
+                "-A/--all-namespaces works with get/list only; name the namespace with -n".into(),
+            )
+            .into());
+        }
         UserCommand::RotateSecret { yes: false, .. } if flavor == Flavor::Plugin && !std::io::stdin().is_terminal() => {
             return Err(CliError::Usage(
                 "rotate-secret needs confirmation and there is no terminal to ask on: pass --yes".into(),
