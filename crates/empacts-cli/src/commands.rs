@@ -11,7 +11,9 @@ use empacts_operator::build::revision as cr;
 use empacts_operator::observe::instance_selector;
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use kube::api::{ListParams, Patch, PatchParams};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
+
+use crate::output::HistoryEntry;
 
 /// Field manager of CLI writes, distinct from the operator's.
 pub const CLI_MANAGER: &str = "empacts-cli";
@@ -95,30 +97,54 @@ async fn revisions(client: &Client, ns: &str, name: &str) -> anyhow::Result<Vec<
 
 /// Revision history, newest first, with what each revision ran and how it ended.
 pub async fn history(client: &Client, ns: &str, name: &str) -> anyhow::Result<String> {
-    let app = get_app(client, ns, name).await?;
-    let status = app.status.clone().unwrap_or_default();
-    let records = revisions(client, ns, name).await?;
+    let entries = history_entries(client, ns, name).await?;
     let mut out = String::new();
     writeln!(out, "{:<4} {:<12} {:<16} {:<9} {:<22} IMAGE", "NO", "REVISION", "RESULT", "MIGRATED", "AT")?;
-    for r in &status.history {
-        let number = records
-            .iter()
-            .find(|c| cr::revision_of(c) == Some(r.revision.as_str()))
-            .map(|c| c.revision.to_string())
-            .unwrap_or_else(|| "-".into());
-        let marker = if status.current_revision.as_deref() == Some(r.revision.as_str()) { "*" } else { "" };
+    for e in &entries {
         writeln!(
             out,
             "{:<4} {:<12} {:<16} {:<9} {:<22} {}",
-            number,
-            format!("{}{marker}", r.revision),
-            format!("{:?}", r.result),
-            r.migrated,
-            r.at.0.to_string(),
-            r.image
+            e.number.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+            format!("{}{}", e.revision, if e.current { "*" } else { "" }),
+            e.result,
+            e.migrated,
+            e.at,
+            e.image
         )?;
     }
     Ok(out)
+}
+
+/// The app's revision history as data, newest first.
+pub async fn history_entries(client: &Client, ns: &str, name: &str) -> anyhow::Result<Vec<HistoryEntry>> {
+    let app = get_app(client, ns, name).await?;
+    let status = app.status.clone().unwrap_or_default();
+    let records = revisions(client, ns, name).await?;
+    Ok(status
+        .history
+        .iter()
+        .map(|r| HistoryEntry {
+            number: records.iter().find(|c| cr::revision_of(c) == Some(r.revision.as_str())).map(|c| c.revision),
+            revision: r.revision.clone(),
+            result: format!("{:?}", r.result),
+            migrated: r.migrated,
+            at: r.at.0.to_string(),
+            image: r.image.clone(),
+            current: status.current_revision.as_deref() == Some(r.revision.as_str()),
+            message: r.message.clone(),
+        })
+        .collect())
+}
+
+/// The apps of a namespace (None: of all namespaces), sorted by namespace and name.
+pub async fn list_apps(client: &Client, ns: Option<&str>) -> anyhow::Result<Vec<EmpactsApp>> {
+    let api: Api<EmpactsApp> = match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let mut apps = api.list(&ListParams::default()).await.context("listing EmpactsApps")?.items;
+    apps.sort_by_key(|a| (a.metadata.namespace.clone(), a.metadata.name.clone()));
+    Ok(apps)
 }
 
 /// The recorded spec of a revision, by hash or by number.
@@ -140,22 +166,54 @@ pub async fn recorded_spec(
 }
 
 /// Ask the operator to roll back to a recorded revision, exactly as an automatic rollback
-/// (down-migrations first), without touching the spec. Returns the revision.
+/// (down-migrations first), without touching the spec. Returns the revision. The write
+/// carries the resourceVersion read first: if the app changed meanwhile it fails with a
+/// conflict instead of acting on what the user did not see.
 pub async fn rollback(client: &Client, ns: &str, name: &str, to: &str) -> anyhow::Result<String> {
-    let (revision, _) = recorded_spec(client, ns, name, to).await?;
+    let app = get_app(client, ns, name).await?;
+    rollback_read(client, &app, to).await
+}
+
+/// `rollback` of an app already read (its resourceVersion is the precondition).
+pub async fn rollback_read(client: &Client, app: &EmpactsApp, to: &str) -> anyhow::Result<String> {
+    let (ns, name) = (app.namespace().unwrap_or_default(), app.name_any());
+    let (revision, _) = recorded_spec(client, &ns, &name, to).await?;
     let value = format!("{revision}@{}", k8s_openapi::jiff::Timestamp::now());
-    annotate_with(client, ns, name, annotations::ROLLBACK_TO, &value).await?;
+    let patch = rollback_patch(app, &value)?;
+    Api::<EmpactsApp>::namespaced(client.clone(), &ns)
+        .patch(
+            &name,
+            &PatchParams { field_manager: Some(CLI_MANAGER.into()), ..Default::default() },
+            &Patch::Merge(&patch),
+        )
+        .await
+        .with_context(|| format!("requesting the rollback of {ns}/{name}"))?;
     Ok(revision)
+}
+
+/// The merge patch of a rollback request, with the read object's resourceVersion as the
+/// precondition (the API server answers 409 Conflict when the app changed since).
+pub fn rollback_patch(app: &EmpactsApp, value: &str) -> anyhow::Result<serde_json::Value> {
+    let Some(version) = app.metadata.resource_version.as_deref().filter(|v| !v.is_empty()) else {
+        bail!("the app as read has no resourceVersion: cannot guard the rollback against concurrent changes");
+    };
+    Ok(serde_json::json!({"metadata": {
+        "resourceVersion": version,
+        "annotations": {annotations::ROLLBACK_TO: value},
+    }}))
 }
 
 /// Roll back by rewriting the spec to a revision's recorded spec. Returns the revision.
 /// The CLI then gives up the fields it wrote, so the next `kubectl apply --server-side` of
 /// the Git copy does not conflict with it.
 pub async fn rewrite_spec(client: &Client, ns: &str, name: &str, to: &str) -> anyhow::Result<String> {
+    let read = get_app(client, ns, name).await?;
     let (revision, spec) = recorded_spec(client, ns, name, to).await?;
     let api: Api<EmpactsApp> = Api::namespaced(client.clone(), ns);
     // A JSON patch replacing /spec whole: fields the old revision did not set disappear too.
+    // The resourceVersion read first is the precondition (409 if the app changed since).
     let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        {"op": "replace", "path": "/metadata/resourceVersion", "value": read.metadata.resource_version},
         {"op": "replace", "path": "/spec", "value": spec}
     ]))?;
     api.patch(
@@ -216,7 +274,30 @@ pub async fn abort(client: &Client, ns: &str, name: &str) -> anyhow::Result<Stri
     annotate(client, ns, name, annotations::ABORT).await
 }
 
+/// How many secrets of the app the operator generates (what a rotation regenerates).
+pub fn generated_secret_count(app: &EmpactsApp) -> usize {
+    app.spec.secrets().iter().filter(|e| e.generate.is_some()).count()
+}
+
 /// Ask the operator to regenerate every generated secret of the app (pods roll).
 pub async fn rotate_secrets(client: &Client, ns: &str, name: &str) -> anyhow::Result<String> {
     annotate(client, ns, name, annotations::ROTATE_SECRETS).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rollback_patch_carries_the_read_resource_version() {
+        let mut app: EmpactsApp = serde_yaml::from_str(
+            "apiVersion: empacts.io/v1alpha1\nkind: EmpactsApp\nmetadata: {name: api, namespace: shop, resourceVersion: '42'}\nspec: {image: 'api:1'}\n",
+        )
+        .unwrap();
+        let patch = rollback_patch(&app, "r1@now").unwrap();
+        assert_eq!(patch["metadata"]["resourceVersion"], "42");
+        assert_eq!(patch["metadata"]["annotations"][annotations::ROLLBACK_TO], "r1@now");
+        app.metadata.resource_version = None;
+        assert!(rollback_patch(&app, "r1@now").is_err(), "no unguarded write");
+    }
 }
