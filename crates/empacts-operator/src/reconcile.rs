@@ -32,6 +32,7 @@ const MISSING_SECRET_REQUEUE: Duration = Duration::from_secs(10);
 /// it) and reported as DeadlineExceeded, so a hung API server cannot hold a slot forever.
 pub async fn reconcile(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Action> {
     let _slot = ctx.slots.clone().acquire_owned().await.expect("the reconcile semaphore is never closed");
+    let _in_flight = ctx.metrics.in_flight();
     let key = kube::runtime::reflector::ObjectRef::from(app.as_ref());
     let progress = &ctx.readiness.progress;
     progress.started(key.clone(), Instant::now());
@@ -43,6 +44,8 @@ pub async fn reconcile(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Action
             Err(Error::DeadlineExceeded { seconds: timeout.as_secs() })
         }
     };
+    // Every reconcile that ran to an outcome; the error policy counts the errors by reason.
+    ctx.metrics.reconciles.inc();
     // On errors the error policy records the progress (the API server answered, or not).
     if let Ok((_, next)) = &result {
         progress.finished(key.clone(), Instant::now(), *next);
@@ -115,7 +118,7 @@ async fn reconcile_app(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Next> 
     for result in observed.input.measurement.iter().flat_map(|m| &m.results) {
         ctx.metrics.analysis_measurements.with_label_values(&[result.verdict.as_str()]).inc();
     }
-    ctx.set_phase(&app, plan.phase);
+    ctx.set_status(&app, plan.phase, &new_status);
 
     let moving = matches!(plan.phase, Phase::Migrating | Phase::Progressing | Phase::RollingBack | Phase::Pending);
     let waits_for_secret = matches!(plan.reason, reasons::SECRET_NOT_FOUND | reasons::SECRET_KEY_NOT_FOUND);
@@ -181,7 +184,7 @@ async fn invalid_spec(app: &EmpactsApp, ctx: &Context, previous: &EmpactsAppStat
         write_status(ctx, app, &status).await?;
         events::publish(ctx, app, EventType::Warning, reasons::INVALID_SPEC, "Validate", &message).await;
     }
-    ctx.set_phase(app, Phase::Stalled);
+    ctx.set_status(app, Phase::Stalled, &status);
     Ok(None)
 }
 
