@@ -340,7 +340,8 @@ fn error_policy(app: Arc<EmpactsApp>, error: &Error, ctx: Arc<Context>) -> Actio
     if transition {
         let note = error.to_string();
         tokio::spawn(async move {
-            events::publish(&ctx, &app, EventType::Warning, category, "Reconcile", &note).await;
+            let subject = events::Subject::App;
+            events::publish(&ctx, &app, subject, EventType::Warning, category, "Reconcile", &note).await;
         });
     }
     Action::requeue(delay)
