@@ -1,6 +1,7 @@
 //! Events say what happened: each one names its own Secret or revision, even when an earlier
 //! Event had the same reason (kube's Recorder would otherwise only count the repeat and keep
-//! the first note), against the real control plane with the operator in-process.
+//! the first note), against the real control plane with the operator in-process. Also: the
+//! per-app metric series go when the controller stops.
 
 use std::time::{Duration, Instant};
 
@@ -70,6 +71,12 @@ async fn each_event_names_its_own_secret_and_revision() {
     let wanted: Vec<String> = revisions.iter().map(|r| format!("revision {r} is available")).collect();
     wait_notes(&ns, empacts_api::conditions::reasons::AVAILABLE, &wanted).await;
 
+    // The per-app series are the running controller's: they go when it stops (as on a lost Lease).
+    let metrics = op.metrics.clone();
+    let series = format!("empacts_app_ready{{app=\"api\",namespace=\"{}\"}} 1", ns.name);
+    assert!(metrics.render().contains(&series), "{}", metrics.render());
     op.stop().await;
+    let left: Vec<String> = metrics.render().lines().filter(|l| l.contains("app=\"api\"")).map(String::from).collect();
+    assert!(left.is_empty(), "per-app series stayed after the controller stopped: {left:?}");
     ns.cleanup().await;
 }
