@@ -142,8 +142,8 @@ pub async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         read_timeout: Duration::from_secs(args.read_timeout),
         ..ClientSettings::default()
     };
-    let client = empacts_operator::client::build(&client_settings).await?;
     let metrics = Arc::new(Metrics::new());
+    let client = empacts_operator::client::build(&client_settings, &metrics).await?;
     // The config-hash key lives in the operator's own namespace (the Lease's).
     let own_ns = args.lease_namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
     let hash_key = empacts_operator::hash_key::load_or_create(&client, &own_ns).await?;

@@ -84,6 +84,32 @@ fn render_refuses_invalid_input_with_the_field() {
 }
 
 #[test]
+fn render_passes_other_objects_of_a_mixed_file_through_in_file_order() {
+    let dir = std::env::temp_dir().join(format!("empacts-cli-mixed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("mixed.yaml");
+    let secret = std::fs::read_to_string(format!("{ROOT}/examples/empacts-db-secret.yaml")).unwrap();
+    let app = std::fs::read_to_string(format!("{ROOT}/examples/empacts-api.yaml")).unwrap();
+    std::fs::write(&file, format!("{secret}---\n---\n{app}")).unwrap();
+    let out = empacts(&["render", "-f", file.to_str().unwrap(), "-n", "production"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    let kinds = kinds(&yaml);
+    assert_eq!(kinds.first().map(String::as_str), Some("Secret"), "{kinds:?}");
+    assert_eq!(kinds.len(), 11, "the Secret, then the app's 10 children: {kinds:?}");
+    assert!(yaml.starts_with("---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: empacts-db\n"), "{yaml}");
+
+    // A broken app in such a file is named by its document number.
+    let broken = app.replace("image:", "imag:");
+    std::fs::write(&file, format!("{secret}---\n{broken}")).unwrap();
+    let out = empacts(&["render", "-f", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("document 2 is an EmpactsApp that does not match the schema"), "{err}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
 fn chart_crd_matches_deploy_crd() {
     let deploy = std::fs::read(format!("{ROOT}/deploy/crds/empactsapps.empacts.io.yaml"))
         .expect("deploy/crds/empactsapps.empacts.io.yaml is committed");

@@ -1,11 +1,15 @@
 //! The operator's Kubernetes client: bounded connect/read/write times and a client-side rate
 //! limit, so a slow API server cannot hold a request forever and a burst of reconciles cannot
-//! flood it (API priority and fairness would queue, then reject, the excess anyway).
+//! flood it (API priority and fairness would queue, then reject, the excess anyway). Every
+//! request that passes the limit is counted and timed (`empacts_kube_requests_total`,
+//! `empacts_kube_request_duration_seconds`).
 
 use std::time::Duration;
 
 use kube::client::ClientBuilder;
 use tower::limit::RateLimitLayer;
+
+use crate::metrics::{KubeRequestLayer, Metrics};
 
 /// Limits of the client (flags of `empacts run`).
 #[derive(Debug, Clone)]
@@ -45,13 +49,18 @@ pub enum ClientError {
     Limits { qps: f64, burst: u32 },
 }
 
-/// The client for the inferred configuration (in-cluster, else KUBECONFIG), with `settings`.
-pub async fn build(settings: &ClientSettings) -> Result<kube::Client, ClientError> {
+/// The client for the inferred configuration (in-cluster, else KUBECONFIG), with `settings`,
+/// its requests counted in `metrics`.
+pub async fn build(settings: &ClientSettings, metrics: &Metrics) -> Result<kube::Client, ClientError> {
     let config = kube::Config::infer().await?;
-    with_config(config, settings)
+    with_config(config, settings, metrics)
 }
 
-pub fn with_config(mut config: kube::Config, settings: &ClientSettings) -> Result<kube::Client, ClientError> {
+pub fn with_config(
+    mut config: kube::Config,
+    settings: &ClientSettings,
+    metrics: &Metrics,
+) -> Result<kube::Client, ClientError> {
     if settings.qps <= 0.0 || !settings.qps.is_finite() || settings.burst == 0 {
         return Err(ClientError::Limits { qps: settings.qps, burst: settings.burst });
     }
@@ -64,5 +73,7 @@ pub fn with_config(mut config: kube::Config, settings: &ClientSettings) -> Resul
     // `burst` requests per window of burst/qps seconds: qps on average, burst at once.
     let window = Duration::from_secs_f64(f64::from(settings.burst) / settings.qps);
     let limit = RateLimitLayer::new(u64::from(settings.burst), window);
-    Ok(ClientBuilder::try_from(config)?.with_layer(&limit).build())
+    // Layers wrap in order: the rate limit outside, so requests are timed from when they are sent.
+    let counted = KubeRequestLayer::new(metrics.kube_requests.clone());
+    Ok(ClientBuilder::try_from(config)?.with_layer(&counted).with_layer(&limit).build())
 }

@@ -5,15 +5,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use empacts_api::{EmpactsApp, Phase};
+use empacts_api::{EmpactsApp, EmpactsAppStatus, Phase, conditions};
 use k8s_openapi::api::batch::v1::Job;
-use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
+use kube::{Client, ResourceExt};
 
 use crate::children::{AppliedRecord, ChildStores};
 use crate::hash::HashKey;
-use crate::metrics::Metrics;
+use crate::metrics::{AppSeries, Metrics};
 use crate::server::Readiness;
 
 /// Bounds on the work of one process (flags of `empacts run`).
@@ -119,10 +119,20 @@ impl Context {
         stores.get(namespace).or_else(|| stores.get("")).cloned()
     }
 
-    pub fn set_phase(&self, app: &EmpactsApp, phase: Phase) {
+    /// Publish the app's phase and status (apps-by-phase and the per-app gauges).
+    pub fn set_status(&self, app: &EmpactsApp, phase: Phase, status: &EmpactsAppStatus) {
         let mut phases = self.phases.lock().expect("phase map lock");
         phases.insert(ObjectRef::from(app), phase);
         self.publish_phases(&phases);
+        drop(phases);
+        let is_true = |type_: &str| status.conditions.iter().any(|c| c.type_ == type_ && c.status == conditions::TRUE);
+        let series = AppSeries {
+            phase: phase.as_str().to_string(),
+            revision: status.current_revision.clone().unwrap_or_default(),
+            ready: is_true(conditions::READY),
+            stalled: is_true(conditions::STALLED),
+        };
+        self.metrics.apps.set(&app.namespace().unwrap_or_default(), &app.name_any(), series);
     }
 
     /// Count a finished migration Job once: `migrations_total` and its duration.
@@ -181,6 +191,7 @@ impl Context {
         self.applied.forget(app.namespace.as_deref().unwrap_or_default(), &app.name);
         self.monitoring.forget(app.namespace.as_deref().unwrap_or_default(), &app.name);
         self.readiness.progress.forget(app);
+        self.metrics.apps.forget(app.namespace.as_deref().unwrap_or_default(), &app.name);
     }
 
     /// Entries kept for apps, per map (for tests of pruning).

@@ -214,6 +214,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     ctx.readiness.progress.reset(Instant::now());
+    // Per-app series are the leader's view: when the controllers stop (or this future is
+    // dropped, as on a lost Lease) they go, so a standby never exports stale ones.
+    let _clear = ClearAppSeries(ctx.metrics.clone());
     let shutdown = shutdown.shared();
     // Whether the Prometheus Operator's CRDs are installed, for as long as the controllers run.
     let crds = Box::pin(crate::monitoring::watch_crds(ctx.clone()));
@@ -226,6 +229,14 @@ pub async fn run(
         }
     };
     futures::future::select(Box::pin(controllers), crds).await;
+}
+
+struct ClearAppSeries(Arc<crate::metrics::Metrics>);
+
+impl Drop for ClearAppSeries {
+    fn drop(&mut self) {
+        self.0.apps.clear();
+    }
 }
 
 /// One Controller over one namespace (None: all namespaces).
@@ -336,10 +347,7 @@ async fn run_one(
             let ctx = ctx.clone();
             async move {
                 match result {
-                    Ok((obj, _)) => {
-                        ctx.metrics.reconciles.with_label_values(&["ok"]).inc();
-                        tracing::debug!(app = %obj.name, "reconciled");
-                    }
+                    Ok((obj, _)) => tracing::debug!(app = %obj.name, "reconciled"),
                     Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
                         ctx.forget(&ObjectRef::new(&obj.name).within(obj.namespace.as_deref().unwrap_or_default()))
                     }
@@ -348,10 +356,7 @@ async fn run_one(
                         ctx.metrics.watch_restarts.inc();
                         warn!(error = %e, "watch failed; restarting it");
                     }
-                    Err(e) => {
-                        ctx.metrics.reconciles.with_label_values(&["error"]).inc();
-                        warn!(error = %e, "reconcile failed");
-                    }
+                    Err(e) => warn!(error = %e, "reconcile failed"),
                 }
             }
         })
@@ -374,7 +379,8 @@ fn error_policy(app: Arc<EmpactsApp>, error: &Error, ctx: Arc<Context>) -> Actio
     if transition {
         let note = error.to_string();
         tokio::spawn(async move {
-            events::publish(&ctx, &app, EventType::Warning, category, "Reconcile", &note).await;
+            let subject = events::Subject::App;
+            events::publish(&ctx, &app, subject, EventType::Warning, category, "Reconcile", &note).await;
         });
     }
     Action::requeue(delay)

@@ -1,23 +1,82 @@
 //! Kubernetes Events on the EmpactsApp. Best effort: a failed Event never fails a reconcile.
+//!
+//! kube's Recorder aggregates Events by (type, reason, action, reporter, regarding, related):
+//! a later Event with the same key only bumps the first one's series count, and its note is
+//! lost. So an Event about one Secret or revision names that object as `related` (its
+//! subject): Events about different subjects stay distinct, a repeat about the same one
+//! still aggregates.
 
 use empacts_api::EmpactsApp;
-use kube::Resource;
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
 use tracing::warn;
 
 use crate::context::Context;
+use crate::names;
+
+/// What an Event is about, besides the app it is on.
+#[derive(Debug, Clone, Copy)]
+pub enum Subject<'a> {
+    /// The app as a whole.
+    App,
+    Secret(&'a str),
+    /// A revision (hash), as its ControllerRevision; also the subject of its migration Job's
+    /// Events (the Job's name is the revision's).
+    Revision(&'a str),
+}
+
+impl Subject<'_> {
+    fn reference(&self, app: &EmpactsApp) -> Option<ObjectReference> {
+        let (api_version, kind, name) = match self {
+            Subject::App => return None,
+            Subject::Secret(name) => ("v1", "Secret", name.to_string()),
+            Subject::Revision(revision) => {
+                ("apps/v1", "ControllerRevision", names::controller_revision(&app.name_any(), revision))
+            }
+        };
+        Some(ObjectReference {
+            api_version: Some(api_version.into()),
+            kind: Some(kind.into()),
+            name: Some(name),
+            namespace: app.namespace(),
+            ..Default::default()
+        })
+    }
+}
 
 /// Events are limited to 1 kB of note; keep the start, which says what happened.
 const MAX_NOTE: usize = 1000;
 
-pub async fn publish(ctx: &Context, app: &EmpactsApp, type_: EventType, reason: &str, action: &str, note: &str) {
-    publish_on(ctx, &app.object_ref(&()), type_, reason, action, note).await
+pub async fn publish(
+    ctx: &Context,
+    app: &EmpactsApp,
+    subject: Subject<'_>,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
+    let related = subject.reference(app);
+    publish_related(ctx, &app.object_ref(&()), related, type_, reason, action, note).await
 }
 
 /// An Event on any object (e.g. an EmpactsApp this build cannot read as one).
 pub async fn publish_on(
     ctx: &Context,
-    object: &k8s_openapi::api::core::v1::ObjectReference,
+    object: &ObjectReference,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
+    publish_related(ctx, object, None, type_, reason, action, note).await
+}
+
+async fn publish_related(
+    ctx: &Context,
+    object: &ObjectReference,
+    related: Option<ObjectReference>,
     type_: EventType,
     reason: &str,
     action: &str,
@@ -31,8 +90,28 @@ pub async fn publish_on(
         }
         note.truncate(cut);
     }
-    let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+    let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: related };
     if let Err(e) = ctx.recorder.publish(&event, object).await {
         warn!(error = %e, reason, "could not publish Event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_subject_is_its_own_related_object_in_the_apps_namespace() {
+        let app: EmpactsApp = serde_yaml::from_str(
+            "apiVersion: empacts.io/v1alpha1\nkind: EmpactsApp\nmetadata: {name: api, namespace: ns}\nspec: {image: 'api:1'}\n",
+        )
+        .unwrap();
+        assert_eq!(Subject::App.reference(&app), None);
+        let a = Subject::Secret("api.gen.a").reference(&app).unwrap();
+        let b = Subject::Secret("api.gen.b").reference(&app).unwrap();
+        assert_ne!(a, b, "two Secrets, two Event keys");
+        assert_eq!((a.kind.as_deref(), a.namespace.as_deref()), (Some("Secret"), Some("ns")));
+        let r = Subject::Revision("abc123").reference(&app).unwrap();
+        assert_eq!((r.kind.as_deref(), r.name.as_deref()), (Some("ControllerRevision"), Some("api-abc123")));
     }
 }

@@ -1,14 +1,24 @@
-//! Prometheus metrics of the operator, registered once in their own registry.
+//! Prometheus metrics of the operator, registered once in their own registry (prefix
+//! `empacts_`), plus the standard unprefixed `process_*` metrics in a second one.
+
+mod apps;
+mod kube_requests;
 
 use std::time::Instant;
 
 use empacts_api::Phase;
 use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
+pub use self::apps::{AppGauges, AppSeries};
+pub use self::kube_requests::{KubeRequestLayer, KubeRequests, verb};
+
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
-    pub reconciles: IntCounterVec,
+    /// `process_*` (CPU, memory, file descriptors, start time) without our prefix.
+    pub process_registry: Registry,
+    /// Every reconcile that ran to an outcome; errors are `reconcile_errors`.
+    pub reconciles: IntCounter,
     pub reconcile_errors: IntCounterVec,
     pub reconcile_duration: HistogramVec,
     pub reconcile_deadline_exceeded: IntCounter,
@@ -23,6 +33,13 @@ pub struct Metrics {
     pub analysis_measurements: IntCounterVec,
     pub leader: IntGauge,
     pub build_info: IntGaugeVec,
+    pub reconciles_in_flight: IntGauge,
+    /// `app_info`, `app_ready`, `app_stalled` of each app.
+    pub apps: AppGauges,
+    /// Requests of the Kubernetes client (see `client::build`).
+    pub kube_requests: KubeRequests,
+    /// Every metric name exported, sorted (series appear once they have a value).
+    pub names: Vec<String>,
 }
 
 impl Default for Metrics {
@@ -34,7 +51,8 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("empacts".into()), None).expect("static prefix is valid");
-        let reconciles = IntCounterVec::new(Opts::new("reconcile_total", "Reconciles run"), &["result"]).unwrap();
+        let reconciles =
+            IntCounter::new("reconcile_total", "Reconciles run (failed ones: reconcile_errors_total)").unwrap();
         let reconcile_errors =
             IntCounterVec::new(Opts::new("reconcile_errors_total", "Failed reconciles by reason"), &["reason"])
                 .unwrap();
@@ -78,7 +96,10 @@ impl Metrics {
         .unwrap();
         let leader = IntGauge::new("leader", "1 while this replica holds the leader lease").unwrap();
         let build_info = IntGaugeVec::new(Opts::new("build_info", "Operator build"), &["version"]).unwrap();
-        for c in [
+        let reconciles_in_flight = IntGauge::new("reconciles_in_flight", "Reconciles running now").unwrap();
+        let apps = AppGauges::new();
+        let kube_requests = KubeRequests::new();
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_errors.clone()),
             Box::new(reconcile_duration.clone()),
@@ -94,15 +115,32 @@ impl Metrics {
             Box::new(child_applies.clone()),
             Box::new(leader.clone()),
             Box::new(build_info.clone()),
-        ] {
+            Box::new(reconciles_in_flight.clone()),
+        ]
+        .into_iter()
+        .chain(apps.collectors())
+        .chain(kube_requests.collectors())
+        .collect();
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        let mut names: Vec<String> = collectors
+            .iter()
+            .flat_map(|c| c.desc())
+            .map(|d| format!("empacts_{}", d.fq_name))
+            .chain(prometheus::core::Collector::desc(&process).iter().map(|d| d.fq_name.clone()))
+            .collect();
+        names.sort();
+        for c in collectors {
             registry.register(c).expect("each metric is registered once");
         }
+        let process_registry = Registry::new();
+        process_registry.register(Box::new(process)).expect("the process collector is registered once");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for phase in Phase::ALL {
             apps_by_phase.with_label_values(&[phase.as_str()]).set(0);
         }
         Metrics {
             registry,
+            process_registry,
             reconciles,
             reconcile_errors,
             reconcile_duration,
@@ -118,7 +156,17 @@ impl Metrics {
             analysis_measurements,
             leader,
             build_info,
+            reconciles_in_flight,
+            apps,
+            kube_requests,
+            names,
         }
+    }
+
+    /// Counts a running reconcile until the guard drops.
+    pub fn in_flight(&self) -> InFlight {
+        self.reconciles_in_flight.inc();
+        InFlight(self.reconciles_in_flight.clone())
     }
 
     /// Times a reconcile; the duration is recorded when the guard drops, on every exit path.
@@ -129,10 +177,20 @@ impl Metrics {
     /// Text exposition for /metrics.
     pub fn render(&self) -> String {
         let mut buf = String::new();
+        let mut families = self.registry.gather();
+        families.extend(self.process_registry.gather());
         prometheus::TextEncoder::new()
-            .encode_utf8(&self.registry.gather(), &mut buf)
+            .encode_utf8(&families, &mut buf)
             .expect("text encoding of gathered metrics cannot fail");
         buf
+    }
+}
+
+pub struct InFlight(IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -144,5 +202,61 @@ pub struct ReconcileTimer<'a> {
 impl Drop for ReconcileTimer<'_> {
     fn drop(&mut self) {
         self.metrics.reconcile_duration.with_label_values(&[] as &[&str]).observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Metric names in the first column of README's metrics table.
+    fn readme_names() -> Vec<String> {
+        let readme = include_str!("../../../README.md");
+        let table = readme.split("| metric | type | labels | meaning |").nth(1).expect("README has the metrics table");
+        let mut names: Vec<String> = table
+            .lines()
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .flat_map(|l| l.split('|').nth(1).unwrap_or_default().split('`').skip(1).step_by(2).map(str::to_string))
+            .collect::<Vec<_>>();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_readme_table_lists_exactly_the_exported_metrics() {
+        let metrics = Metrics::new();
+        assert_eq!(readme_names(), metrics.names, "README's metrics table and the registry differ");
+        // Process metrics are exported without the prefix, and every registered name renders.
+        metrics.apps.set(
+            "ns",
+            "a",
+            AppSeries { phase: "Ready".into(), revision: "r".into(), ready: true, stalled: false },
+        );
+        metrics.kube_requests.total.with_label_values(&["get", "200"]).inc();
+        metrics.kube_requests.duration.with_label_values(&["get"]).observe(0.1);
+        metrics.migrations.with_label_values(&["migrate", "succeeded"]).inc();
+        metrics.migration_duration.with_label_values(&["migrate", "succeeded"]).observe(1.0);
+        metrics.reconcile_errors.with_label_values(&["Api"]).inc();
+        metrics.reconcile_duration.with_label_values(&[] as &[&str]).observe(0.1);
+        metrics.rollbacks.with_label_values(&["r"]).inc();
+        metrics.child_applies.with_label_values(&["Service", "applied"]).inc();
+        metrics.analysis_measurements.with_label_values(&["Passed"]).inc();
+        let out = metrics.render();
+        for name in &metrics.names {
+            assert!(out.contains(&format!("# TYPE {name} ")), "{name} is not rendered:\n{out}");
+        }
+    }
+
+    #[test]
+    fn in_flight_counts_until_the_guard_drops() {
+        let metrics = Metrics::new();
+        let a = metrics.in_flight();
+        let b = metrics.in_flight();
+        assert_eq!(metrics.reconciles_in_flight.get(), 2);
+        drop(a);
+        assert_eq!(metrics.reconciles_in_flight.get(), 1);
+        drop(b);
+        assert_eq!(metrics.reconciles_in_flight.get(), 0);
     }
 }

@@ -17,6 +17,7 @@ use crate::apply::{self, FIELD_MANAGER, Outcome};
 use crate::children::ChildMetas;
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::events::Subject;
 use crate::plan::{self, Plan, PlanInput};
 use crate::status::{self, StatusInput};
 use crate::{build, events, monitoring, observe, validate};
@@ -32,6 +33,7 @@ const MISSING_SECRET_REQUEUE: Duration = Duration::from_secs(10);
 /// it) and reported as DeadlineExceeded, so a hung API server cannot hold a slot forever.
 pub async fn reconcile(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Action> {
     let _slot = ctx.slots.clone().acquire_owned().await.expect("the reconcile semaphore is never closed");
+    let _in_flight = ctx.metrics.in_flight();
     let key = kube::runtime::reflector::ObjectRef::from(app.as_ref());
     let progress = &ctx.readiness.progress;
     progress.started(key.clone(), Instant::now());
@@ -43,12 +45,14 @@ pub async fn reconcile(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Action
             Err(Error::DeadlineExceeded { seconds: timeout.as_secs() })
         }
     };
+    // Every reconcile that ran to an outcome; the error policy counts the errors by reason.
+    ctx.metrics.reconciles.inc();
     // On errors the error policy records the progress (the API server answered, or not).
     if let Ok((_, next)) = &result {
         progress.finished(key.clone(), Instant::now(), *next);
         if let Some(failures) = ctx.record_success(&key) {
             let note = format!("reconciling works again after {} failed attempts", failures.count);
-            events::publish(&ctx, &app, EventType::Normal, "Recovered", "Reconcile", &note).await;
+            events::publish(&ctx, &app, Subject::App, EventType::Normal, "Recovered", "Reconcile", &note).await;
         }
     }
     result.map(|(action, _)| action)
@@ -115,7 +119,7 @@ async fn reconcile_app(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Next> 
     for result in observed.input.measurement.iter().flat_map(|m| &m.results) {
         ctx.metrics.analysis_measurements.with_label_values(&[result.verdict.as_str()]).inc();
     }
-    ctx.set_phase(&app, plan.phase);
+    ctx.set_status(&app, plan.phase, &new_status);
 
     let moving = matches!(plan.phase, Phase::Migrating | Phase::Progressing | Phase::RollingBack | Phase::Pending);
     let waits_for_secret = matches!(plan.reason, reasons::SECRET_NOT_FOUND | reasons::SECRET_KEY_NOT_FOUND);
@@ -179,9 +183,10 @@ async fn invalid_spec(app: &EmpactsApp, ctx: &Context, previous: &EmpactsAppStat
     };
     if &status != previous {
         write_status(ctx, app, &status).await?;
-        events::publish(ctx, app, EventType::Warning, reasons::INVALID_SPEC, "Validate", &message).await;
+        let subject = Subject::App;
+        events::publish(ctx, app, subject, EventType::Warning, reasons::INVALID_SPEC, "Validate", &message).await;
     }
-    ctx.set_phase(app, Phase::Stalled);
+    ctx.set_status(app, Phase::Stalled, &status);
     Ok(None)
 }
 
@@ -206,13 +211,18 @@ async fn record_transitions(
         )
     });
     // Names only: values never reach Events.
+    // Each Event names its subject (see `events`): one per Secret, one per revision.
+    let revision = new.desired_revision.as_deref().map_or(Subject::App, Subject::Revision);
     let notes = outcome
         .secrets_created
         .iter()
-        .map(|n| (EventType::Normal, "SecretGenerated", "GenerateSecret", format!("created generated Secret {n}")))
+        .map(|n| {
+            let note = format!("created generated Secret {n}");
+            (Subject::Secret(n), EventType::Normal, "SecretGenerated", "GenerateSecret", note)
+        })
         .chain(outcome.secrets_rotated.iter().map(|n| {
             let note = format!("rotated generated Secret {n}; pods roll to pick it up");
-            (EventType::Normal, "SecretRotated", "RotateSecret", note)
+            (Subject::Secret(n), EventType::Normal, "SecretRotated", "RotateSecret", note)
         }))
         .chain(
             plan.notes
@@ -225,10 +235,10 @@ async fn record_transitions(
                     }
                     _ => changed || requested || reason.starts_with("Analysis"),
                 })
-                .map(|(reason, note)| (EventType::Warning, *reason, "Reconcile", note.clone())),
+                .map(|(reason, note)| (revision, EventType::Warning, *reason, "Reconcile", note.clone())),
         );
-    for (type_, reason, action, note) in notes {
-        events::publish(ctx, app, type_, reason, action, &note).await;
+    for (subject, type_, reason, action, note) in notes {
+        events::publish(ctx, app, subject, type_, reason, action, &note).await;
     }
     if !changed {
         return;
@@ -240,7 +250,7 @@ async fn record_transitions(
         let warning =
             matches!(plan.phase, Phase::MigrationFailed | Phase::Stalled | Phase::RollingBack | Phase::RolledBack);
         let type_ = if warning { EventType::Warning } else { EventType::Normal };
-        events::publish(ctx, app, type_, plan.reason, plan.phase.as_str(), &plan.message).await;
+        events::publish(ctx, app, revision, type_, plan.reason, plan.phase.as_str(), &plan.message).await;
         info!(app = %app.name_any(), namespace = app.namespace().unwrap_or_default(), phase = %plan.phase, reason = plan.reason, detail = %plan.message, "phase changed");
     }
 }

@@ -83,15 +83,15 @@ async fn main() {
     }
     let create_time = created.elapsed();
     let install = converge(&api, n, v1).await;
-    let reconciles_install = op.metric("empacts_reconcile_total{result=\"ok\"}").await.unwrap_or(0.0);
+    let reconciles_install = op.metric("empacts_reconcile_total ").await.unwrap_or(0.0);
     let rss_after_install = rss_kib(pid, "VmRSS:");
 
     // Steady state: let the last events settle for 10 s, then nothing changes for 30 s.
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let before = op.metric("empacts_reconcile_total{result=\"ok\"}").await.unwrap_or(0.0);
+    let before = op.metric("empacts_reconcile_total ").await.unwrap_or(0.0);
     let applies_before = applies_sent(&op).await;
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let idle_reconciles = op.metric("empacts_reconcile_total{result=\"ok\"}").await.unwrap_or(0.0) - before;
+    let idle_reconciles = op.metric("empacts_reconcile_total ").await.unwrap_or(0.0) - before;
     let idle_applies = applies_sent(&op).await - applies_before;
 
     // Upgrade every app: a migration per app, then a rollout.
@@ -106,7 +106,7 @@ async fn main() {
     }
     let upgrade = converge(&api, n, v2).await + Duration::ZERO;
     let upgrade_total = upgrade_start.elapsed();
-    let reconciles_total = op.metric("empacts_reconcile_total{result=\"ok\"}").await.unwrap_or(0.0);
+    let reconciles_total = op.metric("empacts_reconcile_total ").await.unwrap_or(0.0);
     let duration_sum = op.metric("empacts_reconcile_duration_seconds_sum").await.unwrap_or(0.0);
     let duration_count = op.metric("empacts_reconcile_duration_seconds_count").await.unwrap_or(1.0);
     let peak = rss_kib(pid, "VmHWM:");

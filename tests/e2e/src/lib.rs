@@ -344,6 +344,13 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The sample lines of metric `name` (no HELP/TYPE lines, no other metric with that prefix).
+pub fn metric_lines<'a>(body: &'a str, name: &str) -> Vec<&'a str> {
+    body.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .collect()
+}
+
 /// An `empacts run` child process (killed on drop).
 pub struct OperatorProcess {
     pub child: std::process::Child,
@@ -376,6 +383,12 @@ impl OperatorProcess {
     pub async fn metric(&self, sample: &str) -> Option<f64> {
         let (_, body) = self.get("/metrics").await?;
         body.lines().find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
+    }
+
+    /// Sum of every series of a metric (all label values); None when /metrics is not up.
+    pub async fn metric_sum(&self, name: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics").await?;
+        Some(metric_lines(&body, name).iter().filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum())
     }
 
     pub fn signal(&self, signal: &str) {

@@ -114,7 +114,7 @@ async fn hostile_apps_are_refused_at_admission_and_the_operator_does_not_notice(
     apply_app(&ns, &valid).await;
     wait_app(&ns, "api", "the valid app Ready", T, |a| phase(a) == Some(Phase::Ready) && observed_current(a)).await;
     wait_until("/healthz", T, || async { op.get("/healthz").await.filter(|(c, _)| *c == 200) }).await;
-    let errors_before = op.metric("empacts_reconcile_total{result=\"error\"}").await.unwrap_or(0.0);
+    let errors_before = op.metric_sum("empacts_reconcile_errors_total").await.unwrap_or(0.0);
 
     // The CRD is shared with other worktrees' tests, which install their own build of it: apply
     // this build's right before the attempts, so a refusal is this schema's.
@@ -170,7 +170,7 @@ async fn hostile_apps_are_refused_at_admission_and_the_operator_does_not_notice(
         "operator RSS grew from {baseline} KiB to {peak} KiB during the attempts (bound {RSS_GROWTH_BOUND_KIB} KiB)"
     );
     assert_eq!(op.get("/healthz").await.map(|(c, _)| c), Some(200), "/healthz answers after the attempts");
-    let errors_after = op.metric("empacts_reconcile_total{result=\"error\"}").await.unwrap_or(0.0);
+    let errors_after = op.metric_sum("empacts_reconcile_errors_total").await.unwrap_or(0.0);
     assert_eq!(errors_after, errors_before, "no hostile app reached the reconciler");
     // The operator still reconciles: an object that broke its watch (e.g. a number its types
     // cannot hold) would leave this change unobserved.

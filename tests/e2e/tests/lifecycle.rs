@@ -175,7 +175,7 @@ async fn fresh_install_becomes_ready_and_a_noop_reconcile_writes_nothing() {
     assert_eq!(before, after, "a no-op reconcile must not write any child or the status");
     assert_eq!(applies("applied"), sent_before, "not even a no-op apply request is sent");
     assert!(applies("skipped") >= skipped_before + 6 * 3, "each of the 3 reconciles skipped its 6 applies");
-    assert!(op.metrics.render().contains("empacts_reconcile_total{result=\"ok\"}"));
+    assert!(op.metrics.reconciles.get() >= 3, "the 3 reconciles are counted");
 
     // Drift is taken back: a hand-edited image, an edited Service port and a deleted
     // ServiceAccount are restored.
