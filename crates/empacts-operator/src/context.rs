@@ -68,7 +68,7 @@ pub struct Context {
     /// monitoring objects.
     pub monitoring: crate::monitoring::Monitoring,
     /// Reconciles in flight over every controller of this process.
-    pub slots: Arc<tokio::sync::Semaphore>,
+    pub slots: Arc<crate::slots::FairSlots>,
     /// Last phase of each app, feeding the apps-by-phase gauge.
     phases: Mutex<HashMap<ObjectRef<EmpactsApp>, Phase>>,
     /// Jobs already counted in the migration metrics (by UID), per app.
@@ -96,7 +96,7 @@ impl Context {
             client,
             metrics,
             readiness: Arc::default(),
-            slots: Arc::new(tokio::sync::Semaphore::new(settings.concurrency.max(1))),
+            slots: crate::slots::FairSlots::new(settings.concurrency),
             settings,
             hash_key,
             stores: RwLock::default(),

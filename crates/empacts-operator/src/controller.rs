@@ -334,11 +334,9 @@ async fn run_one(
         .reconcile_all_on(ctx.monitoring.changes())
         // A rollout touches several children at once (ReplicaSet -> Deployment status, Job
         // status, HPA status); coalescing their triggers saves reconciles without delaying much.
-        .with_config(
-            kube::runtime::controller::Config::default()
-                .debounce(DEBOUNCE)
-                .concurrency(ctx.settings.concurrency.min(u16::MAX as usize) as u16),
-        )
+        // No limit here: the process's fair slots bound the reconciles that run (a limit here
+        // would let one namespace's waiting reconciles hold every runner, and the order).
+        .with_config(kube::runtime::controller::Config::default().debounce(DEBOUNCE))
         .graceful_shutdown_on(shutdown);
     info!(namespace = scope_name, "controller started");
     controller

@@ -27,5 +27,6 @@ pub mod render;
 pub mod revision;
 pub mod secret_value;
 pub mod server;
+pub mod slots;
 pub mod status;
 pub mod validate;

@@ -28,11 +28,12 @@ const ACTIVE_REQUEUE: Duration = Duration::from_secs(5);
 /// are not watched, and Secrets often arrive after the app (GitOps sync order).
 const MISSING_SECRET_REQUEUE: Duration = Duration::from_secs(10);
 
-/// One reconcile, bounded: it waits for one of the process's reconcile slots, then runs
-/// under the reconcile deadline; past it, the reconcile is dropped (its pending request with
-/// it) and reported as DeadlineExceeded, so a hung API server cannot hold a slot forever.
+/// One reconcile, bounded: it waits for one of the process's reconcile slots (handed out in
+/// turn between namespaces), then runs under the reconcile deadline; past it, the reconcile
+/// is dropped (its pending request with it) and reported as DeadlineExceeded, so a hung API
+/// server cannot hold a slot forever.
 pub async fn reconcile(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Action> {
-    let _slot = ctx.slots.clone().acquire_owned().await.expect("the reconcile semaphore is never closed");
+    let _slot = ctx.slots.acquire(&app.namespace().unwrap_or_default()).await;
     let _in_flight = ctx.metrics.in_flight();
     let key = kube::runtime::reflector::ObjectRef::from(app.as_ref());
     let progress = &ctx.readiness.progress;
