@@ -245,6 +245,14 @@ pub fn prometheus_operator_crds() -> Vec<CustomResourceDefinition> {
         .collect()
 }
 
+/// The path of one CRD YAML of the pinned Prometheus Operator (`EMPACTS_PROMETHEUS_OPERATOR_CRDS`), e.g.
+/// `monitoring.coreos.com_podmonitors.yaml`, for tests that apply them with kubectl.
+pub fn prometheus_operator_crd_file(file: &str) -> PathBuf {
+    let path = testbed_path("EMPACTS_PROMETHEUS_OPERATOR_CRDS").join(file);
+    assert!(path.is_file(), "{} is missing: run tests/cluster/build", path.display());
+    path
+}
+
 /// `promtool check rules <path>`: Ok(its output) when it accepts the file, Err(its output) when not.
 pub fn promtool_check_rules(path: &Path) -> Result<String, String> {
     let out = Command::new(testbed_path("EMPACTS_PROMTOOL_BIN"))
