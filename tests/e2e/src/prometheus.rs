@@ -14,7 +14,8 @@
 //!   is killed on drop.
 //! - [`promtool_check_rules`]: `promtool check rules` (`EMPACTS_PROMTOOL_BIN`).
 //! - [`prometheus_operator_crds`]: the ServiceMonitor and PrometheusRule CRDs of the pinned
-//!   Prometheus Operator (`EMPACTS_PROMETHEUS_OPERATOR_CRDS`), not installed by `tests/cluster/up`.
+//!   Prometheus Operator (`EMPACTS_PROMETHEUS_OPERATOR_CRDS`), not installed by `tests/cluster/up`;
+//!   [`prometheus_operator_crd_file`]: the path of one of its CRD YAMLs (the PodMonitor's too).
 //!
 //! When an `EMPACTS_PROMETHEUS_*` variable is not set, the path is taken from what
 //! `tests/cluster/up` exports (it is run once per test process, building what is missing), as

@@ -129,6 +129,8 @@ async fn every_value_renders_and_the_api_server_accepts_every_object() {
     std::fs::write(&values, all_values()).unwrap();
     let values_arg = values.to_str().unwrap();
 
+    let out = helm(&env, &["lint", "--strict", chart().to_str().unwrap(), "-f", values_arg]);
+    assert!(out.status.success() && text(&out).contains("0 chart(s) failed"), "helm lint --strict:\n{}", text(&out));
     let all = render_chart(&env, &chart(), &ns.name, &[], &["-f", values_arg]);
     // commonLabels on every object of the chart (extraObjects are the user's own manifests).
     for doc in all.iter().filter(|d| !d["metadata"]["name"].as_str().unwrap_or_default().starts_with("rel-extra")) {
