@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # The EmpactsApp operator image: a static musl `empacts` binary on distroless/static (non-root).
 #   docker build -t empacts-operator:0.1.0 .
+# Without Docker: deploy/image/build (a static glibc binary on scratch, assembled with crane; see README, "Image").
 # The Helm chart (charts/empacts-operator) runs it as UID 65532 with a read-only root filesystem.
 
 # Base images are pinned by digest: a tag can be re-pointed (a new build, or a compromised registry),

@@ -11,7 +11,8 @@ BIN_DIR="$CACHE_DIR/bin"
 # change of one does not invalidate the (much longer) Kubernetes build.
 PROM_BIN_DIR="$CACHE_ROOT/prometheus-$PROMETHEUS_VERSION/bin"
 PROM_CRD_DIR="$CACHE_ROOT/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION/crds"
-PROM_CRDS=(monitoring.coreos.com_servicemonitors.yaml monitoring.coreos.com_prometheusrules.yaml)
+PROM_CRDS=(monitoring.coreos.com_servicemonitors.yaml monitoring.coreos.com_prometheusrules.yaml
+  monitoring.coreos.com_podmonitors.yaml)
 
 STATE="${EMPACTS_TESTBED_STATE:-/tmp/empacts-testbed}"
 API_PORT="${EMPACTS_TESTBED_API_PORT:-16443}"

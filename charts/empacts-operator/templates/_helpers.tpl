@@ -39,6 +39,9 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/component: operator
 app.kubernetes.io/part-of: empacts
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/* Name of the operator's ServiceAccount. */}}
@@ -62,13 +65,62 @@ older single watchNamespace. */}}
 {{- join "," $list }}
 {{- end }}
 
-{{/* The operator image reference. */}}
+{{/* The operator image reference: [registry/]repository, then @digest when set, else :tag (default appVersion). */}}
 {{- define "empacts-operator.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- $repo := .Values.image.repository }}
+{{- with .Values.image.registry }}{{ $repo = printf "%s/%s" (trimSuffix "/" .) $repo }}{{ end }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" $repo .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" $repo (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The Prometheus `job` label of the operator's scrape: a ServiceMonitor names it after the Service,
+a PodMonitor <namespace>/<PodMonitor name>. */}}
+{{- define "empacts-operator.job" -}}
+{{- if .Values.prometheusRule.job }}
+{{- .Values.prometheusRule.job }}
+{{- else if .Values.podMonitor.enabled }}
+{{- printf "%s/%s" .Release.Namespace (include "empacts-operator.fullname" .) }}
+{{- else }}
+{{- include "empacts-operator.metricsServiceName" . }}
+{{- end }}
+{{- end }}
+
+{{/* One scrape endpoint of a ServiceMonitor or PodMonitor; `.` is the serviceMonitor or podMonitor values.
+honorLabels: the per-app metrics carry a `namespace` label (the app's), which must not be renamed
+exported_namespace by the target's own `namespace` label. */}}
+{{- define "empacts-operator.scrapeEndpoint" -}}
+port: metrics
+path: /metrics
+honorLabels: true
+interval: {{ .interval }}
+{{- with .scrapeTimeout }}
+scrapeTimeout: {{ . }}
+{{- end }}
+{{- with .scheme }}
+scheme: {{ . }}
+{{- end }}
+{{- with .tlsConfig }}
+tlsConfig:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .relabelings }}
+relabelings:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .metricRelabelings }}
+metricRelabelings:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end }}
 
 {{/* Fail on value combinations the schema cannot express. */}}
 {{- define "empacts-operator.validate" -}}
+{{- if and .Values.serviceMonitor.enabled .Values.podMonitor.enabled }}
+{{- fail "serviceMonitor.enabled and podMonitor.enabled are alternatives: enable one (both would scrape every replica twice)" }}
+{{- end }}
 {{- if and (gt (int .Values.replicas) 1) (not .Values.leaderElection.enabled) }}
 {{- fail "replicas > 1 requires leaderElection.enabled=true: without leader election every replica would reconcile" }}
 {{- end }}
@@ -79,4 +131,26 @@ older single watchNamespace. */}}
 {{- if and $le.enabled $le.graceSeconds (ge (int $le.graceSeconds) (int $le.leaseDurationSeconds)) }}
 {{- fail "leaderElection.graceSeconds must be below leaderElection.leaseDurationSeconds" }}
 {{- end }}
+{{- end }}
+
+{{/* Pod securityContext: Pod Security Standards "restricted", with podSecurityContext merged over it. */}}
+{{- define "empacts-operator.podSecurityContext" -}}
+{{- $defaults := dict "runAsNonRoot" true "runAsUser" 65532 "runAsGroup" 65532 "fsGroup" 65532 "seccompProfile" (dict "type" "RuntimeDefault") }}
+{{- toYaml (mustMergeOverwrite $defaults (deepCopy .Values.podSecurityContext)) }}
+{{- end }}
+
+{{/* Container securityContext: "restricted" plus a read-only root filesystem, with securityContext merged over it. */}}
+{{- define "empacts-operator.securityContext" -}}
+{{- $defaults := dict "runAsNonRoot" true "runAsUser" 65532 "runAsGroup" 65532 "readOnlyRootFilesystem" true "allowPrivilegeEscalation" false "privileged" false "capabilities" (dict "drop" (list "ALL")) "seccompProfile" (dict "type" "RuntimeDefault") }}
+{{- toYaml (mustMergeOverwrite $defaults (deepCopy .Values.securityContext)) }}
+{{- end }}
+
+{{/* Probes: /healthz and /readyz on the metrics port, with livenessProbe / readinessProbe merged over them. */}}
+{{- define "empacts-operator.livenessProbe" -}}
+{{- $defaults := dict "httpGet" (dict "path" "/healthz" "port" "metrics") "initialDelaySeconds" 5 "periodSeconds" 10 "timeoutSeconds" 2 "failureThreshold" 3 }}
+{{- toYaml (mustMergeOverwrite $defaults (deepCopy .Values.livenessProbe)) }}
+{{- end }}
+{{- define "empacts-operator.readinessProbe" -}}
+{{- $defaults := dict "httpGet" (dict "path" "/readyz" "port" "metrics") "periodSeconds" 5 "timeoutSeconds" 2 "failureThreshold" 3 }}
+{{- toYaml (mustMergeOverwrite $defaults (deepCopy .Values.readinessProbe)) }}
 {{- end }}

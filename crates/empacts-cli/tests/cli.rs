@@ -113,12 +113,12 @@ fn render_passes_other_objects_of_a_mixed_file_through_in_file_order() {
 fn chart_crd_matches_deploy_crd() {
     let deploy = std::fs::read(format!("{ROOT}/deploy/crds/empactsapps.empacts.io.yaml"))
         .expect("deploy/crds/empactsapps.empacts.io.yaml is committed");
-    let chart = std::fs::read(format!("{ROOT}/charts/empacts-operator/crds/empactsapps.empacts.io.yaml"))
-        .expect("charts/empacts-operator/crds/empactsapps.empacts.io.yaml is committed");
+    let chart = std::fs::read(format!("{ROOT}/charts/empacts-operator/files/crds/empactsapps.empacts.io.yaml"))
+        .expect("charts/empacts-operator/files/crds/empactsapps.empacts.io.yaml is committed");
     assert!(
         chart == deploy,
-        "charts/empacts-operator/crds/empactsapps.empacts.io.yaml differs from deploy/crds/empactsapps.empacts.io.yaml: \
-         run `cp deploy/crds/empactsapps.empacts.io.yaml charts/empacts-operator/crds/empactsapps.empacts.io.yaml`"
+        "charts/empacts-operator/files/crds/empactsapps.empacts.io.yaml differs from deploy/crds/empactsapps.empacts.io.yaml: \
+         run `cp deploy/crds/empactsapps.empacts.io.yaml charts/empacts-operator/files/crds/empactsapps.empacts.io.yaml`"
     );
 }
 

@@ -32,6 +32,7 @@ use tokio::sync::{OnceCell, oneshot};
 pub use empacts_api as api;
 
 pub mod fault_proxy;
+pub mod helm;
 pub mod prometheus;
 
 pub use prometheus::{TestExporter, TestPrometheus, Traffic, prometheus_operator_crds, promtool_check_rules};

@@ -14,7 +14,8 @@
 //!   is killed on drop.
 //! - [`promtool_check_rules`]: `promtool check rules` (`EMPACTS_PROMTOOL_BIN`).
 //! - [`prometheus_operator_crds`]: the ServiceMonitor and PrometheusRule CRDs of the pinned
-//!   Prometheus Operator (`EMPACTS_PROMETHEUS_OPERATOR_CRDS`), not installed by `tests/cluster/up`.
+//!   Prometheus Operator (`EMPACTS_PROMETHEUS_OPERATOR_CRDS`), not installed by `tests/cluster/up`;
+//!   [`prometheus_operator_crd_file`]: the path of one of its CRD YAMLs (the PodMonitor's too).
 //!
 //! When an `EMPACTS_PROMETHEUS_*` variable is not set, the path is taken from what
 //! `tests/cluster/up` exports (it is run once per test process, building what is missing), as
@@ -243,6 +244,14 @@ pub fn prometheus_operator_crds() -> Vec<CustomResourceDefinition> {
             serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{file} is a CustomResourceDefinition: {e}"))
         })
         .collect()
+}
+
+/// The path of one CRD YAML of the pinned Prometheus Operator (`EMPACTS_PROMETHEUS_OPERATOR_CRDS`), e.g.
+/// `monitoring.coreos.com_podmonitors.yaml`, for tests that apply them with kubectl.
+pub fn prometheus_operator_crd_file(file: &str) -> PathBuf {
+    let path = testbed_path("EMPACTS_PROMETHEUS_OPERATOR_CRDS").join(file);
+    assert!(path.is_file(), "{} is missing: run tests/cluster/build", path.display());
+    path
 }
 
 /// `promtool check rules <path>`: Ok(its output) when it accepts the file, Err(its output) when not.

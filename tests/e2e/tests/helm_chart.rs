@@ -3,11 +3,10 @@
 //! RBAC is proven sufficient by running the operator with that ServiceAccount's token.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-use std::process::Output;
 use std::time::Duration;
 
 use empacts_api::Phase;
+use empacts_e2e::helm::*;
 use empacts_e2e::*;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -22,59 +21,6 @@ use kube::{Api, ResourceExt};
 use serde_yaml::Value;
 
 const T: Duration = Duration::from_secs(120);
-
-fn chart() -> PathBuf {
-    repo_root().join("charts/empacts-operator")
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
-fn helm(env: &ClusterEnv, args: &[&str]) -> Output {
-    env.tool("helm").args(args).current_dir(repo_root()).output().expect("helm runs")
-}
-
-fn kubectl(env: &ClusterEnv, args: &[&str]) -> Output {
-    env.tool("kubectl").args(args).output().expect("kubectl runs")
-}
-
-/// `helm template` with `--set` values; panics when it fails.
-fn render(env: &ClusterEnv, namespace: &str, sets: &[&str]) -> Vec<Value> {
-    let chart = chart();
-    let mut args = vec!["template", "rel", chart.to_str().unwrap(), "--namespace", namespace];
-    for set in sets {
-        args.extend(["--set", set]);
-    }
-    let out = helm(env, &args);
-    assert!(out.status.success(), "helm template {sets:?} failed: {}", text(&out));
-    docs(&String::from_utf8(out.stdout).unwrap())
-}
-
-fn docs(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|d| <Value as serde::Deserialize>::deserialize(d).expect("rendered YAML parses"))
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
-fn kind_of(doc: &Value) -> &str {
-    doc["kind"].as_str().unwrap_or_default()
-}
-
-fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    docs.iter().filter(|d| kind_of(d) == kind).collect()
-}
-
-fn one<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
-    let found = of_kind(docs, kind);
-    assert_eq!(found.len(), 1, "exactly one {kind}");
-    found[0]
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_sequence().into_iter().flatten().map(|s| s.as_str().expect("a string").to_string()).collect()
-}
 
 /// (apiGroup, resource) -> verbs, over all rules of the given roles.
 /// ClusterRoles aggregated into the built-in view/edit/admin roles (for users, not the operator).
@@ -216,6 +162,17 @@ fn assert_lease_role(docs: &[Value], release_ns: &str) {
     assert_eq!(binding["subjects"][0]["namespace"].as_str(), Some(release_ns));
 }
 
+/// Helm's fromYaml/toYaml turn `4096.0` into `4096`: the same number to the API server (a float64 in
+/// the CRD's schema), so numbers compare as floats.
+fn numbers_as_floats(v: &Value) -> Value {
+    match v {
+        Value::Number(n) => Value::from(n.as_f64().expect("a number")),
+        Value::Sequence(items) => Value::Sequence(items.iter().map(numbers_as_floats).collect()),
+        Value::Mapping(m) => Value::Mapping(m.iter().map(|(k, v)| (k.clone(), numbers_as_floats(v))).collect()),
+        other => other.clone(),
+    }
+}
+
 fn assert_standard_labels(docs: &[Value]) {
     for doc in docs {
         let labels = &doc["metadata"]["labels"];
@@ -337,9 +294,10 @@ async fn helm_template_renders_least_privilege_restricted_manifests() {
             "RoleBinding",
             "Service",
             "Deployment",
-            "PodDisruptionBudget"
+            "PodDisruptionBudget",
+            "CustomResourceDefinition"
         ]),
-        "ServiceMonitor and PrometheusRule are off by default"
+        "ServiceMonitor, PrometheusRule, PodMonitor, NetworkPolicy and the dashboard are off by default"
     );
     assert_no_wildcards(&all);
     assert_standard_labels(&all);
@@ -357,7 +315,9 @@ async fn helm_template_renders_least_privilege_restricted_manifests() {
     assert_eq!(crb["subjects"][0]["namespace"].as_str(), Some("ops"));
     assert_lease_role(&all, "ops");
     assert_deployment(&all, None);
-    for doc in all.iter().filter(|d| !matches!(kind_of(d), "ClusterRole" | "ClusterRoleBinding")) {
+    for doc in
+        all.iter().filter(|d| !matches!(kind_of(d), "ClusterRole" | "ClusterRoleBinding" | "CustomResourceDefinition"))
+    {
         assert_eq!(doc["metadata"]["namespace"].as_str(), Some("ops"), "{} is in the release namespace", kind_of(doc));
     }
 
@@ -409,8 +369,9 @@ async fn helm_template_renders_least_privilege_restricted_manifests() {
     for (alert, parts) in [
         ("EmpactsOperatorDown", vec!["absent(up{", job, "== 0"]),
         ("EmpactsReconcileErrors", vec!["rate(empacts_reconcile_errors_total{", "[5m]", "> 0"]),
-        ("EmpactsAppRolledBack", vec!["empacts_apps{", r#"phase="RolledBack""#, "> 0"]),
-        ("EmpactsAppStalled", vec!["empacts_apps{", r#"phase="Stalled""#, "> 0"]),
+        ("EmpactsAppRolledBack", vec!["max by (namespace, app) (empacts_app_info{", r#"phase="RolledBack""#, "> 0"]),
+        ("EmpactsAppStalled", vec!["max by (namespace, app) (empacts_app_stalled{", "> 0"]),
+        ("EmpactsAppMigrationFailed", vec!["max by (namespace, app) (empacts_app_info{", r#"phase="MigrationFailed""#]),
         ("EmpactsMigrationFailed", vec!["increase(empacts_migrations_total{", r#"result="failed""#, "[15m]", "> 0"]),
     ] {
         let expr = alerts.get(alert).unwrap_or_else(|| panic!("alert {alert} in {alerts:?}"));
@@ -418,17 +379,37 @@ async fn helm_template_renders_least_privilege_restricted_manifests() {
             assert!(expr.contains(part), "{alert}: {expr:?} lacks {part:?}");
         }
     }
+    // Per-app alerts name the app; their series carry the app's namespace, so they select by job only.
+    for r in rule["spec"]["groups"][0]["rules"].as_sequence().unwrap() {
+        let alert = r["alert"].as_str().unwrap();
+        if alert.starts_with("EmpactsApp") {
+            let summary = r["annotations"]["summary"].as_str().unwrap();
+            assert!(summary.contains("{{ $labels.namespace }}/{{ $labels.app }}"), "{alert}: {summary}");
+            assert!(!r["expr"].as_str().unwrap().contains(r#"namespace="ops""#), "{alert}");
+        }
+    }
+    // The scrape keeps the metrics' own `namespace` label (else it becomes exported_namespace).
+    assert_eq!(sm["spec"]["endpoints"][0]["honorLabels"].as_bool(), Some(true));
 
     // One replica: no PodDisruptionBudget (minAvailable 1 would block every drain).
     let single = render(&env, "ops", &["replicas=1"]);
     assert!(of_kind(&single, "PodDisruptionBudget").is_empty());
 
-    // The CRD ships in crds/ (rendered only with --include-crds).
-    let out = helm(&env, &["template", "rel", chart().to_str().unwrap(), "--include-crds"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let crds = docs(&String::from_utf8(out.stdout).unwrap());
-    let crd = one(&crds, "CustomResourceDefinition");
+    // The CRD is a template (so `helm upgrade` upgrades it), kept on uninstall by default; its spec is
+    // the committed files/crds copy (which the CLI tests compare with `empacts crd`).
+    let crd = one(&all, "CustomResourceDefinition");
     assert_eq!(crd["metadata"]["name"].as_str(), Some("empactsapps.empacts.io"));
+    assert_eq!(crd["metadata"]["annotations"]["helm.sh/resource-policy"].as_str(), Some("keep"));
+    let file = std::fs::read_to_string(chart().join("files/crds/empactsapps.empacts.io.yaml")).unwrap();
+    let file: Value = serde_yaml::from_str(&file).unwrap();
+    assert_eq!(
+        numbers_as_floats(&crd["spec"]),
+        numbers_as_floats(&file["spec"]),
+        "the rendered CRD spec is the committed one"
+    );
+    let unkept = render(&env, "ops", &["crds.keep=false"]);
+    assert!(one(&unkept, "CustomResourceDefinition")["metadata"].get("annotations").is_none());
+    assert!(of_kind(&render(&env, "ops", &["crds.enabled=false"]), "CustomResourceDefinition").is_empty());
 
     // The strict schema rejects bad values; a bad combination fails the render.
     let chart = chart();
@@ -516,7 +497,9 @@ async fn helm_install_rbac_is_enough_for_the_operator_and_pods_pass_restricted_p
             chart.to_str().unwrap(),
             "--namespace",
             &ns.name,
-            "--skip-crds",
+            // The testbed's CRD is not the release's (the test harness installed it).
+            "--set",
+            "crds.enabled=false",
             "--set",
             &format!("watchNamespaces={{{}}}", ns.name),
             "--set",
