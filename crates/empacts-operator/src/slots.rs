@@ -92,22 +92,17 @@ impl FairSlots {
 mod tests {
     use super::*;
     use std::time::Duration;
+    use tokio::task::JoinHandle;
 
-    /// Starts a waiter that records its name when it gets a slot and keeps it until told.
-    fn waiter(
-        slots: &Arc<FairSlots>,
-        ns: &str,
-        name: &str,
-        served: &Arc<Mutex<Vec<String>>>,
-    ) -> (tokio::task::JoinHandle<()>, oneshot::Sender<()>) {
+    /// Starts a reconcile-like waiter: it records its name when it gets a slot, works a moment
+    /// and frees the slot.
+    fn waiter(slots: &Arc<FairSlots>, ns: &str, name: &str, served: &Arc<Mutex<Vec<String>>>) -> JoinHandle<()> {
         let (slots, ns, name, served) = (slots.clone(), ns.to_string(), name.to_string(), served.clone());
-        let (done_tx, done_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
+        tokio::spawn(async move {
             let _slot = slots.acquire(&ns).await;
             served.lock().unwrap().push(name);
-            let _ = done_rx.await;
-        });
-        (task, done_tx)
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        })
     }
 
     async fn settle() {
@@ -119,20 +114,17 @@ mod tests {
         let slots = FairSlots::new(1);
         let served = Arc::new(Mutex::new(Vec::new()));
         let held = slots.acquire("noisy").await;
-        let mut done = Vec::new();
+        let mut tasks = Vec::new();
         for i in 0..5 {
-            done.push(waiter(&slots, "noisy", &format!("noisy-{i}"), &served));
+            tasks.push(waiter(&slots, "noisy", &format!("noisy-{i}"), &served));
             settle().await;
         }
-        done.push(waiter(&slots, "quiet", "quiet-0", &served));
+        tasks.push(waiter(&slots, "quiet", "quiet-0", &served));
         settle().await;
         assert_eq!(slots.waiting(), BTreeMap::from([("noisy".into(), 5), ("quiet".into(), 1)]));
         drop(held);
-        // Each finished reconcile hands its slot on; record the order they were served in.
-        for (task, tx) in done {
-            settle().await;
-            let _ = tx.send(());
-            task.await.unwrap();
+        for task in tasks {
+            tokio::time::timeout(Duration::from_secs(5), task).await.expect("every waiter is served").unwrap();
         }
         let order = served.lock().unwrap().clone();
         assert_eq!(order[..2], ["noisy-0".to_string(), "quiet-0".to_string()], "served in turn: {order:?}");
