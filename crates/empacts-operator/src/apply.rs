@@ -233,10 +233,13 @@ impl Writer<'_> {
         // kept from `current` makes a concurrent change (or a second rotation) fail.
         next.annotations_mut().insert(annotations::ROTATION.into(), request.to_string());
         let name = current.name_any();
-        Api::<Secret>::namespaced(self.client().clone(), self.ns())
+        let rotated = Api::<Secret>::namespaced(self.client().clone(), self.ns())
             .replace(&name, &create_params(), &next)
             .await
             .map_err(|e| write_error::<Secret>(self.ns(), &name, e))?;
+        // The copy the next reconcile sees, whatever the watch shows by then (a lagging watch
+        // would otherwise serve the value this replaced).
+        self.ctx.secret_cache.put(&rotated);
         self.outcome.secrets_rotated.push(name);
         Ok(())
     }
@@ -249,10 +252,11 @@ impl Writer<'_> {
             "resourceVersion": current.resource_version(),
         }});
         let name = current.name_any();
-        Api::<Secret>::namespaced(self.client().clone(), self.ns())
+        let released = Api::<Secret>::namespaced(self.client().clone(), self.ns())
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(|e| write_error::<Secret>(self.ns(), &name, e))?;
+        self.ctx.secret_cache.put(&released);
         Ok(())
     }
 

@@ -33,6 +33,8 @@ pub struct ChildStores {
     /// Full objects of the kinds whose status decides the rollout.
     pub deployments: Option<Store<Deployment>>,
     pub jobs: Option<Store<Job>>,
+    /// Metadata of the watched (labelled) Secrets.
+    pub secrets: Option<Store<PartialObjectMeta<k8s_openapi::api::core::v1::Secret>>>,
 }
 
 /// The cached metadata of one app's children, taken once per reconcile.
@@ -49,6 +51,8 @@ pub struct ChildMetas {
     /// The canary Deployment (`<app>-canary`) as cached.
     pub canary: Option<Deployment>,
     pub jobs: Vec<Job>,
+    /// Versions of the watched Secrets the app's spec names (generated and referenced).
+    pub secrets: BTreeMap<String, crate::secret_reads::Version>,
 }
 
 impl ChildMetas {
@@ -69,6 +73,9 @@ impl ChildMetas {
                         == Some(name)
             };
             out.jobs = jobs.state().iter().filter(|j| ours(j)).map(|j| j.as_ref().clone()).collect();
+        }
+        if let Some(secrets) = &stores.secrets {
+            out.secrets = watched_secrets(secrets, app);
         }
         for kind in CHILD_KINDS.iter().filter(|k| k.cached()) {
             let Some(store) = stores.stores.get(kind.kind) else { continue };
@@ -122,6 +129,30 @@ impl ChildMetas {
             _ => self.named.get(kind).filter(named),
         }
     }
+}
+
+/// The watched Secrets among those `app`'s spec names, with their versions.
+fn watched_secrets(
+    store: &Store<PartialObjectMeta<k8s_openapi::api::core::v1::Secret>>,
+    app: &ValidatedApp,
+) -> BTreeMap<String, crate::secret_reads::Version> {
+    let names = app.spec.secrets().iter().flat_map(|e| match &e.secret_key_ref {
+        Some(r) => vec![r.name.clone()],
+        None => vec![
+            crate::names::generated_secret(&app.name, &e.env),
+            crate::names::legacy_generated_secret(&app.name, &e.env),
+        ],
+    });
+    names
+        .filter_map(|name| {
+            let meta = store.get(&ObjectRef::new(&name).within(&app.namespace))?;
+            let version = crate::secret_reads::Version {
+                uid: meta.metadata.uid.clone()?,
+                resource_version: meta.metadata.resource_version.clone()?,
+            };
+            Some((name, version))
+        })
+        .collect()
 }
 
 /// Annotation on the *cached* metadata (never on the server) of kinds watched with

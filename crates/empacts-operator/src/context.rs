@@ -64,6 +64,8 @@ pub struct Context {
     stores: RwLock<HashMap<String, ChildStores>>,
     /// What this process last applied, to skip applies that would change nothing.
     pub applied: AppliedRecord,
+    /// The last read copy of watched Secrets (see `secret_reads`).
+    pub secret_cache: crate::secret_reads::SecretCache,
     /// Whether the Prometheus Operator's CRDs are installed, and what it knows of the apps'
     /// monitoring objects.
     pub monitoring: crate::monitoring::Monitoring,
@@ -101,6 +103,7 @@ impl Context {
             hash_key,
             stores: RwLock::default(),
             applied: AppliedRecord::default(),
+            secret_cache: Default::default(),
             monitoring: Default::default(),
             phases: Mutex::default(),
             counted_jobs: Mutex::default(),
@@ -189,6 +192,7 @@ impl Context {
         self.counted_jobs.lock().expect("job set lock").remove(app);
         self.failures.lock().expect("failure map lock").remove(app);
         self.applied.forget(app.namespace.as_deref().unwrap_or_default(), &app.name);
+        self.secret_cache.forget_generated(app.namespace.as_deref().unwrap_or_default(), &app.name);
         self.monitoring.forget(app.namespace.as_deref().unwrap_or_default(), &app.name);
         self.readiness.progress.forget(app);
         self.metrics.apps.forget(app.namespace.as_deref().unwrap_or_default(), &app.name);

@@ -297,7 +297,6 @@ async fn run_one(
         let events = child_watch(&client, ns, kind, &ours);
         controller = controller.owns_stream_with(cached(&ctx, name, writer, events), ar);
     }
-    ctx.set_stores(ns, stores);
 
     // Secrets: only those labelled for watching (generated ones, and user Secrets labelled
     // `empacts.io/watch=true`); never every Secret of a namespace. Others are re-read at
@@ -306,11 +305,16 @@ async fn run_one(
     let secret_events = reported(
         &ctx,
         format!("Secret/{scope_name}"),
+        // Metadata only (kube sends metadata-only requests for PartialObjectMeta): no Secret
+        // value travels on the watch or stays in its cache.
         watcher(api::<PartialObjectMeta<Secret>>(&client, ns), watched_secrets).default_backoff(),
     );
+    let secrets = reflector::store::Writer::<PartialObjectMeta<Secret>>::default();
+    stores.secrets = Some(secrets.as_reader());
+    ctx.set_stores(ns, stores);
     let store = apps.clone();
     let controller = controller
-        .watches_stream(secret_events.touched_objects(), move |secret| {
+        .watches_stream(reflector(secrets, secret_events).touched_objects(), move |secret| {
             // A watched Secret changed: reconcile every app that uses it.
             let ns = secret.namespace();
             let name = secret.name_any();

@@ -25,6 +25,7 @@ pub mod reconcile;
 pub mod registry;
 pub mod render;
 pub mod revision;
+pub mod secret_reads;
 pub mod secret_value;
 pub mod server;
 pub mod slots;

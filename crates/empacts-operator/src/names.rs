@@ -38,7 +38,13 @@ fn kebab(env: &str) -> String {
 /// App names are DNS labels (no dots), so the first dot ends the app's part: two apps can
 /// never share a generated Secret name.
 pub fn generated_secret(app: &str, env: &str) -> String {
-    format!("{app}.gen.{}", kebab(env))
+    format!("{}{}", generated_secret_prefix(app), kebab(env))
+}
+
+/// What the names of every generated Secret of `app` start with (app names hold no dot, so
+/// no other app's Secret does).
+pub fn generated_secret_prefix(app: &str) -> String {
+    format!("{app}.gen.")
 }
 
 /// The name earlier builds gave it (`<app>-gen-<env>`): still used for a Secret of that

@@ -15,7 +15,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::build::{self, configmap, revision as cr};
 use crate::children::ChildMetas;
-use crate::error::{Error, Result, is_not_found};
+use crate::error::{Error, Result};
 use crate::hash::HashKey;
 use crate::ledger::{self, Entry, Ledger, MigrationState};
 use crate::plan::{
@@ -23,6 +23,7 @@ use crate::plan::{
     RollbackRequest, Step,
 };
 use crate::revision::{RevisionSpec, identity};
+use crate::secret_reads::{SecretCache, SecretReads};
 use crate::validate::ValidatedApp;
 use crate::{hash, legacy, names};
 
@@ -69,6 +70,7 @@ pub async fn observe(
     app: &ValidatedApp,
     previous: &EmpactsAppStatus,
     children: ChildMetas,
+    secret_cache: Option<&SecretCache>,
 ) -> Result<Observed> {
     let mut app = app.clone();
     let ns = &app.namespace.clone();
@@ -169,14 +171,14 @@ pub async fn observe(
 
     let mut generated = BTreeMap::new();
     let mut secrets = Vec::new();
-    let secret_api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret_reads = SecretReads::new(client, ns, secret_cache, children.secrets.clone());
     let generated_entries: Vec<_> = app.spec.secrets().iter().filter(|e| e.generate.is_some()).cloned().collect();
     for entry in &generated_entries {
         let mut name = names::generated_secret(&app.name, &entry.env);
-        let mut live = secret_api.get_opt(&name).await.map_err(|e| read_error("Secret", ns, &name, e))?;
+        let mut live = secret_reads.get_opt(&name).await.map_err(|e| read_error("Secret", ns, &name, e))?;
         if live.is_none() {
             let legacy = names::legacy_generated_secret(&app.name, &entry.env);
-            let old = secret_api.get_opt(&legacy).await.map_err(|e| read_error("Secret", ns, &legacy, e))?;
+            let old = secret_reads.get_opt(&legacy).await.map_err(|e| read_error("Secret", ns, &legacy, e))?;
             if let Some(old) = old.filter(|s| generated_for(s, &app)) {
                 (name, live) = (legacy, Some(old));
                 app.generated_names.insert(entry.env.clone(), name.clone());
@@ -210,7 +212,7 @@ pub async fn observe(
         .and_then(|d| d.spec.as_ref()?.template.metadata.as_ref()?.annotations.as_ref()?.get(annotations::CONFIG_HASH))
         .cloned();
     let hashing = Hashing { key, live: live_hash.as_deref() };
-    match references(client, hashing, &app, &app.spec, &known).await? {
+    match references(&secret_reads, hashing, &app, &app.spec, &known).await? {
         References::Present { config_hash } => drop(config_hashes.insert(desired.clone(), config_hash)),
         References::Missing { reason, message } => missing_reference = Some((reason.to_string(), message)),
     }
@@ -225,7 +227,7 @@ pub async fn observe(
             continue;
         }
         let Some(spec) = specs.get(&revision) else { continue };
-        if let References::Present { config_hash } = references(client, hashing, &app, spec, &known).await? {
+        if let References::Present { config_hash } = references(&secret_reads, hashing, &app, spec, &known).await? {
             config_hashes.insert(revision, config_hash);
         }
     }
@@ -388,13 +390,12 @@ impl Hashing<'_> {
 /// Read every Secret `spec` references (user-owned and generated; those in `known` were read
 /// already this reconcile) and hash their values (see [`Hashing`]).
 pub async fn references(
-    client: &Client,
+    secrets: &SecretReads<'_>,
     hashing: Hashing<'_>,
     app: &ValidatedApp,
     spec: &EmpactsAppSpec,
     known: &BTreeMap<String, Option<Secret>>,
 ) -> Result<References> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &app.namespace);
     let mut cache = known.clone();
     let mut parts: Vec<Vec<u8>> = Vec::new();
     let all_generated = spec.secrets().iter().all(|e| e.secret_key_ref.is_none());
@@ -404,11 +405,8 @@ pub async fn references(
             None => (app.generated_secret(&entry.env), names::GENERATED_SECRET_KEY.to_string(), true),
         };
         if !cache.contains_key(&name) {
-            let secret = match secrets.get(&name).await {
-                Ok(s) => Some(s),
-                Err(e) if is_not_found(&e) => None,
-                Err(source) => return Err(read_error("Secret", &app.namespace, &name, source)),
-            };
+            let secret =
+                secrets.get_opt(&name).await.map_err(|source| read_error("Secret", &app.namespace, &name, source))?;
             cache.insert(name.clone(), secret);
         }
         let Some(secret) = cache[&name].as_ref() else {

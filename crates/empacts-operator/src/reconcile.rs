@@ -80,7 +80,8 @@ async fn reconcile_app(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Next> 
     };
     let mut children = ChildMetas::snapshot(ctx.stores(&valid.namespace).as_ref(), &valid);
     monitoring::observe(&ctx, &valid, &mut children).await?;
-    let mut observed = observe::observe(&ctx.client, &ctx.hash_key, &valid, &previous, children).await?;
+    let mut observed =
+        observe::observe(&ctx.client, &ctx.hash_key, &valid, &previous, children, Some(&ctx.secret_cache)).await?;
     observed.input.monitoring_unavailable = ctx.monitoring.unavailable(&valid);
     if observed.input.monitoring_unavailable.is_none() {
         ctx.monitoring.clear_report(&valid.namespace, &valid.name);

@@ -486,8 +486,8 @@ async fn stale_view_and_lost_status_upgrade_and_rotation() {
     same_outcome_under(Scenario::Rotation, &[Fault::StaleView, Fault::DeleteStatus]).await;
 }
 
-/// A settled app sends no write, and this says how many reads one reconcile of it costs
-/// (every reconcile of a settled app is what a resync costs).
+/// A settled app sends no write and reads no unchanged watched Secret, and this says how many
+/// reads one reconcile of it costs (every reconcile of a settled app is what a resync costs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_settled_app_writes_nothing_and_its_reads_per_reconcile_are_counted() {
     let (env, client) = cluster().await;
@@ -520,6 +520,10 @@ async fn a_settled_app_writes_nothing_and_its_reads_per_reconcile_are_counted() 
         *kinds.entry(format!("{} {kind}", q.method)).or_default() += 1;
     }
     println!("settled app: 0 writes; {per:.1} reads per reconcile over {touches} reconciles: {kinds:?}");
+    // Its generated Secret is watched: its value was read once, and is not read again while
+    // the watch shows it unchanged.
+    let secret_reads: Vec<_> = kinds.iter().filter(|(k, _)| k.ends_with(" secrets")).collect();
+    assert!(secret_reads.is_empty(), "a settled app read its unchanged generated Secret again: {secret_reads:?}");
     r.watch.abort();
     r.ns.cleanup().await;
 }

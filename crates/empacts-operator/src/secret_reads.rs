@@ -1,0 +1,152 @@
+//! Reads of the Secrets a reconcile hashes. A Secret the controller watches (labelled
+//! `empacts.io/watch=true`: every generated one, and user Secrets so labelled) is read once
+//! per change: its last read copy is kept while the watch shows the same uid and
+//! resourceVersion, so a settled app's resync reads no Secret. Any other Secret, and a
+//! watched one the cache has not seen at that version, is read fresh.
+//!
+//! A stale watch only delays the hash of a value someone else changed (its event then
+//! triggers the reconcile that reads it), exactly like the trigger it is. The operator's own
+//! writes (rotation, release) replace the copy, so a lagging watch never serves the value they
+//! replaced; and those writes carry the resourceVersion they were read at, so even a stale copy
+//! could never overwrite a newer value (409, retried).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::{Client, ResourceExt};
+
+/// uid and resourceVersion of a watched Secret, as the watch last showed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    pub uid: String,
+    pub resource_version: String,
+}
+
+/// The last read copy of watched Secrets, per (namespace, name). No Debug: it holds values.
+#[derive(Default)]
+pub struct SecretCache {
+    entries: Mutex<HashMap<(String, String), Secret>>,
+}
+
+impl SecretCache {
+    fn get(&self, namespace: &str, name: &str, version: &Version) -> Option<Secret> {
+        let entries = self.entries.lock().expect("secret cache lock");
+        let secret = entries.get(&(namespace.to_string(), name.to_string()))?;
+        let same = secret.metadata.uid.as_deref() == Some(version.uid.as_str())
+            && secret.metadata.resource_version.as_deref() == Some(version.resource_version.as_str());
+        same.then(|| secret.clone())
+    }
+
+    /// Keep `secret` (a copy as read or as written) for as long as the watch shows its version.
+    pub fn put(&self, secret: &Secret) {
+        let key = (secret.namespace().unwrap_or_default(), secret.name_any());
+        self.entries.lock().expect("secret cache lock").insert(key, secret.clone());
+    }
+
+    /// Drop the copies of `names` (an app that went, or a Secret the watch no longer shows).
+    pub fn forget<'a>(&self, namespace: &str, names: impl IntoIterator<Item = &'a str>) {
+        let mut entries = self.entries.lock().expect("secret cache lock");
+        for name in names {
+            entries.remove(&(namespace.to_string(), name.to_string()));
+        }
+    }
+
+    /// Drop the copies of an app's generated Secrets, when the app goes.
+    pub fn forget_generated(&self, namespace: &str, app: &str) {
+        let prefix = crate::names::generated_secret_prefix(app);
+        let mut entries = self.entries.lock().expect("secret cache lock");
+        entries.retain(|(ns, name), _| ns != namespace || !name.starts_with(&prefix));
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.lock().expect("secret cache lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The Secret reads of one reconcile in one namespace.
+pub struct SecretReads<'a> {
+    api: Api<Secret>,
+    namespace: String,
+    cache: Option<&'a SecretCache>,
+    /// Watched Secrets of the namespace the app may read, by name, from the watch's cache.
+    watched: BTreeMap<String, Version>,
+}
+
+impl<'a> SecretReads<'a> {
+    pub fn new(
+        client: &Client,
+        namespace: &str,
+        cache: Option<&'a SecretCache>,
+        watched: BTreeMap<String, Version>,
+    ) -> Self {
+        SecretReads { api: Api::namespaced(client.clone(), namespace), namespace: namespace.into(), cache, watched }
+    }
+
+    /// The Secret, from the cache when the watch shows the version the cache holds, else read
+    /// fresh (and kept when watched). An absence is always read fresh.
+    pub async fn get_opt(&self, name: &str) -> kube::Result<Option<Secret>> {
+        let watched = self.watched.get(name);
+        if let (Some(cache), Some(version)) = (self.cache, watched)
+            && let Some(secret) = cache.get(&self.namespace, name, version)
+        {
+            return Ok(Some(secret));
+        }
+        let secret = self.api.get_opt(name).await?;
+        if let Some(cache) = self.cache {
+            match (&secret, watched) {
+                (Some(s), Some(_)) => cache.put(s),
+                // Gone, or no longer watched: no copy is kept.
+                _ => cache.forget(&self.namespace, [name]),
+            }
+        }
+        Ok(secret)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn secret(uid: &str, rv: &str) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some("s".into()),
+                namespace: Some("ns".into()),
+                uid: Some(uid.into()),
+                resource_version: Some(rv.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn version(uid: &str, rv: &str) -> Version {
+        Version { uid: uid.into(), resource_version: rv.into() }
+    }
+
+    #[test]
+    fn a_copy_serves_only_the_version_the_watch_shows() {
+        let cache = SecretCache::default();
+        cache.put(&secret("u1", "5"));
+        assert!(cache.get("ns", "s", &version("u1", "5")).is_some());
+        assert!(cache.get("ns", "s", &version("u1", "6")).is_none(), "changed since: read again");
+        assert!(cache.get("ns", "s", &version("u2", "5")).is_none(), "deleted and re-created: read again");
+        assert!(cache.get("other", "s", &version("u1", "5")).is_none());
+        cache.forget("ns", ["s"]);
+        assert!(cache.is_empty());
+        let mut generated = secret("u1", "5");
+        generated.metadata.name = Some(crate::names::generated_secret("api", "JWT_SECRET"));
+        cache.put(&generated);
+        cache.forget_generated("ns", "api-v2");
+        assert_eq!(cache.len(), 1, "another app's prefix");
+        cache.forget_generated("ns", "api");
+        assert!(cache.is_empty(), "the app's generated copies go with it");
+    }
+}
