@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use empacts_api::{EmpactsApp, EmpactsAppStatus, Phase, conditions};
 use k8s_openapi::api::batch::v1::Job;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, ResourceExt};
 
 use crate::children::{AppliedRecord, ChildStores};
 use crate::hash::HashKey;
 use crate::metrics::{AppSeries, Metrics};
+use crate::recorder::Recorder;
 use crate::server::Readiness;
 
 /// Bounds on the work of one process (flags of `empacts run`).
@@ -92,9 +92,8 @@ impl Context {
         hash_key: HashKey,
         settings: Settings,
     ) -> Self {
-        let reporter = Reporter { controller: "empacts-operator".into(), instance };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Recorder::new(client.clone(), "empacts-operator", instance),
             client,
             metrics,
             readiness: Arc::default(),
@@ -196,6 +195,7 @@ impl Context {
         self.monitoring.forget(app.namespace.as_deref().unwrap_or_default(), &app.name);
         self.readiness.progress.forget(app);
         self.metrics.apps.forget(app.namespace.as_deref().unwrap_or_default(), &app.name);
+        self.recorder.forget(app.namespace.as_deref().unwrap_or_default(), &app.name);
     }
 
     /// Entries kept for apps, per map (for tests of pruning).

@@ -1,19 +1,18 @@
 //! Kubernetes Events on the EmpactsApp. Best effort: a failed Event never fails a reconcile.
 //!
-//! kube's Recorder aggregates Events by (type, reason, action, reporter, regarding, related):
-//! a later Event with the same key only bumps the first one's series count, and its note is
-//! lost. So an Event about one Secret or revision names that object as `related` (its
-//! subject): Events about different subjects stay distinct, a repeat about the same one
-//! still aggregates.
+//! An Event about one Secret or revision names that object as `related` (its subject). The
+//! recorder keys Events by subject, reason and message: another message is another Event, the
+//! same one again counts on the earlier Event (`series`).
 
 use empacts_api::EmpactsApp;
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use tracing::warn;
 
 use crate::context::Context;
 use crate::names;
+use crate::recorder::Record;
 
 /// What an Event is about, besides the app it is on.
 #[derive(Debug, Clone, Copy)]
@@ -90,8 +89,8 @@ async fn publish_related(
         }
         note.truncate(cut);
     }
-    let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: related };
-    if let Err(e) = ctx.recorder.publish(&event, object).await {
+    let record = Record { regarding: object, related, type_, reason, action, note };
+    if let Err(e) = ctx.recorder.publish(record).await {
         warn!(error = %e, reason, "could not publish Event");
     }
 }

@@ -22,6 +22,7 @@ pub mod names;
 pub mod observe;
 pub mod plan;
 pub mod reconcile;
+pub mod recorder;
 pub mod registry;
 pub mod render;
 pub mod revision;

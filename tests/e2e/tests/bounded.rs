@@ -267,10 +267,14 @@ async fn per_app_state_is_pruned_when_apps_are_deleted() {
     let [phases, jobs, failing, applied, progress] = op.ctx.tracked();
     assert!([phases, jobs, applied, progress].iter().all(|n| *n == 3), "{:?}", op.ctx.tracked());
     assert_eq!(failing, 0);
+    assert!(op.ctx.recorder.tracked() > 0, "the apps' Events are remembered for their series");
     for name in ["a", "b", "c"] {
         ns.api::<EmpactsApp>().delete(name, &DeleteParams::default()).await.unwrap();
     }
-    wait_until("every per-app map is empty", T, || async { (op.ctx.tracked() == [0; 5]).then_some(()) }).await;
+    wait_until("every per-app map and the Event cache are empty", T, || async {
+        (op.ctx.tracked() == [0; 5] && op.ctx.recorder.tracked() == 0).then_some(())
+    })
+    .await;
     op.stop().await;
     ns.cleanup().await;
 }

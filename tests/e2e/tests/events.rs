@@ -1,7 +1,7 @@
 //! Events say what happened: each one names its own Secret or revision, even when an earlier
-//! Event had the same reason (kube's Recorder would otherwise only count the repeat and keep
-//! the first note), against the real control plane with the operator in-process. Also: the
-//! per-app metric series go when the controller stops.
+//! Event had the same reason, and another message about the same subject is another Event
+//! (only the same message again counts on the earlier one), against the real control plane
+//! with the operator in-process. Also: the per-app metric series go when the controller stops.
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +9,7 @@ use empacts_api::Phase;
 use empacts_e2e::*;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::ListParams;
+use kube::runtime::events::EventType;
 
 const T: Duration = Duration::from_secs(90);
 
@@ -70,6 +71,24 @@ async fn each_event_names_its_own_secret_and_revision() {
     }
     let wanted: Vec<String> = revisions.iter().map(|r| format!("revision {r} is available")).collect();
     wait_notes(&ns, empacts_api::conditions::reasons::AVAILABLE, &wanted).await;
+
+    // Another message about the same subject and reason is its own Event; the same message
+    // again only counts (series) on the Event that has it.
+    let current = ns.api::<empacts_api::EmpactsApp>().get("api").await.unwrap();
+    let subject = empacts_operator::events::Subject::Revision(revisions.last().unwrap());
+    for note in ["probe says one", "probe says two", "probe says two"] {
+        empacts_operator::events::publish(&op.ctx, &current, subject, EventType::Warning, "E2eProbe", "Probe", note)
+            .await;
+    }
+    let events = ns.api::<Event>().list(&ListParams::default().fields("regarding.name=api")).await.unwrap();
+    let mut probes: Vec<(String, i32)> = events
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("E2eProbe"))
+        .map(|e| (e.note.clone().unwrap_or_default(), e.series.as_ref().map_or(1, |s| s.count)))
+        .collect();
+    probes.sort();
+    assert_eq!(probes, [("probe says one".to_string(), 1), ("probe says two".to_string(), 2)], "E2eProbe Events");
 
     // The per-app series are the running controller's: they go when it stops (as on a lost Lease).
     let metrics = op.metrics.clone();
