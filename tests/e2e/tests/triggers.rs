@@ -12,7 +12,7 @@ use kube::api::{Patch, PatchParams};
 const T: Duration = Duration::from_secs(90);
 
 fn reconciles(op: &Operator) -> u64 {
-    op.metrics.reconciles.with_label_values(&["ok"]).get() + op.metrics.reconciles.with_label_values(&["error"]).get()
+    op.metrics.reconciles.get()
 }
 
 fn hpa_applies(op: &Operator) -> u64 {
