@@ -73,8 +73,9 @@ async fn rollback_latencies(ns: &TestNamespace, n: usize) -> (Vec<f64>, Vec<f64>
     let deployments: Api<Deployment> = ns.api();
     let mut exceeded: Vec<Option<(Timestamp, Instant)>> = vec![None; n];
     let mut rolled: Vec<Option<(Timestamp, Instant)>> = vec![None; n];
+    let mut last_phase = vec![String::new(); n];
     let start = Instant::now();
-    while rolled.iter().any(Option::is_none) && start.elapsed() < Duration::from_secs(300) {
+    while rolled.iter().any(Option::is_none) && start.elapsed() < Duration::from_secs(120) {
         for d in deployments.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default() {
             let Some(i) = d.metadata.name.as_deref().and_then(|s| s.strip_prefix("app-")?.parse::<usize>().ok()) else {
                 continue;
@@ -95,6 +96,9 @@ async fn rollback_latencies(ns: &TestNamespace, n: usize) -> (Vec<f64>, Vec<f64>
             let Some(i) = a.metadata.name.as_deref().and_then(|s| s.strip_prefix("app-")?.parse::<usize>().ok()) else {
                 continue;
             };
+            if i < n {
+                last_phase[i] = format!("{:?}", phase(&a));
+            }
             if i < n && rolled[i].is_none() && matches!(phase(&a), Some(Phase::RollingBack | Phase::RolledBack)) {
                 rolled[i] = Some((Timestamp::now(), Instant::now()));
             }
@@ -112,7 +116,11 @@ async fn rollback_latencies(ns: &TestNamespace, n: usize) -> (Vec<f64>, Vec<f64>
                 from_seen.push(by_seen);
             }
             (None, Some(_)) => println!("    app-{i}: rolled back before the Deployment said ProgressDeadlineExceeded"),
-            (_, None) => println!("    app-{i}: not rolled back within 300 s"),
+            (e, None) => println!(
+                "    app-{i}: not rolled back within 120 s (phase {}, ProgressDeadlineExceeded seen: {})",
+                last_phase[i],
+                e.is_some()
+            ),
         }
     }
     (from_condition, from_seen)
@@ -148,6 +156,7 @@ async fn main() {
     let before = Counters::read(&op).await;
     tokio::time::sleep(IDLE).await;
     let idle = Counters::read(&op).await.since(&before);
+    let plus0 = |v: f64| v + 0.0;
     let (idle_reads, idle_writes) = idle.reads_writes();
     let resyncs = n as f64 * IDLE.as_secs_f64() / RESYNC_SECS as f64;
 
@@ -234,18 +243,18 @@ async fn main() {
     println!(
         "| steady state: reads / writes per app per resync (target 0 / 0) | {:.2} / {:.2} |",
         idle_reads / resyncs,
-        idle_writes / resyncs
+        plus0(idle_writes / resyncs)
     );
     println!(
         "| steady state: reconciles / applies sent / operator CPU in 60 s | {:.0} / {:.0} / {:.2} s |",
         idle.reconciles,
-        idle.applies_total(),
+        plus0(idle.applies_total()),
         idle.cpu_seconds
     );
     println!(
         "| status of all {n} HPAs patched once: reconciles / HPA applies in 10 s (target 0 / 0) | {:.0} / {:.0} |",
         churn.reconciles,
-        churn.applies_of("horizontal")
+        plus0(churn.applies_of("horizontal"))
     );
     println!(
         "| failed rollout ({sample} apps, progressDeadlineSeconds 10): ProgressDeadlineExceeded → RollingBack, median / max | {cond_med:.1} / {cond_max:.1} s after lastTransitionTime ({seen_med:.1} / {seen_max:.1} s after first seen) |"
