@@ -185,7 +185,12 @@ async fn main() {
     // 3. Failed rollouts on a sample: detection to rollback.
     let sample = FAIL_SAMPLE.min(n);
     let bad = "registry.example.com/bench:3.0.0-fail-rollout";
-    apply_all(&ns, 0..sample, bad, ", rollout: {progressDeadlineSeconds: 10, autoRollback: true}").await;
+    // With a migration, rolling back needs the failed revision's rollbackCommand (else Stalled).
+    for i in 0..sample {
+        let doc = app_doc(i, bad, ", rollout: {progressDeadlineSeconds: 10, autoRollback: true}")
+            .replace("command: [migrate]}", "command: [migrate], rollbackCommand: [migrate, down]}");
+        apply_app(&ns, &app_yaml(&doc)).await;
+    }
     println!("failed rollouts (progressDeadlineSeconds 10), ProgressDeadlineExceeded -> RollingBack/RolledBack:");
     let (mut by_condition, mut by_seen) = rollback_latencies(&ns, sample).await;
 
