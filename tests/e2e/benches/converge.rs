@@ -1,17 +1,32 @@
-//! Scale benchmark against the real local control plane: how long the operator (the real
-//! `empacts run` process) takes to bring N apps to Ready — each with a generated secret and a
-//! migration — and to upgrade them all, how many reconciles that costs, and how much memory
-//! the process holds. Prints figures; it asserts nothing.
+//! Scale benchmark against the real local control plane: the real `empacts run` process with N
+//! apps (each with a generated secret, a migration, an HPA and a PDB, like the README example).
+//! It prints, and asserts nothing:
+//! - install and upgrade times, reconciles, operator RSS;
+//! - a 60 s steady-state window (`--resync 30`, so every app is re-checked twice): API requests
+//!   by verb from the operator's own counter, reconciles, applies, CPU seconds;
+//! - HPA status churn: every HPA's status patched once, reconciles and HPA applies in 10 s;
+//! - failed-rollout detection: ProgressDeadlineExceeded to phase RollingBack/RolledBack;
+//! - the floor: the same children applied at once with server-side apply, in another namespace.
 //!
-//!     cargo bench -p empacts-e2e --bench converge            # N = 100
-//!     EMPACTS_BENCH_APPS=300 cargo bench -p empacts-e2e --bench converge
+//! ```sh
+//! cargo bench -p empacts-e2e --bench converge            # N = 100
+//! EMPACTS_BENCH_APPS=300 cargo bench -p empacts-e2e --bench converge
+//! ```
 
 use std::time::{Duration, Instant};
 
 use empacts_api::{EmpactsApp, Phase};
+use empacts_e2e::bench::*;
 use empacts_e2e::*;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::jiff::Timestamp;
 use kube::Api;
-use kube::api::ListParams;
+use kube::api::{ListParams, Patch, PatchParams};
+
+const RESYNC_SECS: u64 = 30;
+const IDLE: Duration = Duration::from_secs(60);
+const FAIL_SAMPLE: usize = 10;
 
 fn rss_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -30,24 +45,85 @@ async fn all_ready(api: &Api<EmpactsApp>, n: usize, image: &str) -> usize {
     ready.min(n)
 }
 
-async fn converge(api: &Api<EmpactsApp>, n: usize, image: &str) -> Duration {
-    let start = Instant::now();
-    loop {
-        if all_ready(api, n, image).await == n {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < Duration::from_secs(900), "did not converge in 15 minutes");
-        tokio::time::sleep(Duration::from_millis(250)).await;
+fn spec(image: &str, rollout: &str) -> String {
+    format!(
+        "{{image: '{image}', replicas: 2, env: {{MODE: bench}}, secrets: [{{env: JWT_SECRET, generate: {{}}}}], \
+         migration: {{command: [migrate]}}, autoscaling: {{minReplicas: 2, maxReplicas: 4, targetCPU: 70}}, \
+         disruption: {{minAvailable: 1}}{rollout}}}"
+    )
+}
+
+fn app_doc(i: usize, image: &str, rollout: &str) -> String {
+    format!(
+        "apiVersion: empacts.io/v1alpha1\nkind: EmpactsApp\nmetadata: {{name: app-{i}}}\nspec: {}\n",
+        spec(image, rollout)
+    )
+}
+
+async fn apply_all(ns: &TestNamespace, range: std::ops::Range<usize>, image: &str, rollout: &str) {
+    for i in range {
+        apply_app(ns, &app_yaml(&app_doc(i, image, rollout))).await;
     }
 }
 
-/// Sum of `empacts_child_applies_total{result="applied"}` over kinds.
-async fn applies_sent(op: &OperatorProcess) -> f64 {
-    let (_, body) = op.get("/metrics").await.unwrap_or_default();
-    body.lines()
-        .filter(|l| l.starts_with("empacts_child_applies_total") && l.contains("result=\"applied\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+/// Seconds from each sample Deployment's ProgressDeadlineExceeded (its lastTransitionTime, and
+/// as first seen by polling) to its app's phase RollingBack/RolledBack as first seen.
+async fn rollback_latencies(ns: &TestNamespace, n: usize) -> (Vec<f64>, Vec<f64>) {
+    let apps: Api<EmpactsApp> = ns.api();
+    let deployments: Api<Deployment> = ns.api();
+    let mut exceeded: Vec<Option<(Timestamp, Instant)>> = vec![None; n];
+    let mut rolled: Vec<Option<(Timestamp, Instant)>> = vec![None; n];
+    let mut last_phase = vec![String::new(); n];
+    let start = Instant::now();
+    while rolled.iter().any(Option::is_none) && start.elapsed() < Duration::from_secs(120) {
+        for d in deployments.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default() {
+            let Some(i) = d.metadata.name.as_deref().and_then(|s| s.strip_prefix("app-")?.parse::<usize>().ok()) else {
+                continue;
+            };
+            let cond = d.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|cs| {
+                cs.iter().find(|c| {
+                    c.type_ == "Progressing"
+                        && c.status == "False"
+                        && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+                })
+            });
+            if let (Some(c), true) = (cond, i < n && exceeded[i].is_none()) {
+                let at = c.last_transition_time.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now);
+                exceeded[i] = Some((at, Instant::now()));
+            }
+        }
+        for a in apps.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default() {
+            let Some(i) = a.metadata.name.as_deref().and_then(|s| s.strip_prefix("app-")?.parse::<usize>().ok()) else {
+                continue;
+            };
+            if i < n {
+                last_phase[i] = format!("{:?}", phase(&a));
+            }
+            if i < n && rolled[i].is_none() && matches!(phase(&a), Some(Phase::RollingBack | Phase::RolledBack)) {
+                rolled[i] = Some((Timestamp::now(), Instant::now()));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (mut from_condition, mut from_seen) = (Vec::new(), Vec::new());
+    for (i, (e, r)) in exceeded.iter().zip(&rolled).enumerate() {
+        match (e, r) {
+            (Some((e_at, e_seen)), Some((r_at, r_seen))) => {
+                let by_time = (r_at.as_millisecond() - e_at.as_millisecond()) as f64 / 1000.0;
+                let by_seen = r_seen.saturating_duration_since(*e_seen).as_secs_f64();
+                println!("    app-{i}: {by_time:.1} s after lastTransitionTime, {by_seen:.1} s after first seen");
+                from_condition.push(by_time);
+                from_seen.push(by_seen);
+            }
+            (None, Some(_)) => println!("    app-{i}: rolled back before the Deployment said ProgressDeadlineExceeded"),
+            (e, None) => println!(
+                "    app-{i}: not rolled back within 120 s (phase {}, ProgressDeadlineExceeded seen: {})",
+                last_phase[i],
+                e.is_some()
+            ),
+        }
+    }
+    (from_condition, from_seen)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -56,7 +132,8 @@ async fn main() {
     let (env, client) = cluster().await;
     let ns = TestNamespace::new(&client, "bench").await;
     let log = std::env::temp_dir().join(format!("empacts-bench-{}.log", ns.name));
-    let op = OperatorProcess::start(&env, "bench", &ns.name, "empacts", &log);
+    let resync = RESYNC_SECS.to_string();
+    let op = OperatorProcess::start_single_args(&env.kubeconfig, "bench", &ns.name, &log, &["--resync", &resync]);
     let pid = op.child.id();
     wait_until("operator ready", Duration::from_secs(60), || async {
         op.get("/readyz").await.filter(|(c, _)| *c == 200)
@@ -64,83 +141,141 @@ async fn main() {
     .await;
     let idle_rss = rss_kib(pid, "VmRSS:");
 
-    let spec = |image: &str| {
-        format!(
-            "{{image: '{image}', replicas: 2, env: {{MODE: bench}}, secrets: [{{env: JWT_SECRET, generate: {{}}}}], \
-             migration: {{command: [migrate]}}, autoscaling: {{minReplicas: 2, maxReplicas: 4, targetCPU: 70}}, \
-             disruption: {{minAvailable: 1}}}}"
-        )
-    };
     let api: Api<EmpactsApp> = ns.api();
     let v1 = "registry.example.com/bench:1.0.0";
     let created = Instant::now();
-    for i in 0..n {
-        let app = app_yaml(&format!(
-            "apiVersion: empacts.io/v1alpha1\nkind: EmpactsApp\nmetadata: {{name: app-{i}}}\nspec: {}\n",
-            spec(v1)
-        ));
-        apply_app(&ns, &app).await;
-    }
+    apply_all(&ns, 0..n, v1, "").await;
     let create_time = created.elapsed();
-    let install = converge(&api, n, v1).await;
-    let reconciles_install = op.metric("empacts_reconcile_total ").await.unwrap_or(0.0);
+    wait_count("install", n, || all_ready(&api, n, v1)).await;
+    let install = created.elapsed();
+    let reconciles_install = Counters::read(&op).await.reconciles;
     let rss_after_install = rss_kib(pid, "VmRSS:");
 
-    // Steady state: let the last events settle for 10 s, then nothing changes for 30 s.
+    // 1. Steady state: let the last events settle for 10 s, then nothing changes for 60 s.
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let before = op.metric("empacts_reconcile_total ").await.unwrap_or(0.0);
-    let applies_before = applies_sent(&op).await;
-    tokio::time::sleep(Duration::from_secs(30)).await;
-    let idle_reconciles = op.metric("empacts_reconcile_total ").await.unwrap_or(0.0) - before;
-    let idle_applies = applies_sent(&op).await - applies_before;
+    let before = Counters::read(&op).await;
+    tokio::time::sleep(IDLE).await;
+    let idle = Counters::read(&op).await.since(&before);
+    let plus0 = |v: f64| v + 0.0;
+    let (idle_reads, idle_writes) = idle.reads_writes();
+    let resyncs = n as f64 * IDLE.as_secs_f64() / RESYNC_SECS as f64;
+
+    // 2. HPA status churn, as an HPA controller fed by metrics-server writes it.
+    let hpas: Api<HorizontalPodAutoscaler> = ns.api();
+    let before = Counters::read(&op).await;
+    for i in 0..n {
+        let status = serde_json::json!({"status": {"currentReplicas": 2, "desiredReplicas": 3,
+            "lastScaleTime": Timestamp::now().to_string()}});
+        hpas.patch_status(&format!("app-{i}"), &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .expect("patch HPA status");
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let churn = Counters::read(&op).await.since(&before);
 
     // Upgrade every app: a migration per app, then a rollout.
     let v2 = "registry.example.com/bench:2.0.0";
+    let before = Counters::read(&op).await;
     let upgrade_start = Instant::now();
-    for i in 0..n {
-        let app = app_yaml(&format!(
-            "apiVersion: empacts.io/v1alpha1\nkind: EmpactsApp\nmetadata: {{name: app-{i}}}\nspec: {}\n",
-            spec(v2)
-        ));
-        apply_app(&ns, &app).await;
-    }
-    let upgrade = converge(&api, n, v2).await + Duration::ZERO;
+    apply_all(&ns, 0..n, v2, "").await;
+    let upgrade = wait_count("upgrade", n, || all_ready(&api, n, v2)).await;
     let upgrade_total = upgrade_start.elapsed();
-    let reconciles_total = op.metric("empacts_reconcile_total ").await.unwrap_or(0.0);
+    let upgrade_counts = Counters::read(&op).await.since(&before);
+
+    // 3. Failed rollouts on a sample: detection to rollback.
+    let sample = FAIL_SAMPLE.min(n);
+    let bad = "registry.example.com/bench:3.0.0-fail-rollout";
+    // With a migration, rolling back needs the failed revision's rollbackCommand (else Stalled).
+    for i in 0..sample {
+        let doc = app_doc(i, bad, ", rollout: {progressDeadlineSeconds: 10, autoRollback: true}")
+            .replace("command: [migrate]}", "command: [migrate], rollbackCommand: [migrate, down]}");
+        apply_app(&ns, &app_yaml(&doc)).await;
+    }
+    println!("failed rollouts (progressDeadlineSeconds 10), ProgressDeadlineExceeded -> RollingBack/RolledBack:");
+    let (mut by_condition, mut by_seen) = rollback_latencies(&ns, sample).await;
+
+    let all = Counters::read(&op).await;
     let duration_sum = op.metric("empacts_reconcile_duration_seconds_sum").await.unwrap_or(0.0);
     let duration_count = op.metric("empacts_reconcile_duration_seconds_count").await.unwrap_or(1.0);
     let peak = rss_kib(pid, "VmHWM:");
     let rss_end = rss_kib(pid, "VmRSS:");
-
-    println!("EmpactsApp operator convergence benchmark ({n} apps, real control plane with kwok nodes)");
-    println!("  apply {n} apps (client side)            {:>8.1} s", create_time.as_secs_f64());
-    println!(
-        "  all Ready after install (from first apply) {:>8.1} s",
-        install.as_secs_f64() + create_time.as_secs_f64()
-    );
-    println!(
-        "  reconciles to install                   {:>8.0} ({:.1} per app)",
-        reconciles_install,
-        reconciles_install / n as f64
-    );
-    println!("  reconciles / applies sent in 30 s idle  {:>8.0} / {}", idle_reconciles, idle_applies);
-    println!(
-        "  all Ready on v2 after upgrade applies   {:>8.1} s (upgrade wall time {:.1} s)",
-        upgrade.as_secs_f64(),
-        upgrade_total.as_secs_f64()
-    );
-    println!(
-        "  reconciles in total                     {:>8.0} ({:.1} per app)",
-        reconciles_total,
-        reconciles_total / n as f64
-    );
-    println!("  mean reconcile duration                 {:>8.1} ms", 1000.0 * duration_sum / duration_count.max(1.0));
-    println!("  operator RSS idle / after install / end {:>8} / {} / {} KiB", idle_rss, rss_after_install, rss_end);
-    println!(
-        "  operator peak RSS                       {:>8} KiB ({:.1} KiB per app over idle)",
-        peak,
-        (peak.saturating_sub(idle_rss)) as f64 / n as f64
-    );
     drop(op);
     ns.cleanup().await;
+
+    // 4. The floor, with no operator running.
+    let floor_ns = TestNamespace::new(&client, "bench-floor").await;
+    let docs = |image: &str| (0..n).map(|i| format!("---\n{}", app_doc(i, image, ""))).collect::<String>();
+    let fl = floor(&env, &floor_ns, docs, v1, v2).await;
+    floor_ns.cleanup().await;
+
+    let s = |d: Duration| d.as_secs_f64();
+    let (cond_med, cond_max) = median_max(&mut by_condition).unwrap_or((f64::NAN, f64::NAN));
+    let (seen_med, seen_max) = median_max(&mut by_seen).unwrap_or((f64::NAN, f64::NAN));
+    println!();
+    println!("EmpactsApp operator benchmark: {n} apps (generated secret, migration, HPA, PDB; 2 replicas each)");
+    println!("| figure | value |");
+    println!("| --- | --- |");
+    println!(
+        "| {n} apps applied (client side) / all Ready from the first apply | {:.1} s / {:.1} s |",
+        s(create_time),
+        s(install)
+    );
+    println!(
+        "| floor: all children applied at once (server-side apply) → all Deployments available | {:.1} s (operator/floor {:.1}×) |",
+        s(fl.install),
+        s(install) / s(fl.install)
+    );
+    println!(
+        "| upgrade (migration, then rollout): all Ready | {:.1} s (wall time with applies {:.1} s) |",
+        s(upgrade),
+        s(upgrade_total)
+    );
+    println!(
+        "| floor: all migration Jobs at once → complete, then all Deployments → available | {:.1} s ({:.1} s of Jobs; operator/floor {:.1}×) |",
+        s(fl.upgrade),
+        s(fl.upgrade_jobs),
+        s(upgrade_total) / s(fl.upgrade)
+    );
+    println!(
+        "| reconciles to install / upgrade | {:.1} / {:.1} per app |",
+        reconciles_install / n as f64,
+        upgrade_counts.reconciles / n as f64
+    );
+    println!(
+        "| steady state, 60 s with --resync {RESYNC_SECS} (2 resyncs per app): API requests per minute by verb | {} |",
+        idle.per_minute(IDLE)
+    );
+    println!(
+        "| steady state: reads / writes per app per resync (target 0 / 0) | {:.2} / {:.2} |",
+        idle_reads / resyncs,
+        plus0(idle_writes / resyncs)
+    );
+    println!(
+        "| steady state: reconciles / applies sent / operator CPU in 60 s | {:.0} / {:.0} / {:.2} s |",
+        idle.reconciles,
+        plus0(idle.applies_total()),
+        idle.cpu_seconds
+    );
+    println!(
+        "| status of all {n} HPAs patched once: reconciles / HPA applies in 10 s (target 0 / 0) | {:.0} / {:.0} |",
+        churn.reconciles,
+        plus0(churn.applies_of("horizontal"))
+    );
+    println!(
+        "| failed rollout ({sample} apps, progressDeadlineSeconds 10): ProgressDeadlineExceeded → RollingBack, median / max | {cond_med:.1} / {cond_max:.1} s after lastTransitionTime ({seen_med:.1} / {seen_max:.1} s after first seen) |"
+    );
+    println!(
+        "| mean reconcile duration / operator CPU in total | {:.1} ms / {:.1} s |",
+        1000.0 * duration_sum / duration_count.max(1.0),
+        all.cpu_seconds
+    );
+    println!(
+        "| operator RSS idle / after install / end / peak | {} / {} / {} / {} MiB ({:.2} MiB per app over idle) |",
+        idle_rss / 1024,
+        rss_after_install / 1024,
+        rss_end / 1024,
+        peak / 1024,
+        peak.saturating_sub(idle_rss) as f64 / 1024.0 / n as f64
+    );
+    println!("steady-state requests in 60 s by verb: {:?}; HPA churn requests: {:?}", idle.requests, churn.requests);
 }

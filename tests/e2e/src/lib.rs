@@ -31,6 +31,7 @@ use tokio::sync::{OnceCell, oneshot};
 
 pub use empacts_api as api;
 
+pub mod bench;
 pub mod fault_proxy;
 pub mod helm;
 pub mod prometheus;
