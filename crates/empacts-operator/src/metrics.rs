@@ -3,6 +3,7 @@
 
 mod apps;
 mod kube_requests;
+mod process;
 
 use std::time::Instant;
 
@@ -121,7 +122,7 @@ impl Metrics {
         .chain(apps.collectors())
         .chain(kube_requests.collectors())
         .collect();
-        let process = prometheus::process_collector::ProcessCollector::for_self();
+        let process = process::ProcessMetrics::for_self();
         let mut names: Vec<String> = collectors
             .iter()
             .flat_map(|c| c.desc())
