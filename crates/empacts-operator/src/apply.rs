@@ -377,18 +377,26 @@ async fn apply_child(ctx: &Context, obj: serde_json::Value, live: &ObjectMeta) -
     value["metadata"]["uid"] = live.uid.clone().into();
     let api = dynamic_api(&ctx.client, &ns, &kind);
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    if let Some(fields) = upgraded_managed_fields(live.managed_fields.as_deref().unwrap_or_default()) {
+    if upgraded_managed_fields(live.managed_fields.as_deref().unwrap_or_default()).is_some() {
         // The fields our create (or a replica-count patch) set belong to our Update entry, and
         // an apply never removes fields only that entry owns: an env var of a removed secret
         // would stay in the pod template. Hand them to our Apply entry first (what kubectl's
-        // client-side-to-server-side upgrade does), on the version we read.
-        let patch = serde_json::json!({"metadata": {
-            "managedFields": fields,
-            "resourceVersion": live.resource_version,
-            "uid": live.uid,
-        }});
-        let merge = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-        api.patch(&name, &merge, &Patch::Merge(&patch)).await.map_err(|e| dyn_write_error(&kind, &ns, &name, e))?;
+        // client-side-to-server-side upgrade does), on the version we read. The caches keep
+        // only our own entries and the patch rewrites the whole list, so it is read whole
+        // (a list by name: the verbs granted for every kind), once per object.
+        let by_name = kube::api::ListParams::default().fields(&format!("metadata.name={name}"));
+        let fresh = api.list(&by_name).await.map_err(|e| dyn_write_error(&kind, &ns, &name, e))?;
+        // Gone meanwhile: the apply below fails on the UID and the next reconcile creates it.
+        let fresh = fresh.items.into_iter().next().map(|o| o.metadata).unwrap_or_default();
+        if let Some(fields) = upgraded_managed_fields(fresh.managed_fields.as_deref().unwrap_or_default()) {
+            let patch = serde_json::json!({"metadata": {
+                "managedFields": fields,
+                "resourceVersion": fresh.resource_version,
+                "uid": live.uid,
+            }});
+            let merge = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+            api.patch(&name, &merge, &Patch::Merge(&patch)).await.map_err(|e| dyn_write_error(&kind, &ns, &name, e))?;
+        }
     }
     let applied = match api.patch(&name, &params, &Patch::Apply(&value)).await {
         // Someone else's edit of a keyed list (say a Service port) can leave entries our apply

@@ -159,10 +159,21 @@ fn watched_secrets(
 /// [`Watch::OwnedSpecHash`]: a hash of the object's spec, which they lack a generation for.
 pub const SPEC_HASH_ANNOTATION: &str = "empacts.io/cached-spec-hash";
 
-/// The metadata the caches and the applied record keep of a child: for kinds without a
-/// generation whose status moves on its own, with a hash of the spec.
+/// What the caches keep of a child's field ownership: only this operator's own entries (they
+/// tell whether our create's Update entry still needs its upgrade to Apply, see
+/// `apply::upgraded_managed_fields`); other managers' entries, often the larger part of an
+/// object, are dropped before caching.
+pub fn trim_for_cache(meta: &mut ObjectMeta) {
+    if let Some(fields) = meta.managed_fields.as_mut() {
+        fields.retain(|f| f.manager.as_deref() == Some(crate::apply::FIELD_MANAGER));
+    }
+}
+
+/// The metadata the caches and the applied record keep of a child (trimmed): for kinds
+/// without a generation whose status moves on its own, with a hash of the spec.
 pub fn cached_meta(kind: &str, obj: &DynamicObject) -> ObjectMeta {
     let mut meta = obj.metadata.clone();
+    trim_for_cache(&mut meta);
     if child_kind(kind).is_some_and(|k| k.watch == Watch::OwnedSpecHash) {
         let spec = obj.data.get("spec").cloned().unwrap_or_default();
         let hash = crate::hash::content_hash(&spec);
@@ -299,5 +310,27 @@ mod tests {
         assert!(
             !cached_meta("ServiceAccount", &hpa("9", 4, 3)).annotations.unwrap().contains_key(SPEC_HASH_ANNOTATION)
         );
+    }
+
+    #[test]
+    fn the_cache_keeps_only_our_own_field_ownership() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+        let entry = |manager: &str, operation: &str| ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            operation: Some(operation.into()),
+            ..Default::default()
+        };
+        let mut m = meta(Some(1), "1", "h");
+        m.managed_fields = Some(vec![
+            entry(crate::apply::FIELD_MANAGER, "Update"),
+            entry("kube-controller-manager", "Update"),
+            entry(crate::apply::FIELD_MANAGER, "Apply"),
+            entry("kubectl", "Apply"),
+        ]);
+        trim_for_cache(&mut m);
+        let kept: Vec<_> =
+            m.managed_fields.unwrap().into_iter().map(|f| (f.manager.unwrap(), f.operation.unwrap())).collect();
+        let ours = crate::apply::FIELD_MANAGER.to_string();
+        assert_eq!(kept, vec![(ours.clone(), "Update".to_string()), (ours, "Apply".to_string())]);
     }
 }

@@ -16,7 +16,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 
-use crate::children::ChildStores;
+use crate::children::{ChildStores, trim_for_cache};
 use crate::registry::{CHILD_KINDS, ChildKind, Watch};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
@@ -90,7 +90,7 @@ fn child_watch(client: &Client, ns: Option<&str>, kind: &ChildKind, config: &wat
             Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
             None => Api::all_with(client.clone(), &ar),
         };
-        return watcher(api, config.clone()).default_backoff().boxed();
+        return watcher(api, config.clone()).modify(|m| trim_for_cache(&mut m.metadata)).default_backoff().boxed();
     }
     let api: Api<DynamicObject> = match ns {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
@@ -282,10 +282,15 @@ async fn run_one(
     let deployment_events = reported(
         &ctx,
         format!("Deployment/{scope_name}"),
-        watcher(api::<Deployment>(&client, ns), ours.clone()).default_backoff(),
+        watcher(api::<Deployment>(&client, ns), ours.clone())
+            .modify(|d| trim_for_cache(&mut d.metadata))
+            .default_backoff(),
     );
-    let job_events =
-        reported(&ctx, format!("Job/{scope_name}"), watcher(api::<Job>(&client, ns), ours.clone()).default_backoff());
+    let job_events = reported(
+        &ctx,
+        format!("Job/{scope_name}"),
+        watcher(api::<Job>(&client, ns), ours.clone()).modify(|j| trim_for_cache(&mut j.metadata)).default_backoff(),
+    );
     let mut controller = controller
         .owns_stream(reflector(deployments, deployment_events).touched_objects())
         .owns_stream(reflector(jobs, job_events).touched_objects());
