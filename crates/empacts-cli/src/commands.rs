@@ -85,7 +85,8 @@ pub async fn status(client: &Client, ns: &str, name: &str) -> anyhow::Result<Str
     Ok(out)
 }
 
-async fn revisions(client: &Client, ns: &str, name: &str) -> anyhow::Result<Vec<ControllerRevision>> {
+/// The app's ControllerRevisions, newest first.
+pub(crate) async fn revisions(client: &Client, ns: &str, name: &str) -> anyhow::Result<Vec<ControllerRevision>> {
     let mut list = Api::<ControllerRevision>::namespaced(client.clone(), ns)
         .list(&ListParams::default().labels(&instance_selector(name)))
         .await

@@ -11,7 +11,7 @@ use empacts_operator::registry::{self, Prune};
 use empacts_operator::revision::{RevisionSpec, identity};
 use empacts_operator::secret_value::SecretValue;
 use empacts_operator::validate;
-use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
+use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde::Deserialize;
@@ -135,12 +135,7 @@ async fn revision_name(
     name: &str,
     spec: &empacts_api::EmpactsAppSpec,
 ) -> anyhow::Result<String> {
-    let mut records = Api::<ControllerRevision>::namespaced(client.clone(), ns)
-        .list(&ListParams::default().labels(&instance_selector(name)))
-        .await
-        .with_context(|| format!("listing ControllerRevisions of {ns}/{name}"))?
-        .items;
-    records.sort_by_key(|c| std::cmp::Reverse(c.revision));
+    let records = crate::commands::revisions(client, ns, name).await?;
     let wanted = RevisionSpec::of(spec);
     let found = records
         .iter()
