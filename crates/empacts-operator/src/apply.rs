@@ -101,7 +101,14 @@ impl Writer<'_> {
             Action::RecordRevision { revision } => {
                 let number = self.plan.ledger.get(revision).map(|e| e.number).unwrap_or(1);
                 let record = cr::build(self.app, revision, number, self.app.generation);
-                create(self.client(), &record).await?;
+                let created = create(self.client(), &record).await.inspect_err(|e| {
+                    // It exists after all: the next reconcile reads the ledger fresh.
+                    if matches!(e, Error::Write { source, .. } if is_conflict(source)) {
+                        self.ctx.ledger.invalidate(&self.app.namespace, &self.app.name);
+                    }
+                })?;
+                // Seen by the next reconcile whatever the watch shows by then.
+                self.ctx.ledger.wrote(&created);
             }
             Action::Mark { revision, mark } => self.mark(revision, mark).await?,
             Action::CreateSecret { env } => self.create_secret(env).await?,
@@ -164,6 +171,9 @@ impl Writer<'_> {
                 for revision in &prune.revisions {
                     let name = names::controller_revision(&self.app.name, revision);
                     delete::<ControllerRevision>(&client, &ns, &name).await?;
+                    if let Some(uid) = self.observed.input.ledger.get(revision).and_then(|e| e.uid.clone()) {
+                        self.ctx.ledger.deleted(&ns, &name, uid);
+                    }
                 }
                 for job in &prune.jobs {
                     delete::<Job>(&client, &ns, job).await?;
@@ -192,10 +202,18 @@ impl Writer<'_> {
         }
         let api: Api<ControllerRevision> = Api::namespaced(self.client().clone(), self.ns());
         let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-        let patched = api
-            .patch(&name, &params, &Patch::Merge(&serde_json::json!({"metadata": metadata})))
-            .await
-            .map_err(|e| write_error::<ControllerRevision>(self.ns(), &name, e))?;
+        let patched = match api.patch(&name, &params, &Patch::Merge(&serde_json::json!({"metadata": metadata}))).await {
+            Ok(patched) => patched,
+            Err(e) => {
+                // Changed or gone since our view: the next reconcile reads the ledger fresh.
+                if is_conflict(&e) || is_not_found(&e) {
+                    self.ctx.ledger.invalidate(self.ns(), &self.app.name);
+                }
+                return Err(write_error::<ControllerRevision>(self.ns(), &name, e));
+            }
+        };
+        // Seen by the next reconcile whatever the watch shows by then.
+        self.ctx.ledger.wrote(&patched);
         self.versions.insert(revision.to_string(), patched.metadata.resource_version);
         Ok(())
     }

@@ -35,6 +35,8 @@ pub struct ChildStores {
     pub jobs: Option<Store<Job>>,
     /// Metadata of the watched (labelled) Secrets.
     pub secrets: Option<Store<PartialObjectMeta<k8s_openapi::api::core::v1::Secret>>>,
+    /// The ledger's ControllerRevisions (compacted; see `ledger_cache`).
+    pub revisions: Option<Store<k8s_openapi::api::apps::v1::ControllerRevision>>,
 }
 
 /// The cached metadata of one app's children, taken once per reconcile.
@@ -53,6 +55,9 @@ pub struct ChildMetas {
     pub jobs: Vec<Job>,
     /// Versions of the watched Secrets the app's spec names (generated and referenced).
     pub secrets: BTreeMap<String, crate::secret_reads::Version>,
+    /// The app's ControllerRevisions from the ledger cache with this process's own writes laid
+    /// over them; None: read them fresh (no cache, or it has not listed yet).
+    pub revisions: Option<Vec<k8s_openapi::api::apps::v1::ControllerRevision>>,
 }
 
 impl ChildMetas {

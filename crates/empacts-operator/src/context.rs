@@ -64,6 +64,8 @@ pub struct Context {
     stores: RwLock<HashMap<String, ChildStores>>,
     /// What this process last applied, to skip applies that would change nothing.
     pub applied: AppliedRecord,
+    /// This process's ledger writes the ledger cache does not show yet (see `ledger_cache`).
+    pub ledger: crate::ledger_cache::LedgerCache,
     /// The last read copy of watched Secrets (see `secret_reads`).
     pub secret_cache: crate::secret_reads::SecretCache,
     /// Whether the Prometheus Operator's CRDs are installed, and what it knows of the apps'
@@ -102,6 +104,7 @@ impl Context {
             hash_key,
             stores: RwLock::default(),
             applied: AppliedRecord::default(),
+            ledger: Default::default(),
             secret_cache: Default::default(),
             monitoring: Default::default(),
             phases: Mutex::default(),

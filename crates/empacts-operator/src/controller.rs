@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use empacts_api::{EmpactsApp, labels};
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::DynamicObject;
@@ -27,8 +27,12 @@ use crate::{events, names, reconcile};
 
 /// The kinds watched by hand below (typed, or mapped through the apps); every other
 /// registered kind watched by metadata gets its watch and cache from the registry.
-const WATCHED_BY_HAND: &[(&str, Watch)] =
-    &[("Deployment", Watch::Owned), ("Job", Watch::Owned), ("Secret", Watch::Referenced)];
+const WATCHED_BY_HAND: &[(&str, Watch)] = &[
+    ("Deployment", Watch::Owned),
+    ("Job", Watch::Owned),
+    ("Secret", Watch::Referenced),
+    ("ControllerRevision", Watch::Ledger),
+];
 
 /// Every kind the controller watches, and how (a unit test compares it with the registry).
 pub fn watched() -> Vec<(&'static str, Watch)> {
@@ -291,9 +295,35 @@ async fn run_one(
         format!("Job/{scope_name}"),
         watcher(api::<Job>(&client, ns), ours.clone()).modify(|j| trim_for_cache(&mut j.metadata)).default_backoff(),
     );
+    // The ledger: its cache is read by every reconcile (with this process's own writes laid
+    // over it, see `ledger_cache`), but a change of it triggers nothing: only this operator
+    // writes marks, as the outcome of a reconcile. The list is a consistent read (the process
+    // has just become leader), so the cache starts with every write of an earlier leader.
+    let revisions = reflector::store::Writer::<ControllerRevision>::default();
+    stores.revisions = Some(revisions.as_reader());
+    let overlay = ctx.clone();
+    let revision_events = reported(
+        &ctx,
+        format!("ControllerRevision/{scope_name}"),
+        watcher(api::<ControllerRevision>(&client, ns), ours.clone())
+            .modify(crate::ledger_cache::compact)
+            .default_backoff(),
+    );
+    let revision_events = reflector(revisions, revision_events).filter_map(move |event| {
+        // After the cache applied the event: drop the overlaid writes it now shows.
+        let out: Option<Result<ControllerRevision, _>> = match event {
+            Ok(event) => {
+                overlay.ledger.observe(&event);
+                None
+            }
+            Err(e) => Some(Err(e)),
+        };
+        futures::future::ready(out)
+    });
     let mut controller = controller
         .owns_stream(reflector(deployments, deployment_events).touched_objects())
-        .owns_stream(reflector(jobs, job_events).touched_objects());
+        .owns_stream(reflector(jobs, job_events).touched_objects())
+        .owns_stream(revision_events);
     for kind in CHILD_KINDS.iter().filter(|k| k.cached()) {
         let ar = kind.api_resource();
         let writer = reflector::store::Writer::new(ar.clone());

@@ -1,7 +1,7 @@
 //! The revision ledger: every fact a lifecycle decision needs, kept as annotations on each
-//! revision's ControllerRevision (`<app>-<revision>`), which the operator reads fresh on
-//! every reconcile. `.status` is only a projection of it: deleting the status changes no
-//! decision. Marks are written *before* the action they license (D is marked failed before
+//! revision's ControllerRevision (`<app>-<revision>`), which the operator reads from its
+//! ledger cache overlaid by its own writes (`ledger_cache`). `.status` is only a projection of
+//! it: deleting the status changes no decision. Marks are written *before* the action they license (D is marked failed before
 //! G is restored; a down-migration is recorded before the older code runs again).
 //!
 //! Marks (all on the revision they describe):
@@ -271,6 +271,8 @@ pub struct Entry {
     pub config_map: Option<String>,
     /// For the precondition of ledger writes.
     pub resource_version: Option<String>,
+    /// Of its ControllerRevision, so a deletion hides exactly that object until the watch shows it.
+    pub uid: Option<String>,
     /// When it was first recorded (RFC 3339), for the status history.
     pub recorded_at: String,
     /// Recorded by an earlier build, not imported yet.
@@ -306,6 +308,7 @@ pub fn read_marks(cr: &ControllerRevision, entry: &mut Entry) {
     entry.rolled_at = parse_i64(a, ROLLED_AT);
     entry.number = cr.revision;
     entry.resource_version = cr.metadata.resource_version.clone();
+    entry.uid = cr.metadata.uid.clone();
     entry.legacy = !a.contains_key(LEDGER_VERSION) && !a.contains_key(DESIRED_GENERATION);
 }
 

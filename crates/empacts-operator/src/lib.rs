@@ -15,6 +15,7 @@ pub mod hash_key;
 pub mod health;
 pub mod leader;
 pub mod ledger;
+pub mod ledger_cache;
 pub mod legacy;
 pub mod metrics;
 pub mod monitoring;

@@ -1,7 +1,9 @@
 //! Second reconcile step: every read of the reconcile, and nothing else. Children the
 //! controller watches (the Deployment, Jobs, and the metadata of the others) come from its
-//! caches, an absence the ledger contradicts confirmed by a fresh read; the ledger
-//! (ControllerRevisions) and the referenced Secrets' values are read fresh.
+//! caches, an absence the ledger contradicts confirmed by a fresh read. The ledger
+//! (ControllerRevisions) comes from its cache with this process's own writes laid over it
+//! (`ledger_cache`), read fresh only until that cache has listed. Watched Secrets' values are
+//! read once per resourceVersion; unwatched referenced Secrets are read fresh.
 
 use std::collections::BTreeMap;
 
@@ -53,6 +55,16 @@ pub fn instance_selector(app: &str) -> String {
     format!("{}={app},{}={}", labels::INSTANCE, labels::MANAGED_BY, labels::MANAGER)
 }
 
+/// The app's ControllerRevisions, read fresh.
+pub async fn list_revisions(client: &Client, ns: &str, app: &str) -> Result<Vec<ControllerRevision>> {
+    let selector = ListParams::default().labels(&instance_selector(app));
+    Api::<ControllerRevision>::namespaced(client.clone(), ns)
+        .list(&selector)
+        .await
+        .map(|list| list.items)
+        .map_err(|e| read_error("ControllerRevision", ns, &instance_selector(app), e))
+}
+
 /// This app is the controller of the object.
 pub fn controlled_by(meta: &ObjectMeta, uid: &str) -> bool {
     meta.owner_references.iter().flatten().any(|o| o.controller == Some(true) && o.uid == uid)
@@ -94,13 +106,13 @@ pub async fn observe(
             .await
             .map_err(|e| read_error("Deployment", ns, &names::canary(&app.name), e))?,
     };
-    let revisions = Api::<ControllerRevision>::namespaced(client.clone(), ns)
-        .list(&selector)
-        .await
-        .map_err(|e| read_error("ControllerRevision", ns, &instance_selector(&app.name), e))?;
+    let revisions = match children.revisions.clone() {
+        Some(cached) => cached,
+        None => list_revisions(client, ns, &app.name).await?,
+    };
     let mut specs = BTreeMap::new();
     let mut entries = Vec::new();
-    for record in revisions.items.iter().filter(|c| controlled_by(&c.metadata, &app.uid)) {
+    for record in revisions.iter().filter(|c| controlled_by(&c.metadata, &app.uid)) {
         let Some(revision) = cr::revision_of(record) else { continue };
         let spec = cr::recorded_spec(record).ok();
         let mut entry = describe(&app, revision, spec.as_ref());

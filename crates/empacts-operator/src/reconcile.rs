@@ -78,7 +78,21 @@ async fn reconcile_app(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Next> 
         Ok(v) => v,
         Err(invalid) => return invalid_spec(&app, &ctx, &previous, Error::Invalid(invalid)).await,
     };
-    let mut children = ChildMetas::snapshot(ctx.stores(&valid.namespace).as_ref(), &valid);
+    let stores = ctx.stores(&valid.namespace);
+    let mut children = ChildMetas::snapshot(stores.as_ref(), &valid);
+    if let Some(store) = stores.as_ref().and_then(|s| s.revisions.as_ref()) {
+        let (ns, name) = (valid.namespace.as_str(), valid.name.as_str());
+        children.revisions = match ctx.ledger.revisions(store, ns, name) {
+            Some(revisions) => Some(revisions),
+            // The cache has not listed yet, or a write found it behind: read fresh, and let
+            // that read stand until the watch catches up with it.
+            None => {
+                let fresh = observe::list_revisions(&ctx.client, ns, name).await?;
+                ctx.ledger.listed(Some(store), ns, name, &fresh);
+                Some(fresh)
+            }
+        };
+    }
     monitoring::observe(&ctx, &valid, &mut children).await?;
     let mut observed =
         observe::observe(&ctx.client, &ctx.hash_key, &valid, &previous, children, Some(&ctx.secret_cache)).await?;

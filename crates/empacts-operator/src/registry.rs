@@ -21,8 +21,11 @@ pub enum Watch {
     OwnedSpecHash,
     /// Metadata of every object of the kind, mapped to the apps that reference it.
     Referenced,
-    /// Read fresh on every reconcile, not watched (the ledger).
+    /// Read fresh when a reconcile needs it, not watched (kinds of optional CRDs).
     ReadFresh,
+    /// The ledger: watched whole into its own cache, which this process's own writes overlay
+    /// until the watch shows them (see `ledger_cache`); not a trigger.
+    Ledger,
 }
 
 /// How an object of the kind that is no longer wanted goes away.
@@ -165,8 +168,8 @@ pub const CHILD_KINDS: &[ChildKind] = &[
         group: "apps",
         version: "v1",
         resource: "controllerrevisions",
-        verbs: &["list", "create", "patch", "delete"],
-        watch: Watch::ReadFresh,
+        verbs: &["list", "watch", "create", "patch", "delete"],
+        watch: Watch::Ledger,
         prune: Prune::Retention,
     },
 ];

@@ -104,7 +104,7 @@ fn expected_grants() -> BTreeMap<(String, String), BTreeSet<String>> {
         ("events.k8s.io", "events", vec!["create", "patch"]),
         ("", "events", vec!["create", "patch"]),
         ("apps", "deployments", vec!["get", "list", "watch", "create", "patch"]),
-        ("apps", "controllerrevisions", vec!["list", "create", "patch", "delete"]),
+        ("apps", "controllerrevisions", vec!["list", "watch", "create", "patch", "delete"]),
         ("batch", "jobs", children.to_vec()),
         ("", "services", vec!["list", "watch", "create", "patch"]),
         ("", "serviceaccounts", vec!["list", "watch", "create", "patch"]),

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use empacts_api::{EmpactsAppSpec, labels};
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
+use serde::Deserialize;
 
 use crate::{build::meta, names, validate::ValidatedApp};
 
@@ -28,9 +29,14 @@ pub fn build(app: &ValidatedApp, revision: &str, number: i64, generation: i64) -
     }
 }
 
-/// The spec recorded in a ControllerRevision.
+/// The spec recorded in a ControllerRevision (as stored, or as the ledger cache keeps it: the
+/// same JSON as text).
 pub fn recorded_spec(cr: &ControllerRevision) -> Result<EmpactsAppSpec, serde_json::Error> {
-    serde_json::from_value(cr.data.clone().map(|d| d.0).unwrap_or_default())
+    match cr.data.as_ref().map(|d| &d.0) {
+        Some(serde_json::Value::String(text)) => serde_json::from_str(text),
+        Some(value) => EmpactsAppSpec::deserialize(value),
+        None => serde_json::from_value(serde_json::Value::Null),
+    }
 }
 
 pub fn revision_of(cr: &ControllerRevision) -> Option<&str> {
