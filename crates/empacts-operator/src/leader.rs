@@ -156,6 +156,16 @@ pub fn campaign_step(identity: &str, observed: Option<&Observed>, now: Instant) 
     }
 }
 
+/// [`campaign_step`] for a candidate that may not acquire before `not_before` (a foster of
+/// another replica's shard, see [`crate::shard`]): it reads the Lease meanwhile, so a holder's
+/// silence is timed all along, but neither creates nor acquires it until then.
+pub fn held_back(step: Campaign, now: Instant, not_before: Instant) -> Campaign {
+    match step {
+        Campaign::Create | Campaign::Acquire if now < not_before => Campaign::WaitUntil(not_before),
+        other => other,
+    }
+}
+
 /// What the leader does next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaderStep {
@@ -258,6 +268,11 @@ impl Elector {
     /// Campaign until this replica holds the Lease. Dropping the future stops campaigning; an
     /// acquire already sent may then have succeeded, and the Lease simply expires.
     pub async fn campaign(&self) -> Leadership {
+        self.campaign_from(Instant::now()).await
+    }
+
+    /// [`Elector::campaign`], acquiring no earlier than `not_before` (see [`held_back`]).
+    pub async fn campaign_from(&self, not_before: Instant) -> Leadership {
         let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
         let mut observed: Option<Observed> = None;
         let mut announced = None;
@@ -278,7 +293,7 @@ impl Elector {
             };
             observed = current.as_ref().map(|l| Observed::observe(observed.as_ref(), l, now, self.cfg.lease_duration));
             let sent = Instant::now();
-            let write = match campaign_step(&self.cfg.identity, observed.as_ref(), now) {
+            let write = match held_back(campaign_step(&self.cfg.identity, observed.as_ref(), now), now, not_before) {
                 Campaign::WaitUntil(until) => {
                     let holder = observed.as_ref().and_then(|o| o.holder.clone());
                     if announced != holder {
@@ -544,6 +559,29 @@ mod tests {
         assert_eq!(campaign_step("me", Some(&released), t0), Campaign::Acquire);
         let mine = Observed::observe(None, &lease(Some("me"), "9", 15), t0, secs(15));
         assert_eq!(campaign_step("me", Some(&mine), t0), Campaign::Acquire);
+    }
+
+    #[test]
+    fn a_held_back_candidate_observes_but_acquires_only_from_its_start() {
+        let t0 = Instant::now();
+        let start = t0 + secs(15);
+        assert_eq!(held_back(campaign_step("me", None, t0), t0, start), Campaign::WaitUntil(start));
+        let released = Observed::observe(None, &lease(None, "9", 1), t0, secs(15));
+        assert_eq!(held_back(campaign_step("me", Some(&released), t0), t0, start), Campaign::WaitUntil(start));
+        assert_eq!(held_back(campaign_step("me", Some(&released), start), start, start), Campaign::Acquire);
+        // The holder's silence counts from the first sighting, not from the start: a Lease seen
+        // unchanged since t0 is taken over at the start, not a duration after it.
+        let o = Observed::observe(None, &lease(Some("other"), "7", 6), t0, secs(15));
+        assert_eq!(held_back(campaign_step("me", Some(&o), t0), t0, start), Campaign::WaitUntil(t0 + secs(6)));
+        let later = t0 + secs(10);
+        assert_eq!(held_back(campaign_step("me", Some(&o), later), later, start), Campaign::WaitUntil(start));
+        assert_eq!(held_back(campaign_step("me", Some(&o), start), start, start), Campaign::Acquire);
+        // Held back or not, a renewed Lease is never taken.
+        let renewed = Observed::observe(Some(&o), &lease(Some("other"), "8", 6), start, secs(15));
+        assert_eq!(
+            held_back(campaign_step("me", Some(&renewed), start), start, t0),
+            Campaign::WaitUntil(start + secs(6))
+        );
     }
 
     #[test]
