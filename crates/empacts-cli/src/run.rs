@@ -10,9 +10,10 @@ use clap::Args;
 use empacts_operator::client::ClientSettings;
 use empacts_operator::context::{Context, Settings};
 use empacts_operator::controller::{self, Scope};
-use empacts_operator::leader::{Elector, LeaderConfig, LossReason};
+use empacts_operator::leader::{Elector, LeaderConfig, Leadership, LossReason};
 use empacts_operator::metrics::Metrics;
 use empacts_operator::server;
+use empacts_operator::shard;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
@@ -81,6 +82,16 @@ pub struct RunArgs {
     /// plus 5 s (releasing the Lease) under the pod's terminationGracePeriodSeconds.
     #[arg(long, env = "EMPACTS_SHUTDOWN_TIMEOUT", value_parser = seconds, default_value = "20")]
     pub shutdown_timeout: Duration,
+    /// Split the apps into this many shards, each elected through its own Lease
+    /// (`<lease-name>-shard-<i>`): every replica reconciles the apps of the shards it holds,
+    /// and takes over a dead replica's shard after its lease duration. 1: no sharding, one Lease.
+    #[arg(long, env = "EMPACTS_SHARDS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub shards: u32,
+    /// The shard this replica campaigns for at once (others only one lease duration after it
+    /// started); default: the trailing number of --instance (`empacts-operator-1` -> 1) modulo
+    /// --shards, else a hash of it.
+    #[arg(long, env = "EMPACTS_SHARD_PREFERENCE")]
+    pub shard_preference: Option<u32>,
     /// Name of this replica (Lease holder and Events' reporting instance); defaults to the pod name.
     #[arg(long, env = "POD_NAME")]
     pub instance: Option<String>,
@@ -135,6 +146,9 @@ pub async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
             )
         })
         .transpose()?;
+    if args.shards > 1 && leader_config.is_none() {
+        anyhow::bail!("--shards needs leader election (--leader-elect=true): shards are owned through Leases");
+    }
     let client_settings = ClientSettings {
         qps: args.kube_api_qps,
         burst: args.kube_api_burst,
@@ -190,6 +204,11 @@ pub async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
     };
 
     let lease_ns = args.lease_namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
+    if args.shards > 1 {
+        let result = run_shards(&args, ctx, scope, client, &lease_ns, leader_config, stop_rx).await;
+        let _ = tokio::time::timeout(SERVER_STOP_TIMEOUT, server).await;
+        return result;
+    }
     let elector = Elector::new(client.clone(), &lease_ns, &args.lease_name, leader_config);
     readiness.standby_ok.store(true, Ordering::Release);
     info!(lease = %format!("{lease_ns}/{}", args.lease_name), %identity, config = ?elector.config(), "waiting to become leader");
@@ -234,6 +253,150 @@ pub async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         },
     }
     let _ = tokio::time::timeout(SERVER_STOP_TIMEOUT, server).await;
+    Ok(())
+}
+
+/// What happened to a sharded replica.
+enum ShardEvent {
+    Acquired(u32, Box<Leadership>),
+    Lost(u32, LossReason),
+    /// SIGTERM, or the controller ended by itself.
+    Stop,
+}
+
+/// Resolves when the first of `held` is lost (never while none is held).
+async fn first_lost(held: &mut [(u32, Leadership)]) -> (u32, LossReason) {
+    if held.is_empty() {
+        return std::future::pending().await;
+    }
+    let lost = held.iter_mut().map(|(i, l)| Box::pin(async move { (*i, l.lost().await) }));
+    futures::future::select_all(lost).await.0
+}
+
+/// Release every held Lease at once, each within the release bound.
+async fn release_all(held: Vec<(u32, Leadership)>) {
+    let releases = held.into_iter().map(|(i, l)| async move {
+        match l.release(LEASE_RELEASE_TIMEOUT).await {
+            Ok(()) => info!(shard = i, "shard lease released"),
+            Err(e) => warn!(shard = i, error = %e, "shard lease not released"),
+        }
+    });
+    futures::future::join_all(releases).await;
+}
+
+/// Aborts the campaigns when the replica stops: a campaign that already sent its acquire may
+/// have succeeded, and that Lease then simply expires.
+struct Campaigns(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Campaigns {
+    fn drop(&mut self) {
+        self.0.iter().for_each(|c| c.abort());
+    }
+}
+
+type ControllerRun = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// `--shards` > 1: campaign for every shard's Lease (the preferred one at once, the others as
+/// a foster after a head start), and run the controller over the apps of the shards held. A
+/// newly held shard restarts the controller over the larger set (the replica still holds the
+/// others, so the cancelled reconciles are simply redone); any held shard lost stops it at
+/// once and exits, like a lost single Lease.
+async fn run_shards(
+    args: &RunArgs,
+    ctx: Arc<Context>,
+    scope: Scope,
+    client: kube::Client,
+    lease_ns: &str,
+    cfg: LeaderConfig,
+    stop_rx: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let shards = args.shards;
+    let preferred = shard::preferred_shard(&cfg.identity, shards, args.shard_preference);
+    let started = tokio::time::Instant::now();
+    let (acquired_tx, mut acquired_rx) = tokio::sync::mpsc::unbounded_channel();
+    let campaigns = Campaigns(
+        (0..shards)
+            .map(|i| {
+                let lease = shard::lease_name(&args.lease_name, i, shards);
+                let elector = Elector::new(client.clone(), lease_ns, &lease, cfg.clone());
+                let not_before = shard::campaign_start(i == preferred, started, cfg.lease_duration);
+                let tx = acquired_tx.clone();
+                tokio::spawn(async move {
+                    let leadership = elector.campaign_from(not_before).await;
+                    let _ = tx.send((i, leadership));
+                })
+            })
+            .collect(),
+    );
+    let (metrics, readiness) = (ctx.metrics.clone(), ctx.readiness.clone());
+    readiness.standby_ok.store(true, Ordering::Release);
+    info!(identity = %cfg.identity, shards, preferred, lease_namespace = %lease_ns, config = ?cfg, "campaigning for shards");
+
+    let mut held: Vec<(u32, Leadership)> = Vec::new();
+    let mut controller: Option<ControllerRun> = None;
+    loop {
+        let event = {
+            let running = async {
+                match controller.as_mut() {
+                    Some(c) => c.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some((i, l)) = acquired_rx.recv() => ShardEvent::Acquired(i, Box::new(l)),
+                (i, reason) = first_lost(&mut held) => ShardEvent::Lost(i, reason),
+                _ = stopped(stop_rx.clone()) => ShardEvent::Stop,
+                _ = running => ShardEvent::Stop,
+            }
+        };
+        match event {
+            ShardEvent::Acquired(i, leadership) => {
+                // Stop the controller over the old set before anything else.
+                drop(controller.take());
+                held.push((i, *leadership));
+                let filter = shard::Filter::new(shards, held.iter().map(|(i, _)| *i));
+                info!(shard = i, held = ?filter.held, "acquired a shard; reconciling its apps");
+                metrics.shards_held.set(held.len() as i64);
+                metrics.leader.set(1);
+                readiness.leader.store(true, Ordering::Release);
+                let run = controller::run_sharded(ctx.clone(), scope.clone(), Some(filter), stopped(stop_rx.clone()));
+                controller = Some(Box::pin(run));
+            }
+            ShardEvent::Lost(i, reason) => {
+                // Dropping the controller cancels whatever reconcile still runs: no write starts
+                // after this, then the other shards are handed over at once.
+                drop(controller.take());
+                metrics.leader.set(0);
+                metrics.shards_held.set(0);
+                readiness.leader.store(false, Ordering::Release);
+                readiness.lease_lost.store(true, Ordering::Release);
+                error!(shard = i, %reason, "lost a shard lease; stopped reconciling");
+                let others = held.into_iter().filter(|(j, _)| *j != i).collect();
+                release_all(others).await;
+                anyhow::bail!("lost the lease of shard {i} ({reason}); exiting so a fresh process campaigns again");
+            }
+            ShardEvent::Stop => break,
+        }
+    }
+    drop(campaigns);
+    let lost = match controller.take() {
+        Some(mut run) => tokio::select! {
+            lost = first_lost(&mut held) => Some(lost),
+            _ = drain(&mut run, args.shutdown_timeout) => None,
+        },
+        None => None,
+    };
+    metrics.leader.set(0);
+    metrics.shards_held.set(0);
+    readiness.leader.store(false, Ordering::Release);
+    if let Some((i, reason)) = lost {
+        readiness.lease_lost.store(true, Ordering::Release);
+        error!(shard = i, %reason, "lost a shard lease while shutting down; stopped reconciling");
+        let others = held.into_iter().filter(|(j, _)| *j != i).collect();
+        release_all(others).await;
+        anyhow::bail!("lost the lease of shard {i} ({reason})");
+    }
+    release_all(held).await;
     Ok(())
 }
 
