@@ -76,10 +76,12 @@ struct Seen {
     both: Vec<BTreeSet<String>>,
 }
 
-/// Scrape both replicas' /metrics every 100 ms until aborted.
-fn watch_metrics(ports: [u16; 2], seen: Arc<Mutex<Seen>>) -> tokio::task::JoinHandle<()> {
+/// Scrape both replicas' /metrics (at `ports`, which a restart changes) every 100 ms until
+/// aborted.
+fn watch_metrics(ports: Arc<Mutex<[u16; 2]>>, seen: Arc<Mutex<Seen>>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
+            let ports = *ports.lock().unwrap();
             let a = scrape(ports[0]).await.map(|b| exported_apps(&b)).unwrap_or_default();
             let b = scrape(ports[1]).await.map(|b| exported_apps(&b)).unwrap_or_default();
             {
@@ -129,7 +131,8 @@ async fn two_replicas_split_the_apps_and_one_takes_over_a_killed_ones_shard() {
     .await;
 
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let watcher = watch_metrics([a.metrics_port, b.metrics_port], seen.clone());
+    let ports = Arc::new(Mutex::new([a.metrics_port, b.metrics_port]));
+    let watcher = watch_metrics(ports.clone(), seen.clone());
 
     // 20 apps; the last two share a shard key, so they share its shard whatever their names.
     let mut shard_of: BTreeMap<String, u32> = BTreeMap::new();
@@ -195,6 +198,38 @@ async fn two_replicas_split_the_apps_and_one_takes_over_a_killed_ones_shard() {
     for name in shard_of.keys() {
         wait_app(&ns, name, "Ready under replica-1", T, |a| phase(a) == Some(Phase::Ready)).await;
     }
+
+    // Replica-0 comes back (a StatefulSet pod keeps its name): it asks for its shard, and
+    // replica-1 stops reconciling it and hands it back.
+    let back = Instant::now();
+    let a = OperatorProcess::start_elected(&kc_a, name_a, &ns.name, LEASE, &tmp(&ns, "a2.log"), &timing);
+    ports.lock().unwrap()[0] = a.metrics_port;
+    wait_until("replica-0 gets its shard back", T, || async {
+        (holder(&ns, 0).await.as_deref() == Some(name_a)).then_some(())
+    })
+    .await;
+    let returned = back.elapsed();
+    println!("restarted replica-0 holds shard 0 again {returned:?} after its start (hand-back)");
+    assert!(returned < DURATION, "handed back, not waited out: {returned:?}");
+    wait_until("each replica exports only its shard's apps again", T, || async {
+        let a = exported_apps(&scrape(a.metrics_port).await?);
+        let b = exported_apps(&scrape(b.metrics_port).await?);
+        (a == expected[0] && b == expected[1]).then_some(())
+    })
+    .await;
+    let image = format!("registry.example.com/{target}:3.0.0");
+    let patch = serde_json::json!({"spec": {"image": image}});
+    let changed = Instant::now();
+    ns.api::<EmpactsApp>().patch(&target, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    wait_until("replica-0 rolls out its app again", T, || async {
+        (deployment_image(&ns, &target).await.as_deref() == Some(image.as_str())).then_some(())
+    })
+    .await;
+    assert!(apps_written(&proxy_a, &ns.name, changed).contains(&target), "through replica-0's proxy");
+    assert!(!apps_written(&proxy_b, &ns.name, changed).contains(&target), "replica-1 no longer writes for it");
+    assert_eq!(b.metric("empacts_shards_held").await, Some(1.0));
+    let b_log = std::fs::read_to_string(tmp(&ns, "b.log")).unwrap();
+    assert!(b_log.contains("handing a fostered shard back"), "{b_log}");
     watcher.abort();
     let (rounds, both) = {
         let s = seen.lock().unwrap();
@@ -203,7 +238,7 @@ async fn two_replicas_split_the_apps_and_one_takes_over_a_killed_ones_shard() {
     println!("metrics of both replicas scraped in {rounds} rounds (every 100 ms) from the apps' creation to the end");
     assert!(both.is_empty(), "apps exported by both replicas at once: {both:?}");
     assert!(rounds > 20, "the watcher ran");
-    drop(b);
+    drop((a, b));
     ns.cleanup().await;
 }
 
