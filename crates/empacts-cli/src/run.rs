@@ -345,6 +345,14 @@ async fn run_shards(
 ) -> anyhow::Result<()> {
     let shards = args.shards;
     let preferred = shard::preferred_shard(&cfg.identity, shards, args.shard_preference);
+    // Switching a running operator to sharding: the unsharded leader (on the `--lease-name`
+    // Lease) reconciles every app until it stops; no shard starts before its Lease is free.
+    let unsharded = Elector::new(client.clone(), lease_ns, &args.lease_name, cfg.clone());
+    ctx.readiness.standby_ok.store(true, Ordering::Release);
+    tokio::select! {
+        _ = unsharded.until_free() => {}
+        _ = stopped(stop_rx.clone()) => return Ok(()),
+    }
     let (acquired_tx, mut acquired_rx) = tokio::sync::mpsc::unbounded_channel();
     let campaign = |i: u32, not_before: tokio::time::Instant| {
         let lease = shard::lease_name(&args.lease_name, i, shards);
@@ -361,7 +369,6 @@ async fn run_shards(
         (0..shards).map(|i| campaign(i, shard::campaign_start(i == preferred, started, cfg.lease_duration))).collect(),
     );
     let (metrics, readiness) = (ctx.metrics.clone(), ctx.readiness.clone());
-    readiness.standby_ok.store(true, Ordering::Release);
     info!(identity = %cfg.identity, shards, preferred, lease_namespace = %lease_ns, config = ?cfg, "campaigning for shards");
     // The controller over the apps of `held`, or None while none is held.
     let start = |held: &[(u32, Leadership)]| -> Option<ControllerRun> {

@@ -310,6 +310,40 @@ impl Elector {
         self.campaign_from(Instant::now()).await
     }
 
+    /// Resolves once nobody else holds the Lease by the rule a candidate acquires by (it does
+    /// not exist, is released, or has been seen unchanged for its duration), without writing
+    /// it: a replica of another mode (sharded or not) waits here for a leader of the
+    /// other mode to be gone before it reconciles.
+    pub async fn until_free(&self) {
+        let mut observed: Option<Observed> = None;
+        let mut announced = false;
+        loop {
+            let read = timeout(self.cfg.request_timeout(), self.api.get_opt(&self.name)).await;
+            let now = Instant::now();
+            let current = match read {
+                Ok(Ok(current)) => current,
+                Ok(Err(e)) => {
+                    warn!(error = %e, lease = %self.name, "reading the Lease failed; retrying");
+                    sleep_until(now + self.cfg.renew_period).await;
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            observed = current.as_ref().map(|l| Observed::observe(observed.as_ref(), l, now, self.cfg.lease_duration));
+            match campaign_step(&self.cfg.identity, observed.as_ref(), now) {
+                Campaign::Create | Campaign::Acquire => return,
+                Campaign::WaitUntil(until) => {
+                    if !announced {
+                        let holder = observed.as_ref().and_then(|o| o.holder.clone());
+                        info!(?holder, lease = %self.name, "waiting for this Lease's holder to stop or expire");
+                        announced = true;
+                    }
+                    sleep_until(until.min(now + self.cfg.renew_period)).await;
+                }
+            }
+        }
+    }
+
     /// [`Elector::campaign`], acquiring no earlier than `not_before` (see [`held_back`]).
     pub async fn campaign_from(&self, not_before: Instant) -> Leadership {
         let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };

@@ -271,3 +271,63 @@ async fn a_replica_alone_takes_every_shard_after_its_head_start() {
     drop(only);
     ns.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_replicas_start_only_once_an_unsharded_leader_is_gone() {
+    let (env, client) = cluster().await;
+    let ns = TestNamespace::new(&client, "shard-switch").await;
+    let single_holder = || async {
+        let lease = ns.api::<Lease>().get_opt(LEASE).await.ok()??;
+        lease.spec?.holder_identity.filter(|h| !h.is_empty())
+    };
+    let mut single = OperatorProcess::start_elected(
+        &env.kubeconfig,
+        "single",
+        &ns.name,
+        LEASE,
+        &tmp(&ns, "single.log"),
+        &[("EMPACTS_LEASE_DURATION", "4")],
+    );
+    wait_until("the unsharded replica leads", T, || async { (single_holder().await? == "single").then_some(()) }).await;
+    apply_app(&ns, &app("app-0", "1.0.0", None)).await;
+    wait_app(&ns, "app-0", "Ready", T, |a| phase(a) == Some(Phase::Ready)).await;
+
+    // Switching to sharding: a sharded replica starts while the unsharded leader still runs.
+    let timing = [("EMPACTS_LEASE_DURATION", "4"), ("EMPACTS_SHARDS", "2")];
+    let sharded = OperatorProcess::start_elected(
+        &env.kubeconfig,
+        "empacts-operator-0",
+        &ns.name,
+        LEASE,
+        &tmp(&ns, "sharded.log"),
+        &timing,
+    );
+    wait_until("the sharded replica is up", T, || async { sharded.get("/readyz").await.filter(|(c, _)| *c == 200) })
+        .await;
+    // Well past a lease duration and the foster head start: it takes no shard.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!((holder(&ns, 0).await, holder(&ns, 1).await), (None, None), "no shard while the unsharded leader runs");
+    assert_eq!(sharded.metric("empacts_shards_held").await, Some(0.0));
+    assert_eq!(single_holder().await.as_deref(), Some("single"));
+
+    single.signal("TERM");
+    let stopped = Instant::now();
+    while !single.exited() {
+        assert!(stopped.elapsed() < T, "the unsharded replica exits");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_until("the sharded replica takes its shards", T, || async {
+        (holder(&ns, 0).await.as_deref() == Some("empacts-operator-0")).then_some(())
+    })
+    .await;
+    println!("sharded replica took its shard {:?} after the unsharded leader was stopped", stopped.elapsed());
+    let image = "registry.example.com/app-0:2.0.0";
+    let patch = serde_json::json!({"spec": {"image": image}});
+    ns.api::<EmpactsApp>().patch("app-0", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    wait_until("the sharded replica reconciles", T, || async {
+        (deployment_image(&ns, "app-0").await.as_deref() == Some(image)).then_some(())
+    })
+    .await;
+    drop(sharded);
+    ns.cleanup().await;
+}
