@@ -117,7 +117,27 @@ metricRelabelings:
 {{- end }}
 
 {{/* Fail on value combinations the schema cannot express. */}}
+{{/* Operator replicas: one per shard when sharded, else `replicas`. */}}
+{{- define "empacts-operator.replicas" -}}
+{{- if gt (int .Values.sharding.replicas) 1 }}{{ .Values.sharding.replicas }}{{ else }}{{ .Values.replicas }}{{ end }}
+{{- end }}
+
+{{/* The Leases the operator uses: the leader Lease (sharded replicas read it, to start only
+once an unsharded leader is gone), and one per shard. */}}
+{{- define "empacts-operator.leaseNames" -}}
+{{- $names := list .Values.leaderElection.leaseName }}
+{{- if gt (int .Values.sharding.replicas) 1 }}
+{{- range $i := until (int .Values.sharding.replicas) }}
+{{- $names = append $names (printf "%s-shard-%d" $.Values.leaderElection.leaseName $i) }}
+{{- end }}
+{{- end }}
+{{- toJson $names }}
+{{- end }}
+
 {{- define "empacts-operator.validate" -}}
+{{- if and (gt (int .Values.sharding.replicas) 1) (not .Values.leaderElection.enabled) }}
+{{- fail "sharding.replicas > 1 requires leaderElection.enabled=true: shards are owned through Leases" }}
+{{- end }}
 {{- if and .Values.serviceMonitor.enabled .Values.podMonitor.enabled }}
 {{- fail "serviceMonitor.enabled and podMonitor.enabled are alternatives: enable one (both would scrape every replica twice)" }}
 {{- end }}

@@ -10,9 +10,10 @@ use clap::Args;
 use empacts_operator::client::ClientSettings;
 use empacts_operator::context::{Context, Settings};
 use empacts_operator::controller::{self, Scope};
-use empacts_operator::leader::{Elector, LeaderConfig, LossReason};
+use empacts_operator::leader::{Elector, LeaderConfig, Leadership, LossReason};
 use empacts_operator::metrics::Metrics;
 use empacts_operator::server;
+use empacts_operator::shard;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
@@ -81,6 +82,16 @@ pub struct RunArgs {
     /// plus 5 s (releasing the Lease) under the pod's terminationGracePeriodSeconds.
     #[arg(long, env = "EMPACTS_SHUTDOWN_TIMEOUT", value_parser = seconds, default_value = "20")]
     pub shutdown_timeout: Duration,
+    /// Split the apps into this many shards, each elected through its own Lease
+    /// (`<lease-name>-shard-<i>`): every replica reconciles the apps of the shards it holds,
+    /// and takes over a dead replica's shard after its lease duration. 1: no sharding, one Lease.
+    #[arg(long, env = "EMPACTS_SHARDS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub shards: u32,
+    /// The shard this replica campaigns for at once (others only one lease duration after it
+    /// started); default: the trailing number of --instance (`empacts-operator-1` -> 1) modulo
+    /// --shards, else a hash of it.
+    #[arg(long, env = "EMPACTS_SHARD_PREFERENCE")]
+    pub shard_preference: Option<u32>,
     /// Name of this replica (Lease holder and Events' reporting instance); defaults to the pod name.
     #[arg(long, env = "POD_NAME")]
     pub instance: Option<String>,
@@ -135,6 +146,9 @@ pub async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
             )
         })
         .transpose()?;
+    if args.shards > 1 && leader_config.is_none() {
+        anyhow::bail!("--shards needs leader election (--leader-elect=true): shards are owned through Leases");
+    }
     let client_settings = ClientSettings {
         qps: args.kube_api_qps,
         burst: args.kube_api_burst,
@@ -190,6 +204,11 @@ pub async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
     };
 
     let lease_ns = args.lease_namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
+    if args.shards > 1 {
+        let result = run_shards(&args, ctx, scope, client, &lease_ns, leader_config, stop_rx).await;
+        let _ = tokio::time::timeout(SERVER_STOP_TIMEOUT, server).await;
+        return result;
+    }
     let elector = Elector::new(client.clone(), &lease_ns, &args.lease_name, leader_config);
     readiness.standby_ok.store(true, Ordering::Release);
     info!(lease = %format!("{lease_ns}/{}", args.lease_name), %identity, config = ?elector.config(), "waiting to become leader");
@@ -234,6 +253,212 @@ pub async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         },
     }
     let _ = tokio::time::timeout(SERVER_STOP_TIMEOUT, server).await;
+    Ok(())
+}
+
+/// What happened to a sharded replica.
+enum ShardEvent {
+    Acquired(u32, Box<Leadership>),
+    Lost(u32, LossReason),
+    /// The preferred replica of a shard held as a foster asks for it back.
+    Wanted(u32, String),
+    /// SIGTERM, or the controller ended by itself.
+    Stop,
+}
+
+/// Resolves when the first of `held` is lost (never while none is held).
+async fn first_lost(held: &mut [(u32, Leadership)]) -> (u32, LossReason) {
+    if held.is_empty() {
+        return std::future::pending().await;
+    }
+    let lost = held.iter_mut().map(|(i, l)| Box::pin(async move { (*i, l.lost().await) }));
+    futures::future::select_all(lost).await.0
+}
+
+/// Resolves when another replica asks for one of `fostered` (never while none is).
+async fn first_wanted(mut fostered: Vec<(u32, watch::Receiver<Option<String>>)>) -> (u32, String) {
+    if fostered.is_empty() {
+        return std::future::pending().await;
+    }
+    let asked = fostered.iter_mut().map(|(i, rx)| {
+        Box::pin(async move {
+            match rx.wait_for(Option::is_some).await {
+                Ok(by) => (*i, by.clone().unwrap_or_default()),
+                // The renewer ended: the loss is reported by `first_lost`.
+                Err(_) => std::future::pending().await,
+            }
+        })
+    });
+    futures::future::select_all(asked).await.0
+}
+
+/// Shard `lost` is lost and the controller stopped: report it, hand the other `held` shards
+/// over at once, and return the error that exits the process (a fresh process campaigns again).
+async fn shard_lost(ctx: &Context, lost: u32, reason: LossReason, held: Vec<(u32, Leadership)>) -> anyhow::Error {
+    ctx.metrics.leader.set(0);
+    ctx.metrics.shards_held.set(0);
+    ctx.readiness.leader.store(false, Ordering::Release);
+    ctx.readiness.lease_lost.store(true, Ordering::Release);
+    error!(shard = lost, %reason, "lost a shard lease; stopped reconciling");
+    release_all(held.into_iter().filter(|(j, _)| *j != lost).collect()).await;
+    anyhow::anyhow!("lost the lease of shard {lost} ({reason}); exiting so a fresh process campaigns again")
+}
+
+/// Release every held Lease at once, each within the release bound.
+async fn release_all(held: Vec<(u32, Leadership)>) {
+    let releases = held.into_iter().map(|(i, l)| async move {
+        match l.release(LEASE_RELEASE_TIMEOUT).await {
+            Ok(()) => info!(shard = i, "shard lease released"),
+            Err(e) => warn!(shard = i, error = %e, "shard lease not released"),
+        }
+    });
+    futures::future::join_all(releases).await;
+}
+
+/// Aborts the campaigns when the replica stops: a campaign that already sent its acquire may
+/// have succeeded, and that Lease then simply expires.
+struct Campaigns(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Campaigns {
+    fn drop(&mut self) {
+        self.0.iter().for_each(|c| c.abort());
+    }
+}
+
+type ControllerRun = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// `--shards` > 1: campaign for every shard's Lease (the preferred one at once, asking a foster
+/// holding it to hand it back; the others as a foster after a head start), and run the
+/// controller over the apps of the shards held. A change of the held set restarts the
+/// controller over the new set, the old one stopped first (the replica still holds the
+/// shards it keeps, so their cancelled reconciles are simply redone); a fostered shard is
+/// handed back only after that. Any held shard lost stops the controller at once and exits,
+/// like a lost single Lease.
+async fn run_shards(
+    args: &RunArgs,
+    ctx: Arc<Context>,
+    scope: Scope,
+    client: kube::Client,
+    lease_ns: &str,
+    cfg: LeaderConfig,
+    stop_rx: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let shards = args.shards;
+    let preferred = shard::preferred_shard(&cfg.identity, shards, args.shard_preference);
+    // Switching a running operator to sharding: the unsharded leader (on the `--lease-name`
+    // Lease) reconciles every app until it stops; no shard starts before its Lease is free.
+    let unsharded = Elector::new(client.clone(), lease_ns, &args.lease_name, cfg.clone());
+    ctx.readiness.standby_ok.store(true, Ordering::Release);
+    tokio::select! {
+        _ = unsharded.until_free() => {}
+        _ = stopped(stop_rx.clone()) => return Ok(()),
+    }
+    let (acquired_tx, mut acquired_rx) = tokio::sync::mpsc::unbounded_channel();
+    let campaign = |i: u32, not_before: tokio::time::Instant| {
+        let lease = shard::lease_name(&args.lease_name, i, shards);
+        let elector = Elector::new(client.clone(), lease_ns, &lease, cfg.clone());
+        let elector = if i == preferred { elector.asking() } else { elector };
+        let tx = acquired_tx.clone();
+        tokio::spawn(async move {
+            let leadership = elector.campaign_from(not_before).await;
+            let _ = tx.send((i, leadership));
+        })
+    };
+    let started = tokio::time::Instant::now();
+    let mut campaigns = Campaigns(
+        (0..shards).map(|i| campaign(i, shard::campaign_start(i == preferred, started, cfg.lease_duration))).collect(),
+    );
+    let (metrics, readiness) = (ctx.metrics.clone(), ctx.readiness.clone());
+    info!(identity = %cfg.identity, shards, preferred, lease_namespace = %lease_ns, config = ?cfg, "campaigning for shards");
+    // The controller over the apps of `held`, or None while none is held.
+    let start = |held: &[(u32, Leadership)]| -> Option<ControllerRun> {
+        let filter = shard::Filter::new(shards, held.iter().map(|(i, _)| *i));
+        metrics.shards_held.set(held.len() as i64);
+        metrics.leader.set(i64::from(!held.is_empty()));
+        readiness.leader.store(!held.is_empty(), Ordering::Release);
+        if held.is_empty() {
+            return None;
+        }
+        info!(held = ?filter.held, "reconciling the apps of the shards held");
+        Some(Box::pin(controller::run_sharded(ctx.clone(), scope.clone(), Some(filter), stopped(stop_rx.clone()))))
+    };
+
+    let mut held: Vec<(u32, Leadership)> = Vec::new();
+    let mut controller: Option<ControllerRun> = None;
+    loop {
+        let event = {
+            let fostered = held.iter().filter(|(i, _)| *i != preferred).map(|(i, l)| (*i, l.wanted())).collect();
+            let running = async {
+                match controller.as_mut() {
+                    Some(c) => c.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some((i, l)) = acquired_rx.recv() => ShardEvent::Acquired(i, Box::new(l)),
+                (i, reason) = first_lost(&mut held) => ShardEvent::Lost(i, reason),
+                (i, by) = first_wanted(fostered) => ShardEvent::Wanted(i, by),
+                _ = stopped(stop_rx.clone()) => ShardEvent::Stop,
+                _ = running => ShardEvent::Stop,
+            }
+        };
+        match event {
+            ShardEvent::Acquired(i, leadership) => {
+                // Stop the controller over the old set before anything else.
+                drop(controller.take());
+                held.push((i, *leadership));
+                info!(shard = i, preferred = i == preferred, "acquired a shard");
+                controller = start(&held);
+            }
+            ShardEvent::Wanted(i, by) => {
+                let Some(at) = held.iter().position(|(j, _)| *j == i) else { continue };
+                // Stop reconciling (the controller covers the shard) before releasing its Lease to
+                // the asker; reconciling the others resumes after, unless one was lost meanwhile.
+                drop(controller.take());
+                let (_, leadership) = held.remove(at);
+                info!(shard = i, wanted_by = %by, "handing a fostered shard back to its preferred replica");
+                let lost = tokio::select! {
+                    released = leadership.release(LEASE_RELEASE_TIMEOUT) => {
+                        match released {
+                            Ok(()) => info!(shard = i, "shard lease released"),
+                            Err(e) => warn!(shard = i, error = %e, "shard lease not released"),
+                        }
+                        None
+                    }
+                    lost = first_lost(&mut held) => Some(lost),
+                };
+                if let Some((j, reason)) = lost {
+                    return Err(shard_lost(&ctx, j, reason, held).await);
+                }
+                // Campaign for it again as a foster, giving the asker a head start.
+                let not_before = shard::campaign_start(false, tokio::time::Instant::now(), cfg.lease_duration);
+                campaigns.0.push(campaign(i, not_before));
+                controller = start(&held);
+            }
+            ShardEvent::Lost(i, reason) => {
+                // Dropping the controller cancels whatever reconcile still runs: no write starts
+                // after this, then the other shards are handed over at once.
+                drop(controller.take());
+                return Err(shard_lost(&ctx, i, reason, held).await);
+            }
+            ShardEvent::Stop => break,
+        }
+    }
+    drop(campaigns);
+    let lost = match controller.take() {
+        Some(mut run) => tokio::select! {
+            lost = first_lost(&mut held) => Some(lost),
+            _ = drain(&mut run, args.shutdown_timeout) => None,
+        },
+        None => None,
+    };
+    metrics.leader.set(0);
+    metrics.shards_held.set(0);
+    readiness.leader.store(false, Ordering::Release);
+    if let Some((i, reason)) = lost {
+        return Err(shard_lost(&ctx, i, reason, held).await);
+    }
+    release_all(held).await;
     Ok(())
 }
 

@@ -217,6 +217,16 @@ pub async fn run(
     scope: Scope,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    run_sharded(ctx, scope, None, shutdown).await
+}
+
+/// [`run`] over the apps of the shards in `shard` only (None: every app).
+pub async fn run_sharded(
+    ctx: Arc<Context>,
+    scope: Scope,
+    shard: Option<crate::shard::Filter>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     ctx.readiness.progress.reset(Instant::now());
     // Per-app series are the leader's view: when the controllers stop (or this future is
     // dropped, as on a lost Lease) they go, so a standby never exports stale ones.
@@ -226,9 +236,12 @@ pub async fn run(
     let crds = Box::pin(crate::monitoring::watch_crds(ctx.clone()));
     let controllers = async move {
         if scope.namespaces.is_empty() {
-            run_one(ctx, None, shutdown).await;
+            run_one(ctx, None, shard, shutdown).await;
         } else {
-            let runs = scope.namespaces.iter().map(|ns| run_one(ctx.clone(), Some(ns.clone()), shutdown.clone()));
+            let runs = scope
+                .namespaces
+                .iter()
+                .map(|ns| run_one(ctx.clone(), Some(ns.clone()), shard.clone(), shutdown.clone()));
             futures::future::join_all(runs).await;
         }
     };
@@ -247,6 +260,7 @@ impl Drop for ClearAppSeries {
 async fn run_one(
     ctx: Arc<Context>,
     namespace: Option<String>,
+    shard: Option<crate::shard::Filter>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
@@ -267,7 +281,14 @@ async fn run_one(
     let report = ctx.clone();
     let app_events = watcher(untyped, watcher::Config::default().any_semantic())
         .default_backoff()
-        .filter_map(move |event| futures::future::ready(typed(event, &|obj, error| unreadable(&report, obj, error))));
+        .filter_map(move |event| futures::future::ready(typed(event, &|obj, error| unreadable(&report, obj, error))))
+        // Sharded: only this replica's apps enter the cache (so only they are reconciled).
+        .filter_map(move |event| {
+            futures::future::ready(match (&shard, event) {
+                (Some(shard), Ok(event)) => shard.event(event).map(Ok),
+                (_, event) => Some(event),
+            })
+        });
     let forget = ctx.clone();
     let app_events = reported(&ctx, format!("EmpactsApp/{scope_name}"), app_events).inspect(move |event| {
         if let Ok(watcher::Event::Delete(app)) = event {

@@ -33,6 +33,32 @@ use tracing::{debug, info, warn};
 
 const FIELD_MANAGER: &str = "empacts-operator";
 
+/// Annotation a candidate writes on a Lease held by another replica to ask for it back (its
+/// preferred shard, see [`crate::shard`]); the holder sees it at its next renewal. Whoever
+/// acquires the Lease next removes it.
+pub const WANTED_BY_ANNOTATION: &str = "empacts.io/wanted-by";
+
+/// Who asks for `lease` (None: nobody, or an empty value).
+pub fn wanted_by(lease: &Lease) -> Option<String> {
+    lease.metadata.annotations.as_ref()?.get(WANTED_BY_ANNOTATION).filter(|w| !w.is_empty()).cloned()
+}
+
+/// `current` with `identity` asking for it, when another replica holds it and `identity` has
+/// not asked yet (None: nothing to write). Keeps the resourceVersion: the write is conditional.
+pub fn asked_for(current: &Lease, identity: &str) -> Option<Lease> {
+    let holder = current.spec.as_ref()?.holder_identity.as_deref().filter(|h| !h.is_empty())?;
+    if holder == identity || wanted_by(current).as_deref() == Some(identity) {
+        return None;
+    }
+    let mut lease = current.clone();
+    lease
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(WANTED_BY_ANNOTATION.into(), identity.into());
+    Some(lease)
+}
+
 /// Invalid leader-election timing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -156,6 +182,16 @@ pub fn campaign_step(identity: &str, observed: Option<&Observed>, now: Instant) 
     }
 }
 
+/// [`campaign_step`] for a candidate that may not acquire before `not_before` (a foster of
+/// another replica's shard, see [`crate::shard`]): it reads the Lease meanwhile, so a holder's
+/// silence is timed all along, but neither creates nor acquires it until then.
+pub fn held_back(step: Campaign, now: Instant, not_before: Instant) -> Campaign {
+    match step {
+        Campaign::Create | Campaign::Acquire if now < not_before => Campaign::WaitUntil(not_before),
+        other => other,
+    }
+}
+
 /// What the leader does next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaderStep {
@@ -191,10 +227,14 @@ pub fn acquired(cfg: &LeaderConfig, name: &str, old: Option<&Lease>, now: Timest
         lease_transitions: Some(if ours || old.is_none() { transitions } else { transitions + 1 }),
         ..old_spec
     };
-    let metadata = match old {
+    let mut metadata = match old {
         Some(l) => l.metadata.clone(),
         None => ObjectMeta { name: Some(name.to_string()), ..Default::default() },
     };
+    // A request for the Lease was addressed to its previous holder.
+    if let Some(a) = metadata.annotations.as_mut() {
+        a.remove(WANTED_BY_ANNOTATION);
+    }
     Lease { metadata, spec: Some(spec) }
 }
 
@@ -240,6 +280,8 @@ pub struct Elector {
     api: Api<Lease>,
     name: String,
     cfg: LeaderConfig,
+    /// Ask another holder for the Lease ([`WANTED_BY_ANNOTATION`]).
+    ask: bool,
 }
 
 fn is_status(e: &kube::Error, code: u16) -> bool {
@@ -248,7 +290,14 @@ fn is_status(e: &kube::Error, code: u16) -> bool {
 
 impl Elector {
     pub fn new(client: Client, namespace: &str, name: &str, cfg: LeaderConfig) -> Self {
-        Elector { api: Api::namespaced(client, namespace), name: name.to_string(), cfg }
+        Elector { api: Api::namespaced(client, namespace), name: name.to_string(), cfg, ask: false }
+    }
+
+    /// While another replica holds the Lease, ask it to hand the Lease over (it may or may
+    /// not; a holder that does stops its work first, then releases).
+    pub fn asking(mut self) -> Self {
+        self.ask = true;
+        self
     }
 
     pub fn config(&self) -> &LeaderConfig {
@@ -258,6 +307,45 @@ impl Elector {
     /// Campaign until this replica holds the Lease. Dropping the future stops campaigning; an
     /// acquire already sent may then have succeeded, and the Lease simply expires.
     pub async fn campaign(&self) -> Leadership {
+        self.campaign_from(Instant::now()).await
+    }
+
+    /// Resolves once nobody else holds the Lease by the rule a candidate acquires by (it does
+    /// not exist, is released, or has been seen unchanged for its duration), without writing
+    /// it: a replica of another mode (sharded or not) waits here for a leader of the
+    /// other mode to be gone before it reconciles.
+    pub async fn until_free(&self) {
+        let mut observed: Option<Observed> = None;
+        let mut announced = false;
+        loop {
+            let read = timeout(self.cfg.request_timeout(), self.api.get_opt(&self.name)).await;
+            let now = Instant::now();
+            let current = match read {
+                Ok(Ok(current)) => current,
+                Ok(Err(e)) => {
+                    warn!(error = %e, lease = %self.name, "reading the Lease failed; retrying");
+                    sleep_until(now + self.cfg.renew_period).await;
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            observed = current.as_ref().map(|l| Observed::observe(observed.as_ref(), l, now, self.cfg.lease_duration));
+            match campaign_step(&self.cfg.identity, observed.as_ref(), now) {
+                Campaign::Create | Campaign::Acquire => return,
+                Campaign::WaitUntil(until) => {
+                    if !announced {
+                        let holder = observed.as_ref().and_then(|o| o.holder.clone());
+                        info!(?holder, lease = %self.name, "waiting for this Lease's holder to stop or expire");
+                        announced = true;
+                    }
+                    sleep_until(until.min(now + self.cfg.renew_period)).await;
+                }
+            }
+        }
+    }
+
+    /// [`Elector::campaign`], acquiring no earlier than `not_before` (see [`held_back`]).
+    pub async fn campaign_from(&self, not_before: Instant) -> Leadership {
         let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
         let mut observed: Option<Observed> = None;
         let mut announced = None;
@@ -278,12 +366,22 @@ impl Elector {
             };
             observed = current.as_ref().map(|l| Observed::observe(observed.as_ref(), l, now, self.cfg.lease_duration));
             let sent = Instant::now();
-            let write = match campaign_step(&self.cfg.identity, observed.as_ref(), now) {
+            let write = match held_back(campaign_step(&self.cfg.identity, observed.as_ref(), now), now, not_before) {
                 Campaign::WaitUntil(until) => {
                     let holder = observed.as_ref().and_then(|o| o.holder.clone());
                     if announced != holder {
-                        info!(holder = ?holder, "another replica leads; standing by");
+                        info!(holder = ?holder, lease = %self.name, "another replica leads; standing by");
                         announced = holder;
+                    }
+                    if let Some(ask) =
+                        current.as_ref().filter(|_| self.ask).and_then(|l| asked_for(l, &self.cfg.identity))
+                    {
+                        // A conflict (the holder renewed meanwhile) is retried at the next poll.
+                        match timeout(self.cfg.request_timeout(), self.api.replace(&self.name, &pp, &ask)).await {
+                            Ok(Ok(_)) => info!(lease = %self.name, "asked the holder to hand the Lease over"),
+                            Ok(Err(e)) => debug!(error = %e, lease = %self.name, "asking for the Lease failed"),
+                            Err(_) => debug!(lease = %self.name, "asking for the Lease timed out"),
+                        }
                     }
                     sleep_until(until.min(now + self.cfg.renew_period)).await;
                     continue;
@@ -316,6 +414,8 @@ impl Elector {
 /// Held while this replica leads; renews in the background. Dropping it stops renewing.
 pub struct Leadership {
     state: watch::Receiver<TermState>,
+    /// Who asked for the Lease, as of the last renewal.
+    wanted: watch::Receiver<Option<String>>,
     renewer: tokio::task::JoinHandle<()>,
     /// The record as last written by us: the precondition of the release.
     last: Arc<Mutex<Lease>>,
@@ -333,16 +433,23 @@ impl Drop for Leadership {
 impl Leadership {
     fn start(api: Api<Lease>, name: String, cfg: LeaderConfig, lease: Lease, sent: Instant) -> Self {
         let (tx, state) = watch::channel(TermState::Leading { deadline: sent + cfg.renew_deadline() });
+        let (wanted_tx, wanted) = watch::channel(None);
         let last = Arc::new(Mutex::new(lease));
         let renew_deadline = cfg.renew_deadline();
-        let renewer = tokio::spawn(renew_loop(api.clone(), name.clone(), cfg, last.clone(), tx, sent));
-        Leadership { state, renewer, last, api, name, renew_deadline }
+        let renewer = tokio::spawn(renew_loop(api.clone(), name.clone(), cfg, last.clone(), tx, wanted_tx, sent));
+        Leadership { state, wanted, renewer, last, api, name, renew_deadline }
     }
 
     /// Resolves when leadership ends. The deadline is enforced here on this task's timer too,
     /// so a stalled renewer cannot keep this replica leading.
     pub async fn lost(&mut self) -> LossReason {
         until_lost(&mut self.state, self.renew_deadline).await
+    }
+
+    /// Who asks for the Lease ([`WANTED_BY_ANNOTATION`]) as seen at the renewals, to wait on
+    /// with `wait_for(Option::is_some)`.
+    pub fn wanted(&self) -> watch::Receiver<Option<String>> {
+        self.wanted.clone()
     }
 
     /// Stop renewing and release the Lease for a fast hand-over, within `limit`. Writes only
@@ -434,6 +541,7 @@ async fn renew_loop(
     cfg: LeaderConfig,
     last: Arc<Mutex<Lease>>,
     tx: watch::Sender<TermState>,
+    wanted: watch::Sender<Option<String>>,
     mut renewed_at: Instant,
 ) {
     let mut next = renewed_at + cfg.renew_period;
@@ -452,6 +560,8 @@ async fn renew_loop(
                 let budget = cfg.request_timeout().min(deadline.saturating_duration_since(sent));
                 match timeout(budget, renew_once(&api, &name, &cfg)).await {
                     Ok(Renewal::Renewed(lease)) => {
+                        let asker = wanted_by(&lease).filter(|w| *w != cfg.identity);
+                        wanted.send_if_modified(|w| std::mem::replace(w, asker.clone()) != asker);
                         *last.lock().unwrap_or_else(|e| e.into_inner()) = *lease;
                         renewed_at = sent;
                         let _ = tx.send(TermState::Leading { deadline: sent + cfg.renew_deadline() });
@@ -544,6 +654,48 @@ mod tests {
         assert_eq!(campaign_step("me", Some(&released), t0), Campaign::Acquire);
         let mine = Observed::observe(None, &lease(Some("me"), "9", 15), t0, secs(15));
         assert_eq!(campaign_step("me", Some(&mine), t0), Campaign::Acquire);
+    }
+
+    #[test]
+    fn a_held_back_candidate_observes_but_acquires_only_from_its_start() {
+        let t0 = Instant::now();
+        let start = t0 + secs(15);
+        assert_eq!(held_back(campaign_step("me", None, t0), t0, start), Campaign::WaitUntil(start));
+        let released = Observed::observe(None, &lease(None, "9", 1), t0, secs(15));
+        assert_eq!(held_back(campaign_step("me", Some(&released), t0), t0, start), Campaign::WaitUntil(start));
+        assert_eq!(held_back(campaign_step("me", Some(&released), start), start, start), Campaign::Acquire);
+        // The holder's silence counts from the first sighting, not from the start: a Lease seen
+        // unchanged since t0 is taken over at the start, not a duration after it.
+        let o = Observed::observe(None, &lease(Some("other"), "7", 6), t0, secs(15));
+        assert_eq!(held_back(campaign_step("me", Some(&o), t0), t0, start), Campaign::WaitUntil(t0 + secs(6)));
+        let later = t0 + secs(10);
+        assert_eq!(held_back(campaign_step("me", Some(&o), later), later, start), Campaign::WaitUntil(start));
+        assert_eq!(held_back(campaign_step("me", Some(&o), start), start, start), Campaign::Acquire);
+        // Held back or not, a renewed Lease is never taken.
+        let renewed = Observed::observe(Some(&o), &lease(Some("other"), "8", 6), start, secs(15));
+        assert_eq!(
+            held_back(campaign_step("me", Some(&renewed), start), start, t0),
+            Campaign::WaitUntil(start + secs(6))
+        );
+    }
+
+    #[test]
+    fn a_candidate_asks_another_holder_once_and_the_next_holder_clears_the_request() {
+        let held = lease(Some("foster"), "7", 6);
+        let asked = asked_for(&held, "owner").expect("asks another holder");
+        assert_eq!(wanted_by(&asked).as_deref(), Some("owner"));
+        assert_eq!(asked.metadata.resource_version.as_deref(), Some("7"), "the write is conditional");
+        assert_eq!(asked.spec, held.spec, "the holder's record is untouched");
+        assert_eq!(asked_for(&asked, "owner"), None, "asked already: no write (it would restart the wait)");
+        assert_eq!(asked_for(&held, "foster"), None, "never asks itself");
+        assert_eq!(asked_for(&lease(None, "7", 1), "owner"), None, "a released Lease is acquired, not asked for");
+        let taken = acquired(&cfg(), "l", Some(&asked), Timestamp::from_second(1_700_000_000).unwrap());
+        assert_eq!(wanted_by(&taken), None);
+        assert_eq!(
+            wanted_by(&renewed(&cfg(), &asked, Timestamp::from_second(1_700_000_000).unwrap())).as_deref(),
+            Some("owner"),
+            "a renewal keeps the request for its holder to see"
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub mod revision;
 pub mod secret_reads;
 pub mod secret_value;
 pub mod server;
+pub mod shard;
 pub mod slots;
 pub mod status;
 pub mod validate;

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub child_applies: IntCounterVec,
     pub analysis_measurements: IntCounterVec,
     pub leader: IntGauge,
+    /// Shards whose Lease this replica holds (`--shards` > 1; else 1 while it leads).
+    pub shards_held: IntGauge,
     pub build_info: IntGaugeVec,
     pub reconciles_in_flight: IntGauge,
     /// `app_info`, `app_ready`, `app_stalled` of each app.
@@ -96,6 +98,7 @@ impl Metrics {
         )
         .unwrap();
         let leader = IntGauge::new("leader", "1 while this replica holds the leader lease").unwrap();
+        let shards_held = IntGauge::new("shards_held", "Shards whose Lease this replica holds").unwrap();
         let build_info = IntGaugeVec::new(Opts::new("build_info", "Operator build"), &["version"]).unwrap();
         let reconciles_in_flight = IntGauge::new("reconciles_in_flight", "Reconciles running now").unwrap();
         let apps = AppGauges::new();
@@ -115,6 +118,7 @@ impl Metrics {
             Box::new(watch_restarts.clone()),
             Box::new(child_applies.clone()),
             Box::new(leader.clone()),
+            Box::new(shards_held.clone()),
             Box::new(build_info.clone()),
             Box::new(reconciles_in_flight.clone()),
         ]
@@ -156,6 +160,7 @@ impl Metrics {
             child_applies,
             analysis_measurements,
             leader,
+            shards_held,
             build_info,
             reconciles_in_flight,
             apps,

@@ -177,8 +177,44 @@ async fn every_value_renders_and_the_api_server_accepts_every_object() {
     let expr = rule["spec"]["groups"][0]["rules"][0]["expr"].as_str().unwrap();
     assert!(expr.contains(&format!(r#"job="{}/rel-empacts-operator""#, ns.name)), "{expr}");
 
+    // Sharding: a StatefulSet of one replica per shard, each with --shards, allowed its shard's
+    // Lease (and the unsharded one, which it reads before starting).
+    let out =
+        helm(&env, &["lint", "--strict", chart().to_str().unwrap(), "-f", values_arg, "--set", "sharding.replicas=3"]);
+    assert!(
+        out.status.success() && text(&out).contains("0 chart(s) failed"),
+        "helm lint --strict (sharded):\n{}",
+        text(&out)
+    );
+    let sharded = render_chart(&env, &chart(), &ns.name, &["sharding.replicas=3"], &["-f", values_arg]);
+    assert!(of_kind(&sharded, "Deployment").is_empty(), "sharded: no Deployment");
+    let sts = one(&sharded, "StatefulSet");
+    assert_eq!(sts["spec"]["replicas"].as_u64(), Some(3));
+    assert_eq!(sts["spec"]["podManagementPolicy"].as_str(), Some("Parallel"));
+    assert!(strings(&sts["spec"]["template"]["spec"]["containers"][0]["args"]).contains(&"--shards=3".to_string()));
+    let lease_rules: Vec<String> = of_kind(&sharded, "Role")
+        .iter()
+        .flat_map(|r| r["rules"].as_sequence().cloned().unwrap_or_default())
+        .filter(|rule| strings(&rule["resources"]) == ["leases"])
+        .flat_map(|rule| strings(&rule["resourceNames"]))
+        .collect();
+    assert_eq!(
+        lease_rules,
+        ["empacts-operator", "empacts-operator-shard-0", "empacts-operator-shard-1", "empacts-operator-shard-2"]
+    );
+    assert_eq!(one(&sharded, "PodDisruptionBudget")["spec"]["minAvailable"].as_u64(), Some(1));
+    let unsharded = render_chart(&env, &chart(), &ns.name, &["replicas=1"], &["-f", values_arg]);
+    assert!(of_kind(&unsharded, "StatefulSet").is_empty() && of_kind(&unsharded, "PodDisruptionBudget").is_empty());
+    assert!(
+        !strings(&one(&unsharded, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"])
+            .iter()
+            .any(|a| a.starts_with("--shards"))
+    );
+
     // The schema and the template checks refuse what cannot work.
     for (set, expect) in [
+        ("sharding.replicas=0", "sharding"),
+        ("sharding.replicas=2,leaderElection.enabled=false", "sharding.replicas > 1 requires leaderElection"),
         ("image.digest=latest", "digest"),
         ("serviceMonitor.enabled=true,podMonitor.enabled=true", "alternatives"),
         ("networkPolicy.apiServer.ports={0}", "ports"),
@@ -208,6 +244,7 @@ async fn every_value_renders_and_the_api_server_accepts_every_object() {
     assert!(out.status.success(), "{}", text(&out));
     dry_run_apply(&env, &all, &dir, "all-values.yaml");
     dry_run_apply(&env, &pod_monitored, &dir, "pod-monitor.yaml");
+    dry_run_apply(&env, &sharded, &dir, "sharded.yaml");
     dry_run_apply(&env, &render(&env, &ns.name, &[]), &dir, "defaults.yaml");
     std::fs::remove_dir_all(&dir).ok();
     ns.cleanup().await;
@@ -262,7 +299,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 }
 
 /// The metrics the operator exports (README, "Operating it").
-const METRICS: [&str; 25] = [
+const METRICS: [&str; 26] = [
     "empacts_reconcile_total",
     "empacts_reconcile_errors_total",
     "empacts_reconcile_duration_seconds",
@@ -276,6 +313,7 @@ const METRICS: [&str; 25] = [
     "empacts_watch_restarts_total",
     "empacts_reconcile_deadline_exceeded_total",
     "empacts_leader",
+    "empacts_shards_held",
     "empacts_build_info",
     "empacts_child_applies_total",
     "empacts_app_info",
