@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::DynamicObject;
 use kube::core::PartialObjectMeta;
@@ -171,6 +171,27 @@ pub const SPEC_HASH_ANNOTATION: &str = "empacts.io/cached-spec-hash";
 pub fn trim_for_cache(meta: &mut ObjectMeta) {
     if let Some(fields) = meta.managed_fields.as_mut() {
         fields.retain(|f| f.manager.as_deref() == Some(crate::apply::FIELD_MANAGER));
+    }
+}
+
+/// What the Deployment cache keeps: what a reconcile reads of it (metadata, trimmed as
+/// [`trim_for_cache`]; spec.replicas; the pod template's metadata, whose annotations carry the
+/// config hash; status), not the pod template's spec (containers, env, probes, volumes...),
+/// most of the object, which no reconcile reads: it applies the Deployment it builds.
+pub fn trim_deployment_for_cache(deployment: &mut Deployment) {
+    trim_for_cache(&mut deployment.metadata);
+    if let Some(spec) = deployment.spec.as_mut() {
+        spec.template.spec = None;
+    }
+}
+
+/// What the Job cache keeps: metadata (trimmed as [`trim_for_cache`]; the labels and annotations
+/// name the kind, revision and attempt), spec.ttlSecondsAfterFinished (set once its result is
+/// recorded) and status (conditions, start and completion times). Not the pod template.
+pub fn trim_job_for_cache(job: &mut Job) {
+    trim_for_cache(&mut job.metadata);
+    if let Some(spec) = job.spec.as_mut() {
+        *spec = JobSpec { ttl_seconds_after_finished: spec.ttl_seconds_after_finished, ..Default::default() };
     }
 }
 
@@ -337,5 +358,93 @@ mod tests {
             m.managed_fields.unwrap().into_iter().map(|f| (f.manager.unwrap(), f.operation.unwrap())).collect();
         let ours = crate::apply::FIELD_MANAGER.to_string();
         assert_eq!(kept, vec![(ours.clone(), "Update".to_string()), (ours, "Apply".to_string())]);
+    }
+
+    fn size(value: &impl serde::Serialize) -> usize {
+        serde_json::to_vec(value).unwrap().len()
+    }
+
+    #[test]
+    fn the_deployment_cache_keeps_what_a_reconcile_reads() {
+        use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentStatus};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+        let app = crate::build::test_support::app_from_yaml(
+            "spec: {image: 'api:1', replicas: 3, env: {A: b}, secrets: [{env: S, generate: {}}]}",
+        );
+        let mut deployment = crate::build::deployment::build(&app, "r1", Some("hash-1"), None);
+        deployment.spec.as_mut().unwrap().replicas = Some(5);
+        deployment.metadata.generation = Some(4);
+        deployment.metadata.uid = Some("d-1".into());
+        deployment.metadata.managed_fields = Some(vec![
+            ManagedFieldsEntry { manager: Some(crate::apply::FIELD_MANAGER.into()), ..Default::default() },
+            ManagedFieldsEntry { manager: Some("kube-controller-manager".into()), ..Default::default() },
+        ]);
+        deployment.status = Some(DeploymentStatus {
+            observed_generation: Some(4),
+            replicas: Some(5),
+            updated_replicas: Some(4),
+            ready_replicas: Some(3),
+            available_replicas: Some(3),
+            conditions: Some(vec![DeploymentCondition {
+                type_: "Progressing".into(),
+                status: "False".into(),
+                reason: Some("ProgressDeadlineExceeded".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        let mut trimmed = deployment.clone();
+        trim_deployment_for_cache(&mut trimmed);
+        let state = crate::observe::deployment_state;
+        assert_eq!(state(&trimmed), state(&deployment));
+        let spec = trimmed.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(5), "ApplyDeployment and scale read the live replicas");
+        let template_annotations = spec.template.metadata.as_ref().and_then(|m| m.annotations.as_ref());
+        assert_eq!(
+            template_annotations,
+            deployment.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.as_ref(),
+            "the config hash observe reads stays"
+        );
+        assert!(spec.template.spec.is_none(), "the pod spec goes");
+        assert_eq!(trimmed.metadata.uid, deployment.metadata.uid);
+        assert_eq!(trimmed.metadata.owner_references, deployment.metadata.owner_references);
+        assert_eq!(trimmed.metadata.annotations, deployment.metadata.annotations);
+        assert_eq!(trimmed.metadata.managed_fields.as_ref().map(Vec::len), Some(1), "ours only");
+        assert!(size(&trimmed) < size(&deployment), "{} of {} bytes", size(&trimmed), size(&deployment));
+    }
+
+    #[test]
+    fn the_job_cache_keeps_what_a_reconcile_reads() {
+        use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let app = crate::build::test_support::app_from_yaml(
+            "spec: {image: 'api:1', env: {A: b}, migration: {command: [migrate], rollbackCommand: [down]}}",
+        );
+        for mut job in
+            [crate::build::job::migration(&app, "r1", 2).unwrap(), crate::build::job::rollback(&app, "r1", 1).unwrap()]
+        {
+            job.metadata.uid = Some("j-1".into());
+            job.spec.as_mut().unwrap().ttl_seconds_after_finished = Some(60);
+            job.status = Some(JobStatus {
+                start_time: Some(Time(k8s_openapi::jiff::Timestamp::from_second(100).unwrap())),
+                completion_time: Some(Time(k8s_openapi::jiff::Timestamp::from_second(160).unwrap())),
+                conditions: Some(vec![JobCondition {
+                    type_: "Failed".into(),
+                    status: "True".into(),
+                    reason: Some("BackoffLimitExceeded".into()),
+                    message: Some("exit 1".into()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            });
+            let mut trimmed = job.clone();
+            trim_job_for_cache(&mut trimmed);
+            assert_eq!(crate::observe::job_state(Some(&trimmed)), crate::observe::job_state(Some(&job)));
+            assert_eq!(trimmed.metadata, job.metadata, "labels and annotations name kind, revision and attempt");
+            assert_eq!(trimmed.status, job.status, "state, start and completion times");
+            assert_eq!(trimmed.spec.as_ref().unwrap().ttl_seconds_after_finished, Some(60), "expiring");
+            assert!(trimmed.spec.as_ref().unwrap().template.spec.is_none(), "the pod template goes");
+            assert!(size(&trimmed) < size(&job), "{} of {} bytes", size(&trimmed), size(&job));
+        }
     }
 }

@@ -16,7 +16,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 
-use crate::children::{ChildStores, trim_for_cache};
+use crate::children::{ChildStores, trim_deployment_for_cache, trim_for_cache, trim_job_for_cache};
 use crate::registry::{CHILD_KINDS, ChildKind, Watch};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
@@ -299,7 +299,8 @@ async fn run_one(
 
     // Registered children watched by metadata also fill caches that let a reconcile skip
     // applies that would change nothing (and tell whose object a name is).
-    // Deployments and Jobs are cached whole: their status decides the rollout.
+    // Deployments and Jobs are cached with their status, which decides the rollout, and
+    // without their pod templates' specs, which no reconcile reads.
     let deployments = reflector::store::Writer::<Deployment>::default();
     let jobs = reflector::store::Writer::<Job>::default();
     let mut stores =
@@ -307,14 +308,12 @@ async fn run_one(
     let deployment_events = reported(
         &ctx,
         format!("Deployment/{scope_name}"),
-        watcher(api::<Deployment>(&client, ns), ours.clone())
-            .modify(|d| trim_for_cache(&mut d.metadata))
-            .default_backoff(),
+        watcher(api::<Deployment>(&client, ns), ours.clone()).modify(trim_deployment_for_cache).default_backoff(),
     );
     let job_events = reported(
         &ctx,
         format!("Job/{scope_name}"),
-        watcher(api::<Job>(&client, ns), ours.clone()).modify(|j| trim_for_cache(&mut j.metadata)).default_backoff(),
+        watcher(api::<Job>(&client, ns), ours.clone()).modify(trim_job_for_cache).default_backoff(),
     );
     // The ledger: its cache is read by every reconcile (with this process's own writes laid
     // over it, see `ledger_cache`), but a change of it triggers nothing: only this operator

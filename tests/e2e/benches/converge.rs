@@ -6,11 +6,16 @@
 //!   by verb from the operator's own counter, reconciles, applies, CPU seconds;
 //! - HPA status churn: every HPA's status patched once, reconciles and HPA applies in 10 s;
 //! - failed-rollout detection: ProgressDeadlineExceeded to phase RollingBack/RolledBack;
-//! - the floor: the same children applied at once with server-side apply, in another namespace.
+//! - 429s: responses Too Many Requests the operator got during install and upgrade (its own
+//!   counter, by code), and the API server's priority-and-fairness rejections of all clients;
+//! - the floor: the same children applied at once with server-side apply, in another namespace;
+//! - Helm: the same fleet as one release per app (the migration a pre-install,pre-upgrade hook
+//!   Job), `helm upgrade --install --wait` 8 at a time, install then upgrade, in another namespace.
 //!
 //! ```sh
 //! cargo bench -p empacts-e2e --bench converge            # N = 100
 //! EMPACTS_BENCH_APPS=300 cargo bench -p empacts-e2e --bench converge
+//! EMPACTS_BENCH_HELM=0 cargo bench -p empacts-e2e --bench converge   # without the Helm phase
 //! ```
 
 use std::time::{Duration, Instant};
@@ -43,6 +48,14 @@ async fn all_ready(api: &Api<EmpactsApp>, n: usize, image: &str) -> usize {
     let ready =
         apps.iter().filter(|a| a.spec.image == image && observed_current(a) && phase(a) == Some(Phase::Ready)).count();
     ready.min(n)
+}
+
+fn delta(before: Option<f64>, after: Option<f64>) -> Option<f64> {
+    Some(after? - before?)
+}
+
+fn secs(times: &[Duration]) -> Vec<f64> {
+    times.iter().map(Duration::as_secs_f64).collect()
 }
 
 fn spec(image: &str, rollout: &str) -> String {
@@ -129,6 +142,8 @@ async fn rollback_latencies(ns: &TestNamespace, n: usize) -> (Vec<f64>, Vec<f64>
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let n: usize = std::env::var("EMPACTS_BENCH_APPS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let with_helm = std::env::var("EMPACTS_BENCH_HELM").map_or(true, |v| v != "0");
+    let bench_start = Instant::now();
     let (env, client) = cluster().await;
     let ns = TestNamespace::new(&client, "bench").await;
     let log = std::env::temp_dir().join(format!("empacts-bench-{}.log", ns.name));
@@ -143,12 +158,15 @@ async fn main() {
 
     let api: Api<EmpactsApp> = ns.api();
     let v1 = "registry.example.com/bench:1.0.0";
+    let rejected_before_install = apiserver_rejected(&env);
     let created = Instant::now();
     apply_all(&ns, 0..n, v1, "").await;
     let create_time = created.elapsed();
     wait_count("install", n, || all_ready(&api, n, v1)).await;
     let install = created.elapsed();
-    let reconciles_install = Counters::read(&op).await.reconciles;
+    let install_counts = Counters::read(&op).await;
+    let reconciles_install = install_counts.reconciles;
+    let rejected_install = delta(rejected_before_install, apiserver_rejected(&env));
     let rss_after_install = rss_kib(pid, "VmRSS:");
 
     // 1. Steady state: let the last events settle for 10 s, then nothing changes for 60 s.
@@ -176,11 +194,13 @@ async fn main() {
     // Upgrade every app: a migration per app, then a rollout.
     let v2 = "registry.example.com/bench:2.0.0";
     let before = Counters::read(&op).await;
+    let rejected_before_upgrade = apiserver_rejected(&env);
     let upgrade_start = Instant::now();
     apply_all(&ns, 0..n, v2, "").await;
     let upgrade = wait_count("upgrade", n, || all_ready(&api, n, v2)).await;
     let upgrade_total = upgrade_start.elapsed();
     let upgrade_counts = Counters::read(&op).await.since(&before);
+    let rejected_upgrade = delta(rejected_before_upgrade, apiserver_rejected(&env));
 
     // 3. Failed rollouts on a sample: detection to rollback.
     let sample = FAIL_SAMPLE.min(n);
@@ -207,6 +227,16 @@ async fn main() {
     let docs = |image: &str| (0..n).map(|i| format!("---\n{}", app_doc(i, image, ""))).collect::<String>();
     let fl = floor(&env, &floor_ns, docs, v1, v2).await;
     floor_ns.cleanup().await;
+
+    // 5. Helm: one release per app, 8 at a time, with no operator running.
+    let helm = if with_helm {
+        let helm_ns = TestNamespace::new(&client, "bench-helm").await;
+        let run = helm_run(&env, &helm_ns, n, |i, image| app_doc(i, image, ""), v1, v2).await;
+        helm_ns.cleanup().await;
+        Some(run)
+    } else {
+        None
+    };
 
     let s = |d: Duration| d.as_secs_f64();
     let (cond_med, cond_max) = median_max(&mut by_condition).unwrap_or((f64::NAN, f64::NAN));
@@ -235,6 +265,42 @@ async fn main() {
         s(fl.upgrade),
         s(fl.upgrade_jobs),
         s(upgrade_total) / s(fl.upgrade)
+    );
+    if let Some(h) = &helm {
+        let (mut i, mut u) = (secs(&h.install_each), secs(&h.upgrade_each));
+        let (i_med, i_max) = median_max(&mut i).unwrap_or((f64::NAN, f64::NAN));
+        let (u_med, u_max) = median_max(&mut u).unwrap_or((f64::NAN, f64::NAN));
+        println!(
+            "| Helm: {n} releases, `helm upgrade --install --wait` {HELM_PARALLEL} at a time (migration a hook Job): install / upgrade, all done | {:.1} s / {:.1} s (operator/Helm {:.2}× / {:.2}×) |",
+            s(h.install),
+            s(h.upgrade),
+            s(install) / s(h.install),
+            s(upgrade_total) / s(h.upgrade)
+        );
+        println!(
+            "| Helm: one release's command, median / max: install / upgrade | {i_med:.1} / {i_max:.1} s / {u_med:.1} / {u_max:.1} s |"
+        );
+    }
+    println!(
+        "| 429 (Too Many Requests) responses to the operator: install / upgrade / whole run | {:.0} / {:.0} / {:.0} |",
+        install_counts.responses("429"),
+        upgrade_counts.responses("429"),
+        all.responses("429")
+    );
+    println!(
+        "| API server priority-and-fairness rejections (apiserver_flowcontrol_rejected_requests_total, all clients): operator install / upgrade{} | {} |",
+        if helm.is_some() { "; Helm install / upgrade" } else { "" },
+        [
+            Some(rejected_install),
+            Some(rejected_upgrade),
+            helm.as_ref().map(|h| h.rejected.0),
+            helm.as_ref().map(|h| h.rejected.1)
+        ]
+        .into_iter()
+        .flatten()
+        .map(|r| r.map_or("unreadable".to_string(), |v| format!("{v:.0}")))
+        .collect::<Vec<_>>()
+        .join(" / ")
     );
     println!(
         "| reconciles to install / upgrade | {:.1} / {:.1} per app |",
@@ -278,4 +344,6 @@ async fn main() {
         peak.saturating_sub(idle_rss) as f64 / 1024.0 / n as f64
     );
     println!("steady-state requests in 60 s by verb: {:?}; HPA churn requests: {:?}", idle.requests, churn.requests);
+    println!("operator responses by code, whole run: {:?}", all.codes);
+    println!("benchmark wall time: {:.0} s", s(bench_start.elapsed()));
 }
