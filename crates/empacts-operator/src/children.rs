@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use kube::api::DynamicObject;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -164,15 +164,59 @@ fn watched_secrets(
 /// [`Watch::OwnedSpecHash`]: a hash of the object's spec, which they lack a generation for.
 pub const SPEC_HASH_ANNOTATION: &str = "empacts.io/cached-spec-hash";
 
-/// What the caches keep of a child's field ownership: only this operator's own entries (they
-/// tell whether our create's Update entry still needs its upgrade to Apply, see
-/// `apply::upgraded_managed_fields`); other managers' entries, often the larger part of an
-/// object, are dropped before caching.
+/// What the caches keep of a child's field ownership: who wrote it, not which fields (the
+/// field sets are often the larger part of an object's metadata, and every cached child has
+/// them). Our own entries stay as manager, operation and subresource: an Update entry of ours
+/// tells that our create still needs its upgrade to Apply (`apply::upgraded_managed_fields`,
+/// which reads the fields fresh). Another manager's entry stays, reduced the same way, only
+/// when it owns content of the object (anything outside `status` and `metadata.annotations`):
+/// it tells that the object may no longer be what we wrote (`AppliedRecord::is_current`).
 pub fn trim_for_cache(meta: &mut ObjectMeta) {
     if let Some(fields) = meta.managed_fields.as_mut() {
-        fields.retain(|f| f.manager.as_deref() == Some(crate::apply::FIELD_MANAGER));
+        fields.retain(|f| f.manager.as_deref() == Some(crate::apply::FIELD_MANAGER) || owns_content(f));
+        for f in fields.iter_mut() {
+            *f = ManagedFieldsEntry {
+                manager: f.manager.take(),
+                operation: f.operation.take(),
+                subresource: f.subresource.take(),
+                ..Default::default()
+            };
+        }
     }
 }
+
+/// The entry owns a field of the object's content: anything but its status and annotations
+/// (another controller's annotation, like a Deployment's revision, is not a change of ours).
+/// An entry without a field set counts as owning content.
+fn owns_content(entry: &ManagedFieldsEntry) -> bool {
+    let Some(fields) = entry.fields_v1.as_ref().and_then(|f| f.0.as_object()) else { return true };
+    fields.iter().any(|(key, value)| match key.as_str() {
+        "f:status" | "." => false,
+        "f:metadata" => value.as_object().is_none_or(|m| m.keys().any(|k| k != "f:annotations" && k != ".")),
+        _ => true,
+    })
+}
+
+/// No manager but this operator owns content of the object, as far as the cached entries tell
+/// (see [`trim_for_cache`]): what it holds is what we last wrote.
+pub fn only_ours(meta: &ObjectMeta) -> bool {
+    meta.managed_fields
+        .as_ref()
+        .is_some_and(|fields| fields.iter().all(|f| f.manager.as_deref() == Some(crate::apply::FIELD_MANAGER)))
+}
+
+/// What the app cache keeps of an EmpactsApp's metadata: not its field ownership nor kubectl's
+/// copy of the last applied object (together often larger than the spec), which no reconcile
+/// reads; status is written by a server-side apply of status alone, so nothing the cache
+/// dropped is ever written back.
+pub fn trim_app_for_cache(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// What the Deployment cache keeps: what a reconcile reads of it (metadata, trimmed as
 /// [`trim_for_cache`]; spec.replicas; the pod template's metadata, whose annotations carry the
@@ -254,8 +298,13 @@ impl AppliedRecord {
         let annotated = live.annotations.as_ref().and_then(|a| a.get(APPLIED_ANNOTATION)).is_some_and(|h| h == hash);
         let (Some(ns), Some(name), Some(app)) = (&live.namespace, &live.name, owning_app(live)) else { return false };
         let markers = self.markers.lock().expect("applied record lock");
-        let ours = markers.get(&(ns.clone(), app)).and_then(|m| m.get(&(kind.into(), name.clone()))).cloned();
-        annotated && ours.is_some() && ours == change_marker(live)
+        match markers.get(&(ns.clone(), app)).and_then(|m| m.get(&(kind.into(), name.clone()))) {
+            Some(ours) => annotated && Some(ours) == change_marker(live).as_ref(),
+            // Nothing recorded (this process has not written it: after a restart): the hash
+            // says our last write was this content, and no one else's entry says they changed
+            // it since. Without this, a restart re-applies every child of every app.
+            None => annotated && only_ours(live),
+        }
     }
 
     /// Drop what was recorded for a deleted app.
@@ -295,7 +344,7 @@ mod tests {
     fn current_only_when_hash_and_marker_match_our_last_apply() {
         let record = AppliedRecord::default();
         let live = meta(Some(3), "10", "h1");
-        assert!(!record.is_current("Deployment", &live, "h1"), "nothing recorded after a restart: apply once");
+        assert!(!record.is_current("Deployment", &live, "h1"), "nothing recorded, no ownership known: apply");
         record.record("Deployment", &live);
         assert!(record.is_current("Deployment", &live, "h1"));
         assert!(!record.is_current("Deployment", &live, "h2"), "desired state changed");
@@ -339,25 +388,72 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_keeps_only_our_own_field_ownership() {
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
-        let entry = |manager: &str, operation: &str| ManagedFieldsEntry {
+    fn the_cache_keeps_who_owns_content_not_which_fields() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1;
+        let entry = |manager: &str, operation: &str, fields: serde_json::Value| ManagedFieldsEntry {
             manager: Some(manager.into()),
             operation: Some(operation.into()),
+            api_version: Some("v1".into()),
+            fields_v1: Some(FieldsV1(fields)),
             ..Default::default()
         };
+        let ours = crate::apply::FIELD_MANAGER;
+        let spec = serde_json::json!({"f:spec": {"f:replicas": {}}});
         let mut m = meta(Some(1), "1", "h");
         m.managed_fields = Some(vec![
-            entry(crate::apply::FIELD_MANAGER, "Update"),
-            entry("kube-controller-manager", "Update"),
-            entry(crate::apply::FIELD_MANAGER, "Apply"),
-            entry("kubectl", "Apply"),
+            entry(ours, "Update", spec.clone()),
+            // A Deployment's revision annotation and status: not content of ours.
+            entry(
+                "kube-controller-manager",
+                "Update",
+                serde_json::json!({"f:metadata": {"f:annotations": {"f:deployment.kubernetes.io/revision": {}}}, "f:status": {}}),
+            ),
+            entry(ours, "Apply", spec.clone()),
         ]);
         trim_for_cache(&mut m);
-        let kept: Vec<_> =
-            m.managed_fields.unwrap().into_iter().map(|f| (f.manager.unwrap(), f.operation.unwrap())).collect();
-        let ours = crate::apply::FIELD_MANAGER.to_string();
-        assert_eq!(kept, vec![(ours.clone(), "Update".to_string()), (ours, "Apply".to_string())]);
+        let kept = |m: &ObjectMeta| -> Vec<(String, String)> {
+            m.managed_fields.clone().unwrap().into_iter().map(|f| (f.manager.unwrap(), f.operation.unwrap())).collect()
+        };
+        assert_eq!(kept(&m), vec![(ours.into(), "Update".into()), (ours.into(), "Apply".into())]);
+        assert!(m.managed_fields.iter().flatten().all(|f| f.fields_v1.is_none() && f.api_version.is_none()));
+        assert!(only_ours(&m));
+        for theirs in [
+            entry("kubectl", "Apply", spec.clone()),
+            entry("kubectl-label", "Update", serde_json::json!({"f:metadata": {"f:labels": {"f:x": {}}}})),
+            ManagedFieldsEntry { manager: Some("unknown".into()), ..Default::default() },
+        ] {
+            let mut m = meta(Some(1), "1", "h");
+            m.managed_fields = Some(vec![entry(ours, "Apply", spec.clone()), theirs.clone()]);
+            trim_for_cache(&mut m);
+            assert_eq!(m.managed_fields.as_ref().map(Vec::len), Some(2), "{theirs:?} stays");
+            assert!(!only_ours(&m), "{theirs:?} owns content");
+        }
+    }
+
+    #[test]
+    fn after_a_restart_a_child_only_we_wrote_with_the_desired_hash_is_current() {
+        let record = AppliedRecord::default();
+        let mut live = meta(Some(3), "10", "h1");
+        live.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some(crate::apply::FIELD_MANAGER.into()),
+            operation: Some("Update".into()),
+            ..Default::default()
+        }]);
+        assert!(record.is_current("Deployment", &live, "h1"), "our create, as desired, untouched");
+        assert!(!record.is_current("Deployment", &live, "h2"), "desired state changed");
+        let mut edited = live.clone();
+        edited.managed_fields.as_mut().unwrap().push(ManagedFieldsEntry {
+            manager: Some("kubectl-edit".into()),
+            operation: Some("Update".into()),
+            ..Default::default()
+        });
+        assert!(!record.is_current("Deployment", &edited, "h1"), "someone else changed content");
+        let mut unknown = live.clone();
+        unknown.managed_fields = None;
+        assert!(!record.is_current("Deployment", &unknown, "h1"), "no ownership known: apply");
+        // Once this process recorded a write, its marker decides.
+        record.record("Deployment", &live);
+        assert!(!record.is_current("Deployment", &meta(Some(4), "11", "h1"), "h1"), "generation moved");
     }
 
     fn size(value: &impl serde::Serialize) -> usize {
@@ -409,7 +505,7 @@ mod tests {
         assert_eq!(trimmed.metadata.uid, deployment.metadata.uid);
         assert_eq!(trimmed.metadata.owner_references, deployment.metadata.owner_references);
         assert_eq!(trimmed.metadata.annotations, deployment.metadata.annotations);
-        assert_eq!(trimmed.metadata.managed_fields.as_ref().map(Vec::len), Some(1), "ours only");
+        assert_eq!(trimmed.metadata.managed_fields.as_ref().map(Vec::len), Some(2), "who wrote it, not which fields");
         assert!(size(&trimmed) < size(&deployment), "{} of {} bytes", size(&trimmed), size(&deployment));
     }
 

@@ -280,6 +280,7 @@ async fn run_one(
     };
     let report = ctx.clone();
     let app_events = watcher(untyped, watcher::Config::default().any_semantic())
+        .modify(|app| crate::children::trim_app_for_cache(&mut app.metadata))
         .default_backoff()
         .filter_map(move |event| futures::future::ready(typed(event, &|obj, error| unreadable(&report, obj, error))))
         // Sharded: only this replica's apps enter the cache (so only they are reconciled).

@@ -42,7 +42,10 @@ impl SecretCache {
     /// Keep `secret` (a copy as read or as written) for as long as the watch shows its version.
     pub fn put(&self, secret: &Secret) {
         let key = (secret.namespace().unwrap_or_default(), secret.name_any());
-        self.entries.lock().expect("secret cache lock").insert(key, secret.clone());
+        let mut copy = secret.clone();
+        // Nothing reads a copy's field ownership (a write starts from a fresh read or drops it).
+        copy.metadata.managed_fields = None;
+        self.entries.lock().expect("secret cache lock").insert(key, copy);
     }
 
     /// Drop the copies of `names` (an app that went, or a Secret the watch no longer shows).
