@@ -60,7 +60,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// Heap profiling build: every allocation is tracked (slow), and `dhat-heap.json` (open it
+/// with DHAT's viewer) is written when the operator exits.
+#[cfg(feature = "heap-profile")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
 fn operator(args: run::RunArgs) -> ExitCode {
+    #[cfg(feature = "heap-profile")]
+    let _profiler = dhat::Profiler::builder().trim_backtraces(Some(40)).build();
     match run::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
