@@ -68,7 +68,21 @@ static ALLOC: dhat::Alloc = dhat::Alloc;
 
 fn operator(args: run::RunArgs) -> ExitCode {
     #[cfg(feature = "heap-profile")]
-    let _profiler = dhat::Profiler::builder().trim_backtraces(Some(40)).build();
+    let _profiler = {
+        let profiler = dhat::Profiler::builder().trim_backtraces(Some(40)).build();
+        // EMPACTS_HEAP_PROFILE_SECS=N: write it after N seconds, what is live then as "t-end"
+        // (at exit the caches are gone).
+        match std::env::var("EMPACTS_HEAP_PROFILE_SECS").ok().and_then(|s| s.parse().ok()) {
+            Some(secs) => {
+                std::thread::spawn(move || {
+                    std::thread::sleep(std::time::Duration::from_secs(secs));
+                    drop(profiler);
+                });
+                None
+            }
+            None => Some(profiler),
+        }
+    };
     match run::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
