@@ -4,7 +4,8 @@
 //! A child is re-applied when: it is missing from the cache; the `empacts.io/applied` hash
 //! on it differs from the hash of what we would apply now; or its generation (resourceVersion
 //! for kinds without one) moved since our own last apply — someone else changed it, so
-//! server-side apply must take our fields back. After a restart every child is applied once.
+//! server-side apply must take our fields back. After a restart (nothing recorded yet) a child
+//! whose hash is current is applied again only if another manager owns content of it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
