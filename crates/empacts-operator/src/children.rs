@@ -8,17 +8,17 @@
 //! whose hash is current is applied again only if another manager owns content of it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use kube::api::DynamicObject;
-use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 
 use empacts_api::labels;
 
+use crate::child_cache::{CachedChild, ChildCache, DeploymentRecord, JobRecord};
 use crate::observe::controlled_by;
 use crate::registry::{CHILD_KINDS, Watch, child_kind};
 use crate::validate::ValidatedApp;
@@ -30,12 +30,12 @@ pub const APPLIED_ANNOTATION: &str = "empacts.io/applied";
 /// watched by metadata ([`Watch::OwnedMetadata`], [`Watch::OwnedSpecHash`]).
 #[derive(Clone, Default)]
 pub struct ChildStores {
-    pub stores: BTreeMap<&'static str, Store<PartialObjectMeta<DynamicObject>>>,
-    /// Full objects of the kinds whose status decides the rollout.
-    pub deployments: Option<Store<Deployment>>,
-    pub jobs: Option<Store<Job>>,
+    pub stores: BTreeMap<&'static str, Arc<ChildCache>>,
+    /// Records of the kinds whose status decides the rollout (Jobs read by instance).
+    pub deployments: Option<Arc<ChildCache<DeploymentRecord>>>,
+    pub jobs: Option<Arc<ChildCache<JobRecord>>>,
     /// Metadata of the watched (labelled) Secrets.
-    pub secrets: Option<Store<PartialObjectMeta<k8s_openapi::api::core::v1::Secret>>>,
+    pub secrets: Option<Arc<ChildCache>>,
     /// The ledger's ControllerRevisions (compacted; see `ledger_cache`).
     pub revisions: Option<Store<k8s_openapi::api::apps::v1::ControllerRevision>>,
 }
@@ -68,38 +68,23 @@ impl ChildMetas {
         let mut out =
             ChildMetas { cached: stores.deployments.is_some() && stores.jobs.is_some(), ..Default::default() };
         if let Some(deployments) = &stores.deployments {
-            out.deployment = deployments.get(&ObjectRef::new(name).within(ns)).map(|d| d.as_ref().clone());
-            let canary = crate::names::canary(name);
-            out.canary = deployments.get(&ObjectRef::new(&canary).within(ns)).map(|d| d.as_ref().clone());
+            out.deployment = deployments.record(ns, name).map(|d| d.expand(ns));
+            out.canary = deployments.record(ns, &crate::names::canary(name)).map(|d| d.expand(ns));
         }
         if let Some(jobs) = &stores.jobs {
-            let ours = |j: &Job| {
-                j.metadata.namespace.as_deref() == Some(ns)
-                    && j.metadata.labels.as_ref().and_then(|l| l.get(labels::INSTANCE)).map(String::as_str)
-                        == Some(name)
-            };
-            out.jobs = jobs.state().iter().filter(|j| ours(j)).map(|j| j.as_ref().clone()).collect();
+            out.jobs = jobs.records_of_instance(ns, name).iter().map(|j| j.expand(ns)).collect();
         }
         if let Some(secrets) = &stores.secrets {
             out.secrets = watched_secrets(secrets, app);
         }
         for kind in CHILD_KINDS.iter().filter(|k| k.cached()) {
-            let Some(store) = stores.stores.get(kind.kind) else { continue };
+            let Some(cache) = stores.stores.get(kind.kind) else { continue };
             if kind.kind == "ConfigMap" {
-                let instance = |m: &PartialObjectMeta<DynamicObject>| {
-                    m.metadata.labels.as_ref().and_then(|l| l.get(labels::INSTANCE)).map(String::as_str) == Some(name)
-                };
-                out.config_maps = store
-                    .state()
-                    .iter()
-                    .filter(|m| m.metadata.namespace.as_deref() == Some(ns) && instance(m))
-                    .map(|m| m.metadata.clone())
-                    .collect();
+                out.config_maps = cache.of_instance(ns, name);
                 continue;
             }
-            let key = ObjectRef::<PartialObjectMeta<DynamicObject>>::new_with(name, kind.api_resource()).within(ns);
-            if let Some(meta) = store.get(&key) {
-                out.named.insert(kind.kind, meta.metadata.clone());
+            if let Some(meta) = cache.get(ns, name) {
+                out.named.insert(kind.kind, meta);
             }
         }
         out
@@ -138,10 +123,7 @@ impl ChildMetas {
 }
 
 /// The watched Secrets among those `app`'s spec names, with their versions.
-fn watched_secrets(
-    store: &Store<PartialObjectMeta<k8s_openapi::api::core::v1::Secret>>,
-    app: &ValidatedApp,
-) -> BTreeMap<String, crate::secret_reads::Version> {
+fn watched_secrets(cache: &ChildCache, app: &ValidatedApp) -> BTreeMap<String, crate::secret_reads::Version> {
     let names = app.spec.secrets().iter().flat_map(|e| match &e.secret_key_ref {
         Some(r) => vec![r.name.clone()],
         None => vec![
@@ -151,11 +133,10 @@ fn watched_secrets(
     });
     names
         .filter_map(|name| {
-            let meta = store.get(&ObjectRef::new(&name).within(&app.namespace))?;
-            let version = crate::secret_reads::Version {
-                uid: meta.metadata.uid.clone()?,
-                resource_version: meta.metadata.resource_version.clone()?,
-            };
+            let record = cache.record(&app.namespace, &name)?;
+            let (uid, resource_version) = record.version()?;
+            let version =
+                crate::secret_reads::Version { uid: uid.to_string(), resource_version: resource_version.to_string() };
             Some((name, version))
         })
         .collect()
@@ -189,7 +170,7 @@ pub fn trim_for_cache(meta: &mut ObjectMeta) {
 /// The entry owns a field of the object's content: anything but its status and annotations
 /// (another controller's annotation, like a Deployment's revision, is not a change of ours).
 /// An entry without a field set counts as owning content.
-fn owns_content(entry: &ManagedFieldsEntry) -> bool {
+pub(crate) fn owns_content(entry: &ManagedFieldsEntry) -> bool {
     let Some(fields) = entry.fields_v1.as_ref().and_then(|f| f.0.as_object()) else { return true };
     fields.iter().any(|(key, value)| match key.as_str() {
         "f:status" | "." => false,
@@ -219,30 +200,27 @@ pub fn trim_app_for_cache(meta: &mut ObjectMeta) {
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// What the Deployment cache keeps: what a reconcile reads of it (metadata, trimmed as
-/// [`trim_for_cache`]; spec.replicas; the pod template's metadata, whose annotations carry the
-/// config hash; status), not the pod template's spec (containers, env, probes, volumes...),
-/// most of the object, which no reconcile reads: it applies the Deployment it builds.
-pub fn trim_deployment_for_cache(deployment: &mut Deployment) {
-    trim_for_cache(&mut deployment.metadata);
-    if let Some(spec) = deployment.spec.as_mut() {
-        spec.template.spec = None;
-    }
-}
+/// Annotation on metadata rebuilt from a cache record (never on the server): the change
+/// marker of the object as it arrived, which the record keeps instead of its labels and
+/// annotations.
+pub const CHANGE_MARKER_ANNOTATION: &str = "empacts.io/cached-change-marker";
 
-/// What the Job cache keeps: metadata (trimmed as [`trim_for_cache`]; the labels and annotations
-/// name the kind, revision and attempt), spec.ttlSecondsAfterFinished (set once its result is
-/// recorded) and status (conditions, start and completion times). Not the pod template.
-pub fn trim_job_for_cache(job: &mut Job) {
-    trim_for_cache(&mut job.metadata);
-    if let Some(spec) = job.spec.as_mut() {
-        *spec = JobSpec { ttl_seconds_after_finished: spec.ttl_seconds_after_finished, ..Default::default() };
-    }
-}
-
-/// The metadata the caches and the applied record keep of a child (trimmed): for kinds
-/// without a generation whose status moves on its own, with a hash of the spec.
+/// What the applied record keeps of an object a write returned: the metadata the caches
+/// would hand out for it (see `child_cache`), so markers compare like with like.
 pub fn cached_meta(kind: &str, obj: &DynamicObject) -> ObjectMeta {
+    compacted(&spec_hashed_meta(kind, obj))
+}
+
+/// `meta` (trimmed) as a cache record rebuilt.
+pub fn compacted(meta: &ObjectMeta) -> ObjectMeta {
+    let mut meta = meta.clone();
+    trim_for_cache(&mut meta);
+    CachedChild::of(&meta).expand(meta.namespace.as_deref().unwrap_or_default())
+}
+
+/// The metadata of a child as its watch passes it on (trimmed): for kinds without a
+/// generation whose status moves on its own, with a hash of the spec.
+pub fn spec_hashed_meta(kind: &str, obj: &DynamicObject) -> ObjectMeta {
     let mut meta = obj.metadata.clone();
     trim_for_cache(&mut meta);
     if child_kind(kind).is_some_and(|k| k.watch == Watch::OwnedSpecHash) {
@@ -257,6 +235,10 @@ pub fn cached_meta(kind: &str, obj: &DynamicObject) -> ObjectMeta {
 /// when the cache hashed its spec, that hash with the labels and annotations (a status
 /// write moves neither); else the resourceVersion (any write).
 pub fn change_marker(meta: &ObjectMeta) -> Option<String> {
+    let annotations = meta.annotations.as_ref();
+    if let Some(marker) = annotations.and_then(|a| a.get(CHANGE_MARKER_ANNOTATION)) {
+        return Some(marker.clone());
+    }
     if let Some(g) = meta.generation {
         return Some(format!("g{g}"));
     }
@@ -384,7 +366,10 @@ mod tests {
         assert!(!record.is_current("HorizontalPodAutoscaler", &live(labelled), "h"), "a label edit");
         // Kinds watched by metadata keep no spec hash: any write counts for them.
         assert!(
-            !cached_meta("ServiceAccount", &hpa("9", 4, 3)).annotations.unwrap().contains_key(SPEC_HASH_ANNOTATION)
+            !spec_hashed_meta("ServiceAccount", &hpa("9", 4, 3))
+                .annotations
+                .unwrap()
+                .contains_key(SPEC_HASH_ANNOTATION)
         );
     }
 
@@ -472,6 +457,11 @@ mod tests {
         deployment.spec.as_mut().unwrap().replicas = Some(5);
         deployment.metadata.generation = Some(4);
         deployment.metadata.uid = Some("d-1".into());
+        deployment
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(APPLIED_ANNOTATION.into(), "h".into());
         deployment.metadata.managed_fields = Some(vec![
             ManagedFieldsEntry { manager: Some(crate::apply::FIELD_MANAGER.into()), ..Default::default() },
             ManagedFieldsEntry { manager: Some("kube-controller-manager".into()), ..Default::default() },
@@ -482,19 +472,24 @@ mod tests {
             updated_replicas: Some(4),
             ready_replicas: Some(3),
             available_replicas: Some(3),
-            conditions: Some(vec![DeploymentCondition {
-                type_: "Progressing".into(),
-                status: "False".into(),
-                reason: Some("ProgressDeadlineExceeded".into()),
-                ..Default::default()
-            }]),
+            conditions: Some(vec![
+                DeploymentCondition { type_: "Available".into(), status: "True".into(), ..Default::default() },
+                DeploymentCondition {
+                    type_: "Progressing".into(),
+                    status: "False".into(),
+                    reason: Some("ProgressDeadlineExceeded".into()),
+                    last_update_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        k8s_openapi::jiff::Timestamp::from_second(100).unwrap(),
+                    )),
+                    ..Default::default()
+                },
+            ]),
             ..Default::default()
         });
-        let mut trimmed = deployment.clone();
-        trim_deployment_for_cache(&mut trimmed);
+        let cached = DeploymentRecord::of(&deployment).expand(deployment.metadata.namespace.as_deref().unwrap());
         let state = crate::observe::deployment_state;
-        assert_eq!(state(&trimmed), state(&deployment));
-        let spec = trimmed.spec.as_ref().unwrap();
+        assert_eq!(state(&cached), state(&deployment));
+        let spec = cached.spec.as_ref().unwrap();
         assert_eq!(spec.replicas, Some(5), "ApplyDeployment and scale read the live replicas");
         let template_annotations = spec.template.metadata.as_ref().and_then(|m| m.annotations.as_ref());
         assert_eq!(
@@ -503,11 +498,16 @@ mod tests {
             "the config hash observe reads stays"
         );
         assert!(spec.template.spec.is_none(), "the pod spec goes");
-        assert_eq!(trimmed.metadata.uid, deployment.metadata.uid);
-        assert_eq!(trimmed.metadata.owner_references, deployment.metadata.owner_references);
-        assert_eq!(trimmed.metadata.annotations, deployment.metadata.annotations);
-        assert_eq!(trimmed.metadata.managed_fields.as_ref().map(Vec::len), Some(2), "who wrote it, not which fields");
-        assert!(size(&trimmed) < size(&deployment), "{} of {} bytes", size(&trimmed), size(&deployment));
+        assert_eq!(cached.metadata.uid, deployment.metadata.uid);
+        assert!(crate::observe::controlled_by(&cached.metadata, &app.uid));
+        let record = AppliedRecord::default();
+        record.record("Deployment", &compacted(&deployment.metadata));
+        assert!(record.is_current("Deployment", &cached.metadata, "h"), "what we applied, read back from the cache");
+        let mut trimmed = deployment.metadata.clone();
+        trim_for_cache(&mut trimmed);
+        assert_eq!(only_ours(&cached.metadata), only_ours(&trimmed), "who owns content");
+        assert!(!only_ours(&cached.metadata));
+        assert!(size(&cached) < size(&deployment), "{} of {} bytes", size(&cached), size(&deployment));
     }
 
     #[test]
@@ -517,31 +517,62 @@ mod tests {
         let app = crate::build::test_support::app_from_yaml(
             "spec: {image: 'api:1', env: {A: b}, migration: {command: [migrate], rollbackCommand: [down]}}",
         );
-        for mut job in
-            [crate::build::job::migration(&app, "r1", 2).unwrap(), crate::build::job::rollback(&app, "r1", 1).unwrap()]
-        {
+        let at = |s| Some(Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap()));
+        let condition = |type_: &str| JobCondition {
+            type_: type_.into(),
+            status: "True".into(),
+            reason: Some("BackoffLimitExceeded".into()),
+            message: Some("exit 1".into()),
+            last_transition_time: at(150),
+            ..Default::default()
+        };
+        for (mut job, conditions) in [
+            (
+                crate::build::job::migration(&app, "r1", 2).unwrap(),
+                vec![condition("FailureTarget"), condition("Failed")],
+            ),
+            (
+                crate::build::job::rollback(&app, "r1", 1).unwrap(),
+                vec![condition("SuccessCriteriaMet"), condition("Complete")],
+            ),
+            (crate::build::job::rollback(&app, "r2", 1).unwrap(), vec![]),
+        ] {
             job.metadata.uid = Some("j-1".into());
             job.spec.as_mut().unwrap().ttl_seconds_after_finished = Some(60);
             job.status = Some(JobStatus {
-                start_time: Some(Time(k8s_openapi::jiff::Timestamp::from_second(100).unwrap())),
-                completion_time: Some(Time(k8s_openapi::jiff::Timestamp::from_second(160).unwrap())),
-                conditions: Some(vec![JobCondition {
-                    type_: "Failed".into(),
-                    status: "True".into(),
-                    reason: Some("BackoffLimitExceeded".into()),
-                    message: Some("exit 1".into()),
-                    ..Default::default()
-                }]),
+                start_time: at(100),
+                completion_time: at(160),
+                conditions: Some(conditions),
                 ..Default::default()
             });
-            let mut trimmed = job.clone();
-            trim_job_for_cache(&mut trimmed);
-            assert_eq!(crate::observe::job_state(Some(&trimmed)), crate::observe::job_state(Some(&job)));
-            assert_eq!(trimmed.metadata, job.metadata, "labels and annotations name kind, revision and attempt");
-            assert_eq!(trimmed.status, job.status, "state, start and completion times");
-            assert_eq!(trimmed.spec.as_ref().unwrap().ttl_seconds_after_finished, Some(60), "expiring");
-            assert!(trimmed.spec.as_ref().unwrap().template.spec.is_none(), "the pod template goes");
-            assert!(size(&trimmed) < size(&job), "{} of {} bytes", size(&trimmed), size(&job));
+            let cached = JobRecord::of(&job).expand(job.metadata.namespace.as_deref().unwrap());
+            assert_eq!(crate::observe::job_state(Some(&cached)), crate::observe::job_state(Some(&job)));
+            let label = |j: &Job, key: &str| j.metadata.labels.as_ref().and_then(|l| l.get(key)).cloned();
+            for key in [labels::COMPONENT, labels::REVISION, labels::INSTANCE] {
+                assert_eq!(label(&cached, key), label(&job, key), "{key}: kind and revision of the Job");
+            }
+            let attempt =
+                |j: &Job| j.metadata.annotations.as_ref().and_then(|a| a.get(crate::ledger::JOB_ATTEMPT)).cloned();
+            assert_eq!(attempt(&cached), attempt(&job));
+            assert_eq!(cached.metadata.name, job.metadata.name);
+            assert_eq!(cached.metadata.uid, job.metadata.uid);
+            assert!(crate::observe::controlled_by(&cached.metadata, &app.uid));
+            let status = cached.status.as_ref().unwrap();
+            let original = job.status.as_ref().unwrap();
+            assert_eq!(
+                (&status.start_time, &status.completion_time),
+                (&original.start_time, &original.completion_time)
+            );
+            let finished =
+                status.conditions.iter().flatten().map(|c| (c.type_.clone(), c.last_transition_time.clone()));
+            let wanted = original.conditions.iter().flatten().filter(|c| c.type_ == "Complete" || c.type_ == "Failed");
+            assert_eq!(
+                finished.collect::<Vec<_>>(),
+                wanted.map(|c| (c.type_.clone(), c.last_transition_time.clone())).collect::<Vec<_>>()
+            );
+            assert_eq!(cached.spec.as_ref().unwrap().ttl_seconds_after_finished, Some(60), "expiring");
+            assert!(cached.spec.as_ref().unwrap().template.spec.is_none(), "the pod template goes");
+            assert!(size(&cached) < size(&job), "{} of {} bytes", size(&cached), size(&job));
         }
     }
 }

@@ -16,7 +16,8 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 
-use crate::children::{ChildStores, trim_deployment_for_cache, trim_for_cache, trim_job_for_cache};
+use crate::child_cache::{ChildCache, DeploymentRecord, JobRecord};
+use crate::children::{ChildStores, trim_for_cache};
 use crate::registry::{CHILD_KINDS, ChildKind, Watch};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
@@ -109,7 +110,7 @@ fn child_watch(client: &Client, ns: Option<&str>, kind: &ChildKind, config: &wat
     let kind = kind.kind;
     let meta = move |obj: DynamicObject| PartialObjectMeta {
         types: obj.types.clone(),
-        metadata: crate::children::cached_meta(kind, &obj),
+        metadata: crate::children::spec_hashed_meta(kind, &obj),
         _phantom: std::marker::PhantomData,
     };
     watcher(api, config.clone().page_size(FULL_OBJECT_PAGE))
@@ -127,39 +128,32 @@ fn child_watch(client: &Client, ns: Option<&str>, kind: &ChildKind, config: &wat
         .boxed()
 }
 
-/// The watch of one registered child kind that also fills `writer`'s cache.
+/// The watch of one registered child kind that also fills its compact cache.
 fn cached(
     ctx: &Context,
     name: String,
-    writer: reflector::store::Writer<PartialObjectMeta<DynamicObject>>,
+    cache: Arc<ChildCache>,
     events: MetaEvents,
 ) -> impl futures::Stream<Item = Result<PartialObjectMeta<DynamicObject>, watcher::Error>> + Send + 'static {
     // Status-only updates (an HPA reports metrics every 15 s, a PDB follows pod health) do not
-    // concern us: pass an update only when the generation (or the spec hash of kinds without
-    // one), labels or annotations moved. Deletions always pass, so a deleted child comes back
-    // at once. A relist starts the map over: objects deleted while the watch was down leave
-    // no entry.
-    let mut seen: std::collections::HashMap<(Option<String>, String), u64> = Default::default();
-    let events = reported(ctx, name, events);
-    reflector(writer, events).filter_map(move |event| {
+    // concern us: the cache passes an update on only when the generation (or the spec hash of
+    // kinds without one), labels, annotations or owners moved. Deletions always pass, so a
+    // deleted child comes back at once; a relist passes only what changed while the watch was
+    // down (objects deleted meanwhile leave the cache when the relist is done).
+    reported(ctx, name, events).filter_map(move |event| {
         let out = match event {
             Err(e) => Some(Err(e)),
-            Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
-                let key = (obj.metadata.namespace.clone(), obj.metadata.name.clone().unwrap_or_default());
-                match spec_fingerprint(&obj.metadata) {
-                    Some(fp) if seen.insert(key, fp) == Some(fp) => None,
-                    _ => Some(Ok(obj)),
+            Ok(event) => {
+                let changed = cache.apply(&event);
+                match event {
+                    watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) | watcher::Event::Delete(obj)
+                        if changed =>
+                    {
+                        Some(Ok(obj))
+                    }
+                    _ => None,
                 }
             }
-            Ok(watcher::Event::Delete(obj)) => {
-                seen.remove(&(obj.metadata.namespace.clone(), obj.metadata.name.clone().unwrap_or_default()));
-                Some(Ok(obj))
-            }
-            Ok(watcher::Event::Init) => {
-                seen.clear();
-                None
-            }
-            Ok(watcher::Event::InitDone) => None,
         };
         futures::future::ready(out)
     })
@@ -204,17 +198,6 @@ fn unreadable(ctx: &Arc<Context>, obj: &DynamicObject, error: &serde_json::Error
     tokio::spawn(async move {
         events::publish_on(&ctx, &reference, EventType::Warning, "UnreadableSpec", "Read", &note).await;
     });
-}
-
-/// Hash of what a spec or metadata change moves, for kinds that have a generation or whose
-/// cached metadata carries a hash of their spec (None: every update passes).
-fn spec_fingerprint(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let spec_hash = || meta.annotations.as_ref()?.get(crate::children::SPEC_HASH_ANNOTATION).cloned();
-    let version = meta.generation.map(|g| g.to_string()).or_else(spec_hash)?;
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (version, &meta.labels, &meta.annotations, &meta.owner_references.as_ref().map(|o| o.len())).hash(&mut h);
-    Some(h.finish())
 }
 
 /// Run the controllers until `shutdown` resolves; in-flight reconciles finish first.
@@ -312,20 +295,30 @@ async fn run_one(
     // applies that would change nothing (and tell whose object a name is).
     // Deployments and Jobs are cached with their status, which decides the rollout, and
     // without their pod templates' specs, which no reconcile reads.
-    let deployments = reflector::store::Writer::<Deployment>::default();
-    let jobs = reflector::store::Writer::<Job>::default();
+    let deployments = Arc::new(ChildCache::<DeploymentRecord>::by_name());
+    let jobs = Arc::new(ChildCache::<JobRecord>::by_instance());
     let mut stores =
-        ChildStores { deployments: Some(deployments.as_reader()), jobs: Some(jobs.as_reader()), ..Default::default() };
+        ChildStores { deployments: Some(deployments.clone()), jobs: Some(jobs.clone()), ..Default::default() };
     let deployment_events = reported(
         &ctx,
         format!("Deployment/{scope_name}"),
-        watcher(api::<Deployment>(&client, ns), ours_whole.clone()).modify(trim_deployment_for_cache).default_backoff(),
-    );
+        watcher(api::<Deployment>(&client, ns), ours_whole.clone()).default_backoff(),
+    )
+    .inspect(move |event| {
+        if let Ok(event) = event {
+            deployments.apply_with(event, DeploymentRecord::of);
+        }
+    });
     let job_events = reported(
         &ctx,
         format!("Job/{scope_name}"),
-        watcher(api::<Job>(&client, ns), ours_whole.clone()).modify(trim_job_for_cache).default_backoff(),
-    );
+        watcher(api::<Job>(&client, ns), ours_whole.clone()).default_backoff(),
+    )
+    .inspect(move |event| {
+        if let Ok(event) = event {
+            jobs.apply_with(event, JobRecord::of);
+        }
+    });
     // The ledger: its cache is read by every reconcile (with this process's own writes laid
     // over it, see `ledger_cache`), but a change of it triggers nothing: only this operator
     // writes marks, as the outcome of a reconcile. The list is a consistent read (the process
@@ -352,16 +345,17 @@ async fn run_one(
         futures::future::ready(out)
     });
     let mut controller = controller
-        .owns_stream(reflector(deployments, deployment_events).touched_objects())
-        .owns_stream(reflector(jobs, job_events).touched_objects())
+        .owns_stream(deployment_events.touched_objects())
+        .owns_stream(job_events.touched_objects())
         .owns_stream(revision_events);
     for kind in CHILD_KINDS.iter().filter(|k| k.cached()) {
         let ar = kind.api_resource();
-        let writer = reflector::store::Writer::new(ar.clone());
-        stores.stores.insert(kind.kind, writer.as_reader());
+        // ConfigMaps are named by content: a reconcile reads them by the app's instance label.
+        let cache = Arc::new(if kind.kind == "ConfigMap" { ChildCache::by_instance() } else { ChildCache::by_name() });
+        stores.stores.insert(kind.kind, cache.clone());
         let name = format!("{}/{scope_name}", kind.kind);
         let events = child_watch(&client, ns, kind, &ours);
-        controller = controller.owns_stream_with(cached(&ctx, name, writer, events), ar);
+        controller = controller.owns_stream_with(cached(&ctx, name, cache, events), ar);
     }
 
     // Secrets: only those labelled for watching (generated ones, and user Secrets labelled
@@ -375,12 +369,17 @@ async fn run_one(
         // value travels on the watch or stays in its cache.
         watcher(api::<PartialObjectMeta<Secret>>(&client, ns), watched_secrets).default_backoff(),
     );
-    let secrets = reflector::store::Writer::<PartialObjectMeta<Secret>>::default();
-    stores.secrets = Some(secrets.as_reader());
+    let secrets = Arc::new(ChildCache::by_name());
+    stores.secrets = Some(secrets.clone());
+    let secret_events = secret_events.inspect(move |event| {
+        if let Ok(event) = event {
+            secrets.apply(event);
+        }
+    });
     ctx.set_stores(ns, stores);
     let store = apps.clone();
     let controller = controller
-        .watches_stream(reflector(secrets, secret_events).touched_objects(), move |secret| {
+        .watches_stream(secret_events.touched_objects(), move |secret| {
             // A watched Secret changed: reconcile every app that uses it.
             let ns = secret.namespace();
             let name = secret.name_any();

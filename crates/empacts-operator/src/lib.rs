@@ -4,6 +4,7 @@
 pub mod analysis;
 pub mod apply;
 pub mod build;
+pub mod child_cache;
 pub mod children;
 pub mod client;
 pub mod context;

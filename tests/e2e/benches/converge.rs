@@ -33,50 +33,12 @@ const RESYNC_SECS: u64 = 30;
 const IDLE: Duration = Duration::from_secs(60);
 const FAIL_SAMPLE: usize = 10;
 
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-async fn all_ready(api: &Api<EmpactsApp>, n: usize, image: &str) -> usize {
-    let apps = api.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
-    let ready =
-        apps.iter().filter(|a| a.spec.image == image && observed_current(a) && phase(a) == Some(Phase::Ready)).count();
-    ready.min(n)
-}
-
 fn delta(before: Option<f64>, after: Option<f64>) -> Option<f64> {
     Some(after? - before?)
 }
 
 fn secs(times: &[Duration]) -> Vec<f64> {
     times.iter().map(Duration::as_secs_f64).collect()
-}
-
-fn spec(image: &str, rollout: &str) -> String {
-    format!(
-        "{{image: '{image}', replicas: 2, env: {{MODE: bench}}, secrets: [{{env: JWT_SECRET, generate: {{}}}}], \
-         migration: {{command: [migrate]}}, autoscaling: {{minReplicas: 2, maxReplicas: 4, targetCPU: 70}}, \
-         disruption: {{minAvailable: 1}}{rollout}}}"
-    )
-}
-
-fn app_doc(i: usize, image: &str, rollout: &str) -> String {
-    format!(
-        "apiVersion: empacts.io/v1alpha1\nkind: EmpactsApp\nmetadata: {{name: app-{i}}}\nspec: {}\n",
-        spec(image, rollout)
-    )
-}
-
-async fn apply_all(ns: &TestNamespace, range: std::ops::Range<usize>, image: &str, rollout: &str) {
-    for i in range {
-        apply_app(ns, &app_yaml(&app_doc(i, image, rollout))).await;
-    }
 }
 
 /// Seconds from each sample Deployment's ProgressDeadlineExceeded (its lastTransitionTime, and

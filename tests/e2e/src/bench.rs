@@ -14,7 +14,8 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::Api;
 use kube::api::ListParams;
 
-use crate::{ClusterEnv, OperatorProcess, TestNamespace, metric_lines};
+use crate::{ClusterEnv, OperatorProcess, TestNamespace, app_yaml, apply_app, metric_lines, observed_current, phase};
+use empacts_api::{EmpactsApp, Phase};
 
 /// The operator's counters at one instant.
 #[derive(Debug, Clone, Default)]
@@ -357,3 +358,47 @@ pub async fn helm_run(
 
 /// Helm releases installed or upgraded at once.
 pub const HELM_PARALLEL: usize = 8;
+
+/// The spec of a benchmark app: like the README example (generated secret, migration, HPA,
+/// PDB, 2 replicas), `rollout` appended to it.
+pub fn spec(image: &str, rollout: &str) -> String {
+    format!(
+        "{{image: '{image}', replicas: 2, env: {{MODE: bench}}, secrets: [{{env: JWT_SECRET, generate: {{}}}}], \
+         migration: {{command: [migrate]}}, autoscaling: {{minReplicas: 2, maxReplicas: 4, targetCPU: 70}}, \
+         disruption: {{minAvailable: 1}}{rollout}}}"
+    )
+}
+
+/// Benchmark app `app-{i}` as a YAML document.
+pub fn app_doc(i: usize, image: &str, rollout: &str) -> String {
+    format!(
+        "apiVersion: empacts.io/v1alpha1\nkind: EmpactsApp\nmetadata: {{name: app-{i}}}\nspec: {}\n",
+        spec(image, rollout)
+    )
+}
+
+/// Apply apps `app-{i}` for i in `range`.
+pub async fn apply_all(ns: &TestNamespace, range: std::ops::Range<usize>, image: &str, rollout: &str) {
+    for i in range {
+        apply_app(ns, &app_yaml(&app_doc(i, image, rollout))).await;
+    }
+}
+
+/// A `/proc/<pid>/status` figure in KiB (`VmRSS:`, `VmHWM:` the peak).
+pub fn rss_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Apps of `api` at `image`, observed and Ready (at most `n`).
+pub async fn all_ready(api: &Api<EmpactsApp>, n: usize, image: &str) -> usize {
+    let apps = api.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
+    let ready =
+        apps.iter().filter(|a| a.spec.image == image && observed_current(a) && phase(a) == Some(Phase::Ready)).count();
+    ready.min(n)
+}

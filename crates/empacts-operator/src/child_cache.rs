@@ -1,0 +1,745 @@
+//! Compact caches of the children watched by metadata (ServiceAccount, Service, HPA, PDB,
+//! ConfigMap, ...) and of the watched Secrets.
+//!
+//! A k8s-openapi `ObjectMeta` in a kube reflector store costs ~3.5 KB per object once its
+//! labels and annotations (B-tree maps of owned strings), owner references and the store's
+//! key (which for dynamic kinds carries a copy of the kind's five-string `ApiResource`) are
+//! counted; an app has ~7 such objects. What a reconcile reads of them fits in a record of
+//! a few hundred bytes: name, UID, version, the controller reference, the two labels that
+//! group children, the applied hash, the change marker, and whose field ownership it has.
+//! Reads hand out an `ObjectMeta` rebuilt from the record ([`CachedChild::expand`]), so the
+//! code that decides and applies reads the same type as from a fresh GET.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::RwLock;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, DeploymentSpec, DeploymentStatus};
+use k8s_openapi::api::batch::v1::{Job, JobCondition, JobSpec, JobStatus};
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta, OwnerReference, Time};
+use kube::runtime::watcher;
+
+use empacts_api::{annotations, labels};
+
+use crate::children::{APPLIED_ANNOTATION, CHANGE_MARKER_ANNOTATION, SPEC_HASH_ANNOTATION};
+
+/// Name of the manager standing for any other manager that owns content (see
+/// `children::trim_for_cache`) in a rebuilt object.
+const ANOTHER_MANAGER: &str = "another-manager";
+
+/// What the cache keeps of one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedChild {
+    name: Box<str>,
+    uid: Option<Box<str>>,
+    resource_version: Option<Box<str>>,
+    generation: Option<i64>,
+    /// The controller reference, if any.
+    controller: Option<Controller>,
+    /// Owner references in all (a change of them is a change of the object).
+    owners: u8,
+    instance: Option<Box<str>>,
+    component: Option<Box<str>>,
+    applied: Option<Box<str>>,
+    /// `children::change_marker` of the object as it arrived (before compaction).
+    marker: Option<Box<str>>,
+    /// What a trigger compares: generation (or spec hash), labels, annotations, owners; None
+    /// for kinds with neither a generation nor a spec hash (every update triggers).
+    fingerprint: Option<u64>,
+    fields: Fields,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Controller {
+    api_version: Box<str>,
+    kind: Box<str>,
+    name: Box<str>,
+    uid: Box<str>,
+}
+
+/// The field ownership the cache keeps (see `children::trim_for_cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Fields {
+    /// The object came with managedFields.
+    known: bool,
+    /// Our manager has an Update entry on the main resource (a create not yet upgraded to Apply).
+    ours_update: bool,
+    /// Another manager owns content.
+    others: bool,
+}
+
+fn boxed(s: &Option<String>) -> Option<Box<str>> {
+    s.as_deref().map(Into::into)
+}
+
+impl CachedChild {
+    /// The record of `meta` (already trimmed by `children::trim_for_cache`; for kinds watched
+    /// with a spec hash, carrying it).
+    pub fn of(meta: &ObjectMeta) -> Self {
+        let label = |key: &str| meta.labels.as_ref().and_then(|l| l.get(key)).map(|v| v.as_str().into());
+        let controller =
+            meta.owner_references.iter().flatten().find(|o| o.controller == Some(true)).map(|o| Controller {
+                api_version: o.api_version.as_str().into(),
+                kind: o.kind.as_str().into(),
+                name: o.name.as_str().into(),
+                uid: o.uid.as_str().into(),
+            });
+        let ours = |f: &ManagedFieldsEntry| f.manager.as_deref() == Some(crate::apply::FIELD_MANAGER);
+        let main = |f: &ManagedFieldsEntry| f.subresource.as_deref().unwrap_or_default().is_empty();
+        let fields = meta.managed_fields.as_ref().map_or(Fields::default(), |entries| Fields {
+            known: true,
+            ours_update: entries.iter().any(|f| ours(f) && main(f) && f.operation.as_deref() == Some("Update")),
+            others: entries.iter().any(|f| !ours(f) && crate::children::owns_content(f)),
+        });
+        CachedChild {
+            name: meta.name.as_deref().unwrap_or_default().into(),
+            uid: boxed(&meta.uid),
+            resource_version: boxed(&meta.resource_version),
+            generation: meta.generation,
+            controller,
+            owners: meta.owner_references.as_ref().map_or(0, |o| o.len().min(255) as u8),
+            instance: label(labels::INSTANCE),
+            component: label(labels::COMPONENT),
+            applied: meta.annotations.as_ref().and_then(|a| a.get(APPLIED_ANNOTATION)).map(|v| v.as_str().into()),
+            marker: crate::children::change_marker(meta).map(Into::into),
+            fingerprint: fingerprint(meta),
+            fields,
+        }
+    }
+
+    /// An `ObjectMeta` with what the record kept: what `children`, `observe` and `apply` read
+    /// (the change marker travels in an annotation only this process sees).
+    pub fn expand(&self, namespace: &str) -> ObjectMeta {
+        let mut labels = std::collections::BTreeMap::new();
+        for (key, value) in [(labels::INSTANCE, &self.instance), (labels::COMPONENT, &self.component)] {
+            if let Some(value) = value {
+                labels.insert(key.to_string(), value.to_string());
+            }
+        }
+        let mut annotations = std::collections::BTreeMap::new();
+        for (key, value) in [(APPLIED_ANNOTATION, &self.applied), (CHANGE_MARKER_ANNOTATION, &self.marker)] {
+            if let Some(value) = value {
+                annotations.insert(key.to_string(), value.to_string());
+            }
+        }
+        let owner_references = self.controller.as_ref().map(|c| {
+            vec![OwnerReference {
+                api_version: c.api_version.to_string(),
+                kind: c.kind.to_string(),
+                name: c.name.to_string(),
+                uid: c.uid.to_string(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]
+        });
+        let entry = |manager: &str, operation: &str| ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            operation: Some(operation.into()),
+            ..Default::default()
+        };
+        let managed_fields = self.fields.known.then(|| {
+            let mut entries = vec![entry(crate::apply::FIELD_MANAGER, "Apply")];
+            if self.fields.ours_update {
+                entries.push(entry(crate::apply::FIELD_MANAGER, "Update"));
+            }
+            if self.fields.others {
+                entries.push(entry(ANOTHER_MANAGER, "Update"));
+            }
+            entries
+        });
+        ObjectMeta {
+            name: Some(self.name.to_string()),
+            namespace: Some(namespace.to_string()),
+            uid: self.uid.as_deref().map(Into::into),
+            resource_version: self.resource_version.as_deref().map(Into::into),
+            generation: self.generation,
+            labels: (!labels.is_empty()).then_some(labels),
+            annotations: (!annotations.is_empty()).then_some(annotations),
+            owner_references,
+            managed_fields,
+            ..Default::default()
+        }
+    }
+
+    /// The UID and resourceVersion (for Secrets: the version of a value read).
+    pub fn version(&self) -> Option<(&str, &str)> {
+        Some((self.uid.as_deref()?, self.resource_version.as_deref()?))
+    }
+}
+
+/// What the Deployment cache keeps: the metadata record, the revision it runs, the replica
+/// count, the pod template's annotations (the config hash) and the status the decision reads.
+/// Not the pod template's spec, labels, selector, strategy, nor the other conditions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeploymentRecord {
+    meta: CachedChild,
+    revision: Option<Box<str>>,
+    replicas: Option<i32>,
+    template_annotations: Box<[(Box<str>, Box<str>)]>,
+    status: Option<DeploymentStatusRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct DeploymentStatusRecord {
+    observed_generation: Option<i64>,
+    replicas: Option<i32>,
+    updated_replicas: Option<i32>,
+    ready_replicas: Option<i32>,
+    available_replicas: Option<i32>,
+    progressing: Option<Progressing>,
+}
+
+/// The Deployment's Progressing condition.
+#[derive(Debug, Clone, PartialEq)]
+struct Progressing {
+    status: Box<str>,
+    reason: Option<Box<str>>,
+    last_update_time: Option<Time>,
+}
+
+impl Record for DeploymentRecord {
+    fn name(&self) -> &str {
+        &self.meta.name
+    }
+    fn instance(&self) -> Option<&str> {
+        self.meta.instance.as_deref()
+    }
+    fn fingerprint(&self) -> Option<u64> {
+        None
+    }
+}
+
+fn pairs(map: Option<&std::collections::BTreeMap<String, String>>) -> Box<[(Box<str>, Box<str>)]> {
+    map.into_iter().flatten().map(|(k, v)| (k.as_str().into(), v.as_str().into())).collect()
+}
+
+fn unpairs(pairs: &[(Box<str>, Box<str>)]) -> Option<std::collections::BTreeMap<String, String>> {
+    (!pairs.is_empty()).then(|| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+}
+
+impl DeploymentRecord {
+    pub fn of(deployment: &Deployment) -> Self {
+        let mut meta = deployment.metadata.clone();
+        crate::children::trim_for_cache(&mut meta);
+        let spec = deployment.spec.as_ref();
+        let template = spec.and_then(|s| s.template.metadata.as_ref());
+        let status = deployment.status.as_ref().map(|s| DeploymentStatusRecord {
+            observed_generation: s.observed_generation,
+            replicas: s.replicas,
+            updated_replicas: s.updated_replicas,
+            ready_replicas: s.ready_replicas,
+            available_replicas: s.available_replicas,
+            progressing: s.conditions.iter().flatten().find(|c| c.type_ == "Progressing").map(|c| Progressing {
+                status: c.status.as_str().into(),
+                reason: c.reason.as_deref().map(Into::into),
+                last_update_time: c.last_update_time.clone(),
+            }),
+        });
+        DeploymentRecord {
+            revision: meta.annotations.as_ref().and_then(|a| a.get(annotations::REVISION)).map(|v| v.as_str().into()),
+            meta: CachedChild::of(&meta),
+            replicas: spec.and_then(|s| s.replicas),
+            template_annotations: pairs(template.and_then(|t| t.annotations.as_ref())),
+            status,
+        }
+    }
+
+    /// A Deployment with what the record kept.
+    pub fn expand(&self, namespace: &str) -> Deployment {
+        let mut metadata = self.meta.expand(namespace);
+        if let Some(revision) = &self.revision {
+            metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(annotations::REVISION.into(), revision.to_string());
+        }
+        let template = PodTemplateSpec {
+            metadata: Some(ObjectMeta { annotations: unpairs(&self.template_annotations), ..Default::default() }),
+            spec: None,
+        };
+        let status = self.status.as_ref().map(|s| DeploymentStatus {
+            observed_generation: s.observed_generation,
+            replicas: s.replicas,
+            updated_replicas: s.updated_replicas,
+            ready_replicas: s.ready_replicas,
+            available_replicas: s.available_replicas,
+            conditions: s.progressing.as_ref().map(|p| {
+                vec![DeploymentCondition {
+                    type_: "Progressing".into(),
+                    status: p.status.to_string(),
+                    reason: p.reason.as_deref().map(Into::into),
+                    last_update_time: p.last_update_time.clone(),
+                    ..Default::default()
+                }]
+            }),
+            ..Default::default()
+        });
+        Deployment {
+            metadata,
+            spec: Some(DeploymentSpec { replicas: self.replicas, template, ..Default::default() }),
+            status,
+        }
+    }
+}
+
+/// What the Job cache keeps: the metadata record, its revision and attempt, whether it
+/// expires, its start and completion times and the condition that finished it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    meta: CachedChild,
+    revision: Option<Box<str>>,
+    attempt: Option<Box<str>>,
+    ttl_seconds_after_finished: Option<i32>,
+    start_time: Option<Time>,
+    completion_time: Option<Time>,
+    finished: Option<Finished>,
+}
+
+/// The condition that finished a Job: Complete or Failed.
+#[derive(Debug, Clone, PartialEq)]
+struct Finished {
+    complete: bool,
+    reason: Option<Box<str>>,
+    message: Option<Box<str>>,
+    last_transition_time: Option<Time>,
+}
+
+impl Record for JobRecord {
+    fn name(&self) -> &str {
+        &self.meta.name
+    }
+    fn instance(&self) -> Option<&str> {
+        self.meta.instance.as_deref()
+    }
+    fn fingerprint(&self) -> Option<u64> {
+        None
+    }
+}
+
+impl JobRecord {
+    pub fn of(job: &Job) -> Self {
+        let mut meta = job.metadata.clone();
+        crate::children::trim_for_cache(&mut meta);
+        let status = job.status.as_ref();
+        let conditions = status.and_then(|s| s.conditions.as_ref()).into_iter().flatten();
+        let done = |type_: &str| conditions.clone().find(|c| c.type_ == type_ && c.status == "True");
+        let finished = done("Complete").or_else(|| done("Failed")).map(|c| Finished {
+            complete: c.type_ == "Complete",
+            reason: c.reason.as_deref().map(Into::into),
+            message: c.message.as_deref().map(Into::into),
+            last_transition_time: c.last_transition_time.clone(),
+        });
+        JobRecord {
+            revision: meta.labels.as_ref().and_then(|l| l.get(labels::REVISION)).map(|v| v.as_str().into()),
+            attempt: meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(crate::ledger::JOB_ATTEMPT))
+                .map(|v| v.as_str().into()),
+            meta: CachedChild::of(&meta),
+            ttl_seconds_after_finished: job.spec.as_ref().and_then(|s| s.ttl_seconds_after_finished),
+            start_time: status.and_then(|s| s.start_time.clone()),
+            completion_time: status.and_then(|s| s.completion_time.clone()),
+            finished,
+        }
+    }
+
+    /// A Job with what the record kept.
+    pub fn expand(&self, namespace: &str) -> Job {
+        let mut metadata = self.meta.expand(namespace);
+        if let Some(revision) = &self.revision {
+            metadata.labels.get_or_insert_with(Default::default).insert(labels::REVISION.into(), revision.to_string());
+        }
+        if let Some(attempt) = &self.attempt {
+            let annotations = metadata.annotations.get_or_insert_with(Default::default);
+            annotations.insert(crate::ledger::JOB_ATTEMPT.into(), attempt.to_string());
+        }
+        let conditions = self.finished.as_ref().map(|f| {
+            vec![JobCondition {
+                type_: if f.complete { "Complete" } else { "Failed" }.into(),
+                status: "True".into(),
+                reason: f.reason.as_deref().map(Into::into),
+                message: f.message.as_deref().map(Into::into),
+                last_transition_time: f.last_transition_time.clone(),
+                ..Default::default()
+            }]
+        });
+        Job {
+            metadata,
+            spec: Some(JobSpec { ttl_seconds_after_finished: self.ttl_seconds_after_finished, ..Default::default() }),
+            status: Some(JobStatus {
+                start_time: self.start_time.clone(),
+                completion_time: self.completion_time.clone(),
+                conditions,
+                ..Default::default()
+            }),
+        }
+    }
+}
+
+/// What a trigger compares, for kinds with a generation or a cached spec hash (None: any
+/// update is a change). Status writes move neither; labels, annotations and owners count.
+pub fn fingerprint(meta: &ObjectMeta) -> Option<u64> {
+    let spec_hash = || meta.annotations.as_ref()?.get(SPEC_HASH_ANNOTATION).cloned();
+    let version = meta.generation.map(|g| g.to_string()).or_else(spec_hash)?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (version, &meta.labels, &meta.annotations, &meta.owner_references.as_ref().map(|o| o.len())).hash(&mut h);
+    Some(h.finish())
+}
+
+/// What a cache keeps of one object of its kind.
+pub trait Record: Clone {
+    fn name(&self) -> &str;
+    /// Its `app.kubernetes.io/instance` label.
+    fn instance(&self) -> Option<&str>;
+    /// See [`CachedChild::fingerprint`] (None: any update is a change).
+    fn fingerprint(&self) -> Option<u64>;
+}
+
+impl Record for CachedChild {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn instance(&self) -> Option<&str> {
+        self.instance.as_deref()
+    }
+    fn fingerprint(&self) -> Option<u64> {
+        self.fingerprint
+    }
+}
+
+/// One namespace's objects of a kind.
+struct Namespace<R> {
+    objects: HashMap<Box<str>, R>,
+    /// Names by instance label (kept for kinds read by instance: ConfigMaps, Jobs).
+    by_instance: HashMap<Box<str>, BTreeSet<Box<str>>>,
+}
+
+impl<R> Default for Namespace<R> {
+    fn default() -> Self {
+        Namespace { objects: HashMap::new(), by_instance: HashMap::new() }
+    }
+}
+
+impl<R: Record> Namespace<R> {
+    fn insert(&mut self, child: R, index: bool) -> Option<R> {
+        let name: Box<str> = child.name().into();
+        let instance: Option<Box<str>> = child.instance().map(Into::into);
+        if index && let Some(instance) = &instance {
+            self.by_instance.entry(instance.clone()).or_default().insert(name.clone());
+        }
+        let old = self.objects.insert(name, child);
+        if let Some(old) = &old {
+            self.unindex(old, Some(&instance));
+        }
+        old
+    }
+
+    fn remove(&mut self, name: &str) -> Option<R> {
+        let old = self.objects.remove(name)?;
+        self.unindex(&old, None);
+        Some(old)
+    }
+
+    /// Drop `old`'s instance entry unless the object now has the same instance.
+    fn unindex(&mut self, old: &R, now: Option<&Option<Box<str>>>) {
+        let Some(instance) = old.instance() else { return };
+        if now.is_some_and(|now| now.as_deref() == Some(instance)) {
+            return;
+        }
+        if let Some(names) = self.by_instance.get_mut(instance) {
+            names.remove(old.name());
+            if names.is_empty() {
+                self.by_instance.remove(instance);
+            }
+        }
+    }
+}
+
+struct State<R> {
+    namespaces: HashMap<Box<str>, Namespace<R>>,
+    /// The relist under way: it replaces `namespaces` when done.
+    relist: Option<HashMap<Box<str>, Namespace<R>>>,
+}
+
+impl<R> Default for State<R> {
+    fn default() -> Self {
+        State { namespaces: HashMap::new(), relist: None }
+    }
+}
+
+/// The cache of one kind, fed by its watch's events.
+pub struct ChildCache<R = CachedChild> {
+    /// Keep the by-instance index.
+    index: bool,
+    state: RwLock<State<R>>,
+}
+
+impl ChildCache<CachedChild> {
+    /// Apply a watch event of metadata (trimmed as for the cache); see [`Self::apply_with`].
+    pub fn apply<K: kube::Resource>(&self, event: &watcher::Event<K>) -> bool {
+        self.apply_with(event, |obj| CachedChild::of(obj.meta()))
+    }
+
+    /// The object `namespace/name`, rebuilt.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<ObjectMeta> {
+        self.record(namespace, name).map(|c| c.expand(namespace))
+    }
+
+    /// The objects of `namespace` labelled with `instance` (a cache made [`Self::by_instance`]).
+    pub fn of_instance(&self, namespace: &str, instance: &str) -> Vec<ObjectMeta> {
+        self.records_of_instance(namespace, instance).iter().map(|c| c.expand(namespace)).collect()
+    }
+}
+
+impl<R: Record> ChildCache<R> {
+    /// A cache whose objects are read by name.
+    pub fn by_name() -> Self {
+        ChildCache { index: false, state: RwLock::default() }
+    }
+
+    /// A cache whose objects are also read by their instance label.
+    pub fn by_instance() -> Self {
+        ChildCache { index: true, state: RwLock::default() }
+    }
+
+    /// Apply a watch event, keeping `record` of each object; true when it changed what a
+    /// trigger compares: a new or deleted object, or an update that moved its fingerprint
+    /// (or of a kind without one).
+    pub fn apply_with<K: kube::Resource>(&self, event: &watcher::Event<K>, record: impl Fn(&K) -> R) -> bool {
+        let mut state = self.state.write().expect("child cache lock");
+        let namespace = |meta: &ObjectMeta| -> Box<str> { meta.namespace.as_deref().unwrap_or_default().into() };
+        match event {
+            watcher::Event::Init => {
+                state.relist = Some(HashMap::new());
+                false
+            }
+            watcher::Event::InitApply(obj) => {
+                let child = record(obj);
+                let ns = namespace(obj.meta());
+                let previous = state.namespaces.get(&ns).and_then(|n| n.objects.get(child.name()));
+                let changed =
+                    previous.is_none_or(|p| p.fingerprint().is_none() || p.fingerprint() != child.fingerprint());
+                let relist = state.relist.get_or_insert_with(HashMap::new);
+                relist.entry(ns).or_default().insert(child, self.index);
+                changed
+            }
+            watcher::Event::InitDone => {
+                if let Some(relist) = state.relist.take() {
+                    state.namespaces = relist;
+                }
+                false
+            }
+            watcher::Event::Apply(obj) => {
+                let child = record(obj);
+                let fingerprint = child.fingerprint();
+                let old = state.namespaces.entry(namespace(obj.meta())).or_default().insert(child, self.index);
+                old.is_none_or(|old| fingerprint.is_none() || old.fingerprint() != fingerprint)
+            }
+            watcher::Event::Delete(obj) => {
+                let meta = obj.meta();
+                let ns = namespace(meta);
+                if let Some(objects) = state.namespaces.get_mut(&ns) {
+                    objects.remove(meta.name.as_deref().unwrap_or_default());
+                    if objects.objects.is_empty() {
+                        state.namespaces.remove(&ns);
+                    }
+                }
+                true
+            }
+        }
+    }
+
+    /// The record of `namespace/name`.
+    pub fn record(&self, namespace: &str, name: &str) -> Option<R> {
+        let state = self.state.read().expect("child cache lock");
+        state.namespaces.get(namespace)?.objects.get(name).cloned()
+    }
+
+    /// The records of `namespace` labelled with `instance` (a cache made [`Self::by_instance`]).
+    pub fn records_of_instance(&self, namespace: &str, instance: &str) -> Vec<R> {
+        let state = self.state.read().expect("child cache lock");
+        let Some(objects) = state.namespaces.get(namespace) else { return Vec::new() };
+        let names = objects.by_instance.get(instance).into_iter().flatten();
+        names.filter_map(|name| objects.objects.get(name)).cloned().collect()
+    }
+
+    /// Objects held.
+    pub fn len(&self) -> usize {
+        self.state.read().expect("child cache lock").namespaces.values().map(|n| n.objects.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    type Meta = kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Secret>;
+
+    fn object(metadata: ObjectMeta) -> Meta {
+        Meta { types: None, metadata, _phantom: std::marker::PhantomData }
+    }
+
+    fn meta(name: &str, instance: &str, generation: Option<i64>, rv: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("ns".into()),
+            uid: Some(format!("uid-{name}")),
+            resource_version: Some(rv.into()),
+            generation,
+            labels: Some(BTreeMap::from([
+                (labels::INSTANCE.to_string(), instance.to_string()),
+                (labels::COMPONENT.to_string(), "env".to_string()),
+                ("app.kubernetes.io/name".to_string(), instance.to_string()),
+                (labels::MANAGED_BY.to_string(), labels::MANAGER.to_string()),
+            ])),
+            annotations: Some(BTreeMap::from([(APPLIED_ANNOTATION.to_string(), "h1".to_string())])),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "empacts.io/v1alpha1".into(),
+                kind: "EmpactsApp".into(),
+                name: instance.into(),
+                uid: "app-uid".into(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]),
+            managed_fields: Some(vec![ManagedFieldsEntry {
+                manager: Some(crate::apply::FIELD_MANAGER.into()),
+                operation: Some("Apply".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_rebuilt_object_decides_like_the_original() {
+        use crate::children::{AppliedRecord, only_ours};
+        use crate::observe::controlled_by;
+        for generation in [Some(3), None] {
+            let original = meta("app", "app", generation, "10");
+            let rebuilt = CachedChild::of(&original).expand("ns");
+            assert_eq!(rebuilt.name, original.name);
+            assert_eq!(rebuilt.uid, original.uid);
+            assert_eq!(controlled_by(&rebuilt, "app-uid"), controlled_by(&original, "app-uid"));
+            assert!(!controlled_by(&rebuilt, "other-uid"));
+            assert_eq!(only_ours(&rebuilt), only_ours(&original));
+            let record = AppliedRecord::default();
+            // Recorded from an apply's answer, read back from the cache: the same marker.
+            record.record("ServiceAccount", &crate::children::compacted(&original));
+            assert!(record.is_current("ServiceAccount", &rebuilt, "h1"), "{generation:?}");
+            assert!(!record.is_current("ServiceAccount", &rebuilt, "h2"), "{generation:?}: the desired hash moved");
+            let moved = CachedChild::of(&meta("app", "app", generation.map(|g| g + 1), "11")).expand("ns");
+            assert!(!record.is_current("ServiceAccount", &moved, "h1"), "{generation:?}: someone else wrote it");
+        }
+        let mut edited = meta("app", "app", Some(1), "1");
+        edited.managed_fields.as_mut().unwrap().push(ManagedFieldsEntry {
+            manager: Some("kubectl-edit".into()),
+            operation: Some("Update".into()),
+            ..Default::default()
+        });
+        edited.managed_fields.as_mut().unwrap().push(ManagedFieldsEntry {
+            manager: Some(crate::apply::FIELD_MANAGER.into()),
+            operation: Some("Update".into()),
+            ..Default::default()
+        });
+        let rebuilt = CachedChild::of(&edited).expand("ns");
+        assert!(!only_ours(&rebuilt), "another manager's content stays known");
+        let fields = rebuilt.managed_fields.unwrap();
+        assert!(crate::apply::upgraded_managed_fields(&fields).is_some(), "our create still needs its upgrade");
+        assert!(
+            crate::apply::upgraded_managed_fields(
+                &CachedChild::of(&meta("a", "a", None, "1")).expand("ns").managed_fields.unwrap()
+            )
+            .is_none()
+        );
+        let unknown = ObjectMeta { managed_fields: None, ..meta("a", "a", None, "1") };
+        assert!(CachedChild::of(&unknown).expand("ns").managed_fields.is_none(), "unknown ownership stays unknown");
+    }
+
+    #[test]
+    fn a_foreign_object_under_the_apps_name_stays_foreign() {
+        let foreign = ObjectMeta {
+            name: Some("app".into()),
+            namespace: Some("ns".into()),
+            uid: Some("u".into()),
+            owner_references: Some(vec![OwnerReference {
+                kind: "Deployment".into(),
+                name: "x".into(),
+                uid: "x-uid".into(),
+                controller: None,
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        let rebuilt = CachedChild::of(&foreign).expand("ns");
+        assert!(!crate::observe::controlled_by(&rebuilt, "x-uid"), "not a controller reference");
+        assert!(rebuilt.labels.is_none() && rebuilt.managed_fields.is_none());
+    }
+
+    #[test]
+    fn triggers_only_on_what_a_decision_reads() {
+        let cache = ChildCache::by_name();
+        let ev = |m: ObjectMeta| watcher::Event::Apply(object(m));
+        assert!(cache.apply(&ev(meta("a", "a", Some(1), "1"))), "new");
+        assert!(!cache.apply(&ev(meta("a", "a", Some(1), "2"))), "a status write");
+        assert!(cache.apply(&ev(meta("a", "a", Some(2), "3"))), "a spec change");
+        let mut labelled = meta("a", "a", Some(2), "4");
+        labelled.labels.as_mut().unwrap().insert("team".into(), "x".into());
+        assert!(cache.apply(&ev(labelled)), "a label edit");
+        assert!(cache.apply(&ev(meta("b", "b", None, "1"))), "new");
+        assert!(cache.apply(&ev(meta("b", "b", None, "2"))), "no generation, no spec hash: any write");
+        assert!(cache.apply(&watcher::Event::Delete(object(meta("b", "b", None, "2")))));
+        assert!(cache.get("ns", "b").is_none());
+        assert_eq!(cache.get("ns", "a").unwrap().resource_version.as_deref(), Some("4"));
+    }
+
+    #[test]
+    fn a_relist_replaces_the_objects_when_done() {
+        let cache = ChildCache::by_instance();
+        cache.apply(&watcher::Event::Apply(object(meta("app-env-1", "app", None, "1"))));
+        cache.apply(&watcher::Event::Apply(object(meta("app-env-2", "app", None, "1"))));
+        cache.apply(&watcher::Event::Apply(object(meta("other-env-1", "other", None, "1"))));
+        let names = |v: Vec<ObjectMeta>| v.into_iter().map(|m| m.name.unwrap()).collect::<Vec<_>>();
+        assert_eq!(names(cache.of_instance("ns", "app")), ["app-env-1", "app-env-2"]);
+        cache.apply(&watcher::Event::<Meta>::Init);
+        cache.apply(&watcher::Event::InitApply(object(meta("app-env-2", "app", None, "1"))));
+        assert_eq!(cache.len(), 3, "the old objects stay until the relist is done");
+        cache.apply(&watcher::Event::<Meta>::InitDone);
+        assert_eq!(names(cache.of_instance("ns", "app")), ["app-env-2"], "deleted while the watch was down");
+        assert!(cache.of_instance("ns", "other").is_empty());
+        // An object whose instance label changes moves between groups.
+        cache.apply(&watcher::Event::Apply(object(meta("app-env-2", "other", None, "2"))));
+        assert!(cache.of_instance("ns", "app").is_empty());
+        assert_eq!(names(cache.of_instance("ns", "other")), ["app-env-2"]);
+        cache.apply(&watcher::Event::Delete(object(meta("app-env-2", "other", None, "3"))));
+        assert!(cache.is_empty());
+        assert!(cache.of_instance("ns", "other").is_empty());
+    }
+
+    #[test]
+    fn a_record_is_a_fraction_of_the_object() {
+        let original = meta("app-env-8d9f2c", "app", None, "123456");
+        let record = CachedChild::of(&original);
+        let heap = |c: &CachedChild| {
+            let s = |b: &Option<Box<str>>| b.as_ref().map_or(0, |b| b.len());
+            std::mem::size_of::<CachedChild>()
+                + c.name.len()
+                + s(&c.uid)
+                + s(&c.resource_version)
+                + s(&c.instance)
+                + s(&c.component)
+                + s(&c.applied)
+                + s(&c.marker)
+                + c.controller.as_ref().map_or(0, |c| c.api_version.len() + c.kind.len() + c.name.len() + c.uid.len())
+        };
+        let json = serde_json::to_vec(&original).unwrap().len();
+        println!("record {} bytes, ObjectMeta as JSON {json} bytes", heap(&record));
+        assert!(heap(&record) < 400, "{} bytes", heap(&record));
+    }
+}

@@ -1,0 +1,101 @@
+//! Operator memory over a settled fleet: N apps (`EMPACTS_BENCH_APPS`, default 1,000) like
+//! the converge benchmark's (generated secret, migration, HPA, PDB, 2 replicas), installed
+//! until all are Ready; then the operator is killed and started again over them, as after a
+//! crash or an upgrade. Prints RSS idle / after install / settled / peak of the first
+//! process, and of the restarted one its peak, its settled RSS, and the requests its restart
+//! sent (a settled fleet should cost it no write). Figures, not assertions.
+//!
+//! `cargo bench -p empacts-e2e --bench memory` (testbed up: `eval "$(tests/cluster/up)"`).
+
+use std::time::{Duration, Instant};
+
+use empacts_api::EmpactsApp;
+use empacts_e2e::bench::*;
+use empacts_e2e::*;
+use kube::Api;
+
+/// Quiet time after the install (and after the restart's reconciles) before RSS is read.
+const SETTLE: Duration = Duration::from_secs(30);
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// Start the operator and wait until it serves /readyz.
+async fn start(env: &ClusterEnv, ns: &str, log: &std::path::Path) -> OperatorProcess {
+    let op = OperatorProcess::start_single_args(&env.kubeconfig, "memory", ns, log, &[]);
+    wait_until("operator ready", Duration::from_secs(120), || async {
+        op.get("/readyz").await.filter(|(c, _)| *c == 200)
+    })
+    .await;
+    op
+}
+
+#[tokio::main]
+async fn main() {
+    let n: usize = std::env::var("EMPACTS_BENCH_APPS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let (env, client) = cluster().await;
+    let ns = TestNamespace::new(&client, "memory").await;
+    let log = std::env::temp_dir().join(format!("empacts-memory-{}.log", ns.name));
+    let op = start(&env, &ns.name, &log).await;
+    let pid = op.child.id();
+    let idle = rss_kib(pid, "VmRSS:");
+
+    let api: Api<EmpactsApp> = ns.api();
+    let image = "registry.example.com/bench:1.0.0";
+    let started = Instant::now();
+    apply_all(&ns, 0..n, image, "").await;
+    wait_count("install", n, || all_ready(&api, n, image)).await;
+    let install = started.elapsed();
+    let after_install = rss_kib(pid, "VmRSS:");
+    tokio::time::sleep(SETTLE).await;
+    let settled = rss_kib(pid, "VmRSS:");
+    let peak = rss_kib(pid, "VmHWM:");
+    drop(op);
+
+    // The restart: every app is reconciled once by the new process (its first resync is
+    // immediate), over caches filled by its initial lists.
+    let op = start(&env, &ns.name, &log).await;
+    let pid = op.child.id();
+    let restarted = Instant::now();
+    wait_count("reconciled after the restart", n, || async {
+        op.metric_sum("empacts_reconcile_total").await.unwrap_or(0.0) as usize
+    })
+    .await;
+    let first_pass = restarted.elapsed();
+    tokio::time::sleep(SETTLE).await;
+    // Everything the new process sent, its initial lists included.
+    let restart = Counters::read(&op).await;
+    let restart_settled = rss_kib(pid, "VmRSS:");
+    let restart_peak = rss_kib(pid, "VmHWM:");
+    let (reads, writes) = restart.reads_writes();
+    drop(op);
+    ns.cleanup().await;
+
+    let per_app = |kib: u64| (kib.saturating_sub(idle)) as f64 / n as f64;
+    println!();
+    println!("EmpactsApp operator memory: {n} apps (generated secret, migration, HPA, PDB; 2 replicas each)");
+    println!("| figure | value |");
+    println!("| --- | --- |");
+    println!("| all Ready from the first apply | {:.1} s |", install.as_secs_f64());
+    println!(
+        "| RSS idle / after install / settled ({} s later) / peak | {:.0} / {:.0} / {:.0} / {:.0} MiB ({:.1} KiB per app settled, over idle) |",
+        SETTLE.as_secs(),
+        mib(idle),
+        mib(after_install),
+        mib(settled),
+        mib(peak),
+        per_app(settled)
+    );
+    println!(
+        "| restarted over the settled fleet: every app reconciled once within / RSS settled / peak | {:.1} s / {:.0} / {:.0} MiB ({:.1} KiB per app settled) |",
+        first_pass.as_secs_f64(),
+        mib(restart_settled),
+        mib(restart_peak),
+        per_app(restart_settled)
+    );
+    println!(
+        "| requests of the restarted process (its initial lists included, watches not): reads / writes; by verb | {reads:.0} / {writes:.0}; {:?} |",
+        restart.requests
+    );
+}
