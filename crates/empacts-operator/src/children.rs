@@ -1,5 +1,6 @@
-//! Metadata caches of the children (fed by the controller's own watches) and the record of
-//! what this process last applied, so a reconcile with nothing to change sends no write.
+//! One reconcile's view of an app's children, taken from the controller's caches (compact
+//! records, see `child_cache`), and the record of what this process last applied, so a
+//! reconcile with nothing to change sends no write.
 //!
 //! A child is re-applied when: it is missing from the cache; the `empacts.io/applied` hash
 //! on it differs from the hash of what we would apply now; or its generation (resourceVersion

@@ -27,11 +27,13 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 
 const RESYNC_SECS: u64 = 30;
 const IDLE: Duration = Duration::from_secs(60);
 const FAIL_SAMPLE: usize = 10;
+/// How long a phase waits for the previous phase's namespace to be collected.
+const GC_WAIT: Duration = Duration::from_secs(900);
 
 fn delta(before: Option<f64>, after: Option<f64>) -> Option<f64> {
     Some(after? - before?)
@@ -41,44 +43,57 @@ fn secs(times: &[Duration]) -> Vec<f64> {
     times.iter().map(Duration::as_secs_f64).collect()
 }
 
-/// Seconds from each sample Deployment's ProgressDeadlineExceeded (its lastTransitionTime, and
-/// as first seen by polling) to its app's phase RollingBack/RolledBack as first seen.
+/// Seconds from each sample Deployment's ProgressDeadlineExceeded (its lastTransitionTime,
+/// whole seconds, so up to 1 s high; and as the benchmark's watch delivered it) to its app's
+/// phase RollingBack/RolledBack as the watch of the apps delivered it. Watches, not polling:
+/// a poll lists every app and Deployment of the fleet, which at 1,000 apps takes longer than
+/// the latency measured.
 async fn rollback_latencies(ns: &TestNamespace, n: usize) -> (Vec<f64>, Vec<f64>) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    enum Seen {
+        Deployment(Box<Deployment>),
+        App(Box<EmpactsApp>),
+    }
     let apps: Api<EmpactsApp> = ns.api();
     let deployments: Api<Deployment> = ns.api();
+    let config = watcher::Config::default;
+    let seen_deployments =
+        watcher(deployments, config()).applied_objects().map(|d| d.ok().map(|d| Seen::Deployment(Box::new(d))));
+    let seen_apps = watcher(apps, config()).applied_objects().map(|a| a.ok().map(|a| Seen::App(Box::new(a))));
+    let mut events = futures::stream::select(seen_deployments.boxed(), seen_apps.boxed());
     let mut exceeded: Vec<Option<(Timestamp, Instant)>> = vec![None; n];
     let mut rolled: Vec<Option<(Timestamp, Instant)>> = vec![None; n];
     let mut last_phase = vec![String::new(); n];
-    let start = Instant::now();
-    while rolled.iter().any(Option::is_none) && start.elapsed() < Duration::from_secs(120) {
-        for d in deployments.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default() {
-            let Some(i) = d.metadata.name.as_deref().and_then(|s| s.strip_prefix("app-")?.parse::<usize>().ok()) else {
-                continue;
-            };
-            let cond = d.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|cs| {
-                cs.iter().find(|c| {
-                    c.type_ == "Progressing"
-                        && c.status == "False"
-                        && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-                })
-            });
-            if let (Some(c), true) = (cond, i < n && exceeded[i].is_none()) {
-                let at = c.last_transition_time.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now);
-                exceeded[i] = Some((at, Instant::now()));
+    let index =
+        |name: Option<&str>| name.and_then(|s| s.strip_prefix("app-")?.parse::<usize>().ok()).filter(|i| *i < n);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while rolled.iter().any(Option::is_none) {
+        let Ok(Some(event)) = tokio::time::timeout_at(deadline, events.next()).await else { break };
+        match event {
+            Some(Seen::Deployment(d)) => {
+                let Some(i) = index(d.metadata.name.as_deref()) else { continue };
+                let cond = d.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|cs| {
+                    cs.iter().find(|c| {
+                        c.type_ == "Progressing"
+                            && c.status == "False"
+                            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+                    })
+                });
+                if let (Some(c), true) = (cond, exceeded[i].is_none()) {
+                    let at = c.last_transition_time.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now);
+                    exceeded[i] = Some((at, Instant::now()));
+                }
             }
-        }
-        for a in apps.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default() {
-            let Some(i) = a.metadata.name.as_deref().and_then(|s| s.strip_prefix("app-")?.parse::<usize>().ok()) else {
-                continue;
-            };
-            if i < n {
+            Some(Seen::App(a)) => {
+                let Some(i) = index(a.metadata.name.as_deref()) else { continue };
                 last_phase[i] = format!("{:?}", phase(&a));
+                if rolled[i].is_none() && matches!(phase(&a), Some(Phase::RollingBack | Phase::RolledBack)) {
+                    rolled[i] = Some((Timestamp::now(), Instant::now()));
+                }
             }
-            if i < n && rolled[i].is_none() && matches!(phase(&a), Some(Phase::RollingBack | Phase::RolledBack)) {
-                rolled[i] = Some((Timestamp::now(), Instant::now()));
-            }
+            None => {}
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let (mut from_condition, mut from_seen) = (Vec::new(), Vec::new());
     for (i, (e, r)) in exceeded.iter().zip(&rolled).enumerate() {
@@ -182,19 +197,20 @@ async fn main() {
     let peak = rss_kib(pid, "VmHWM:");
     let rss_end = rss_kib(pid, "VmRSS:");
     drop(op);
-    ns.cleanup().await;
+    // Each phase starts on a quiet control plane: the previous namespace fully collected.
+    ns.cleanup_and_wait(GC_WAIT).await;
 
     // 4. The floor, with no operator running.
     let floor_ns = TestNamespace::new(&client, "bench-floor").await;
     let docs = |image: &str| (0..n).map(|i| format!("---\n{}", app_doc(i, image, ""))).collect::<String>();
     let fl = floor(&env, &floor_ns, docs, v1, v2).await;
-    floor_ns.cleanup().await;
+    floor_ns.cleanup_and_wait(GC_WAIT).await;
 
     // 5. Helm: one release per app, 8 at a time, with no operator running.
     let helm = if with_helm {
         let helm_ns = TestNamespace::new(&client, "bench-helm").await;
         let run = helm_run(&env, &helm_ns, n, |i, image| app_doc(i, image, ""), v1, v2).await;
-        helm_ns.cleanup().await;
+        helm_ns.cleanup_and_wait(GC_WAIT).await;
         Some(run)
     } else {
         None

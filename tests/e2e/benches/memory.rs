@@ -70,7 +70,7 @@ async fn main() {
     let restart_peak = rss_kib(pid, "VmHWM:");
     let (reads, writes) = restart.reads_writes();
     drop(op);
-    ns.cleanup().await;
+    ns.cleanup_and_wait(Duration::from_secs(900)).await;
 
     let per_app = |kib: u64| (kib.saturating_sub(idle)) as f64 / n as f64;
     println!();
@@ -95,7 +95,14 @@ async fn main() {
         per_app(restart_settled)
     );
     println!(
-        "| requests of the restarted process (its initial lists included, watches not): reads / writes; by verb | {reads:.0} / {writes:.0}; {:?} |",
+        "| requests of the restarted process (its initial lists included, watches not): reads / writes; by verb | {:.0} / {:.0}; {:?} |",
+        reads + 0.0,
+        writes + 0.0,
         restart.requests
+    );
+    println!(
+        "| of those writes: child applies by kind / the rest (status writes, ledger marks) | {:?} / {:.0} |",
+        restart.applies,
+        writes - restart.applies_total() + 0.0
     );
 }

@@ -187,6 +187,24 @@ impl TestNamespace {
         self.cleaned = true;
         let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.name, &DeleteParams::default()).await;
     }
+
+    /// [`Self::cleanup`], then wait until the namespace and everything in it are gone (the
+    /// garbage collector and the namespace controller take minutes for thousands of objects):
+    /// a benchmark's next phase then does not share the control plane with that work.
+    pub async fn cleanup_and_wait(self, timeout: Duration) {
+        let (client, name) = (self.client.clone(), self.name.clone());
+        self.cleanup().await;
+        let namespaces = Api::<Namespace>::all(client);
+        let started = std::time::Instant::now();
+        while started.elapsed() < timeout {
+            if matches!(namespaces.get_opt(&name).await, Ok(None)) {
+                println!("namespace {name} gone after {:.1} s", started.elapsed().as_secs_f64());
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        println!("namespace {name} still terminating after {:.0} s; going on", timeout.as_secs_f64());
+    }
 }
 
 impl Drop for TestNamespace {
