@@ -318,18 +318,7 @@ impl Elector {
         let mut observed: Option<Observed> = None;
         let mut announced = false;
         loop {
-            let read = timeout(self.cfg.request_timeout(), self.api.get_opt(&self.name)).await;
-            let now = Instant::now();
-            let current = match read {
-                Ok(Ok(current)) => current,
-                Ok(Err(e)) => {
-                    warn!(error = %e, lease = %self.name, "reading the Lease failed; retrying");
-                    sleep_until(now + self.cfg.renew_period).await;
-                    continue;
-                }
-                Err(_) => continue,
-            };
-            observed = current.as_ref().map(|l| Observed::observe(observed.as_ref(), l, now, self.cfg.lease_duration));
+            let Some((_, now)) = self.read(&mut observed).await else { continue };
             match campaign_step(&self.cfg.identity, observed.as_ref(), now) {
                 Campaign::Create | Campaign::Acquire => return,
                 Campaign::WaitUntil(until) => {
@@ -344,27 +333,34 @@ impl Elector {
         }
     }
 
+    /// One read of the Lease, folded into `observed`: the record and when it was read; None
+    /// after a failed read (past a pause of one renew period) or a timed-out one: read again.
+    async fn read(&self, observed: &mut Option<Observed>) -> Option<(Option<Lease>, Instant)> {
+        let read = timeout(self.cfg.request_timeout(), self.api.get_opt(&self.name)).await;
+        let now = Instant::now();
+        let current = match read {
+            Ok(Ok(current)) => current,
+            Ok(Err(e)) => {
+                warn!(error = %e, lease = %self.name, "reading the Lease failed; retrying");
+                sleep_until(now + self.cfg.renew_period).await;
+                return None;
+            }
+            Err(_) => {
+                warn!(lease = %self.name, timeout = ?self.cfg.request_timeout(), "reading the Lease timed out; retrying");
+                return None;
+            }
+        };
+        *observed = current.as_ref().map(|l| Observed::observe(observed.as_ref(), l, now, self.cfg.lease_duration));
+        Some((current, now))
+    }
+
     /// [`Elector::campaign`], acquiring no earlier than `not_before` (see [`held_back`]).
     pub async fn campaign_from(&self, not_before: Instant) -> Leadership {
         let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
         let mut observed: Option<Observed> = None;
         let mut announced = None;
         loop {
-            let read = timeout(self.cfg.request_timeout(), self.api.get_opt(&self.name)).await;
-            let now = Instant::now();
-            let current = match read {
-                Ok(Ok(current)) => current,
-                Ok(Err(e)) => {
-                    warn!(error = %e, lease = %self.name, "reading the Lease failed; retrying");
-                    sleep_until(now + self.cfg.renew_period).await;
-                    continue;
-                }
-                Err(_) => {
-                    warn!(lease = %self.name, timeout = ?self.cfg.request_timeout(), "reading the Lease timed out; retrying");
-                    continue;
-                }
-            };
-            observed = current.as_ref().map(|l| Observed::observe(observed.as_ref(), l, now, self.cfg.lease_duration));
+            let Some((current, now)) = self.read(&mut observed).await else { continue };
             let sent = Instant::now();
             let write = match held_back(campaign_step(&self.cfg.identity, observed.as_ref(), now), now, not_before) {
                 Campaign::WaitUntil(until) => {
