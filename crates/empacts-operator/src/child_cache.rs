@@ -10,7 +10,7 @@
 //! Reads hand out an `ObjectMeta` rebuilt from the record ([`CachedChild::expand`]), so the
 //! code that decides and applies reads the same type as from a fresh GET.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::RwLock;
 
@@ -31,31 +31,73 @@ const ANOTHER_MANAGER: &str = "another-manager";
 /// What the cache keeps of one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedChild {
-    name: Box<str>,
-    uid: Option<Box<str>>,
-    resource_version: Option<Box<str>>,
+    /// Name, UID, version, labels, annotations and the controller reference, in one block.
+    strings: Packed<STRINGS>,
     generation: Option<i64>,
-    /// The controller reference, if any.
-    controller: Option<Controller>,
-    /// Owner references in all (a change of them is a change of the object).
-    owners: u8,
-    instance: Option<Box<str>>,
-    component: Option<Box<str>>,
-    applied: Option<Box<str>>,
-    /// `children::change_marker` of the object as it arrived (before compaction).
-    marker: Option<Box<str>>,
     /// What a trigger compares: generation (or spec hash), labels, annotations, owners; None
     /// for kinds with neither a generation nor a spec hash (every update triggers).
     fingerprint: Option<u64>,
+    /// Owner references in all (a change of them is a change of the object).
+    owners: u8,
     fields: Fields,
 }
 
+// The strings a `CachedChild` packs, by index.
+const NAME: usize = 0;
+const UID: usize = 1;
+const RESOURCE_VERSION: usize = 2;
+const INSTANCE: usize = 3;
+const COMPONENT: usize = 4;
+const APPLIED: usize = 5;
+/// `children::change_marker` of the object as it arrived (before compaction).
+const MARKER: usize = 6;
+// The controller reference, if any.
+const CONTROLLER_API_VERSION: usize = 7;
+const CONTROLLER_KIND: usize = 8;
+const CONTROLLER_NAME: usize = 9;
+const CONTROLLER_UID: usize = 10;
+const STRINGS: usize = 11;
+
+/// Optional strings in one allocation: a record holds about ten, and as separate boxes each
+/// would cost a heap block, its header and a 16-byte pointer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Controller {
-    api_version: Box<str>,
-    kind: Box<str>,
-    name: Box<str>,
-    uid: Box<str>,
+struct Packed<const N: usize> {
+    buf: Box<str>,
+    /// Where each string ends in `buf`.
+    ends: [u32; N],
+    /// Which strings are present (an absent one is empty in `buf`).
+    present: u16,
+}
+
+impl<const N: usize> Packed<N> {
+    fn new(values: [Option<&str>; N]) -> Self {
+        const { assert!(N <= 16, "present is a u16") };
+        let mut buf = String::with_capacity(values.iter().flatten().map(|v| v.len()).sum());
+        let mut ends = [0; N];
+        let mut present = 0;
+        for (i, value) in values.iter().enumerate() {
+            if let Some(value) = value {
+                buf.push_str(value);
+                present |= 1 << i;
+            }
+            // Object metadata is bounded far below 4 GiB by the API server's request limit.
+            ends[i] = u32::try_from(buf.len()).expect("metadata strings under 4 GiB");
+        }
+        Packed { buf: buf.into_boxed_str(), ends, present }
+    }
+
+    fn get(&self, i: usize) -> Option<&str> {
+        if self.present & (1 << i) == 0 {
+            return None;
+        }
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        Some(&self.buf[start..self.ends[i] as usize])
+    }
+
+    /// Heap bytes of the strings.
+    fn heap(&self) -> usize {
+        self.buf.len()
+    }
 }
 
 /// The field ownership the cache keeps (see `children::trim_for_cache`).
@@ -69,22 +111,12 @@ struct Fields {
     others: bool,
 }
 
-fn boxed(s: &Option<String>) -> Option<Box<str>> {
-    s.as_deref().map(Into::into)
-}
-
 impl CachedChild {
     /// The record of `meta` (already trimmed by `children::trim_for_cache`; for kinds watched
     /// with a spec hash, carrying it).
     pub fn of(meta: &ObjectMeta) -> Self {
-        let label = |key: &str| meta.labels.as_ref().and_then(|l| l.get(key)).map(|v| v.as_str().into());
-        let controller =
-            meta.owner_references.iter().flatten().find(|o| o.controller == Some(true)).map(|o| Controller {
-                api_version: o.api_version.as_str().into(),
-                kind: o.kind.as_str().into(),
-                name: o.name.as_str().into(),
-                uid: o.uid.as_str().into(),
-            });
+        let label = |key: &str| meta.labels.as_ref().and_then(|l| l.get(key)).map(String::as_str);
+        let controller = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true));
         let ours = |f: &ManagedFieldsEntry| f.manager.as_deref() == Some(crate::apply::FIELD_MANAGER);
         let main = |f: &ManagedFieldsEntry| f.subresource.as_deref().unwrap_or_default().is_empty();
         let fields = meta.managed_fields.as_ref().map_or(Fields::default(), |entries| Fields {
@@ -92,43 +124,55 @@ impl CachedChild {
             ours_update: entries.iter().any(|f| ours(f) && main(f) && f.operation.as_deref() == Some("Update")),
             others: entries.iter().any(|f| !ours(f) && crate::children::owns_content(f)),
         });
+        let marker = crate::children::change_marker(meta);
+        let mut strings: [Option<&str>; STRINGS] = [None; STRINGS];
+        strings[NAME] = Some(meta.name.as_deref().unwrap_or_default());
+        strings[UID] = meta.uid.as_deref();
+        strings[RESOURCE_VERSION] = meta.resource_version.as_deref();
+        strings[INSTANCE] = label(labels::INSTANCE);
+        strings[COMPONENT] = label(labels::COMPONENT);
+        strings[APPLIED] = meta.annotations.as_ref().and_then(|a| a.get(APPLIED_ANNOTATION)).map(String::as_str);
+        strings[MARKER] = marker.as_deref();
+        if let Some(c) = controller {
+            strings[CONTROLLER_API_VERSION] = Some(&c.api_version);
+            strings[CONTROLLER_KIND] = Some(&c.kind);
+            strings[CONTROLLER_NAME] = Some(&c.name);
+            strings[CONTROLLER_UID] = Some(&c.uid);
+        }
         CachedChild {
-            name: meta.name.as_deref().unwrap_or_default().into(),
-            uid: boxed(&meta.uid),
-            resource_version: boxed(&meta.resource_version),
+            strings: Packed::new(strings),
             generation: meta.generation,
-            controller,
-            owners: meta.owner_references.as_ref().map_or(0, |o| o.len().min(255) as u8),
-            instance: label(labels::INSTANCE),
-            component: label(labels::COMPONENT),
-            applied: meta.annotations.as_ref().and_then(|a| a.get(APPLIED_ANNOTATION)).map(|v| v.as_str().into()),
-            marker: crate::children::change_marker(meta).map(Into::into),
             fingerprint: fingerprint(meta),
+            owners: meta.owner_references.as_ref().map_or(0, |o| o.len().min(255) as u8),
             fields,
         }
+    }
+
+    fn string(&self, i: usize) -> Option<String> {
+        self.strings.get(i).map(Into::into)
     }
 
     /// An `ObjectMeta` with what the record kept: what `children`, `observe` and `apply` read
     /// (the change marker travels in an annotation only this process sees).
     pub fn expand(&self, namespace: &str) -> ObjectMeta {
         let mut labels = std::collections::BTreeMap::new();
-        for (key, value) in [(labels::INSTANCE, &self.instance), (labels::COMPONENT, &self.component)] {
-            if let Some(value) = value {
-                labels.insert(key.to_string(), value.to_string());
+        for (key, i) in [(labels::INSTANCE, INSTANCE), (labels::COMPONENT, COMPONENT)] {
+            if let Some(value) = self.string(i) {
+                labels.insert(key.to_string(), value);
             }
         }
         let mut annotations = std::collections::BTreeMap::new();
-        for (key, value) in [(APPLIED_ANNOTATION, &self.applied), (CHANGE_MARKER_ANNOTATION, &self.marker)] {
-            if let Some(value) = value {
-                annotations.insert(key.to_string(), value.to_string());
+        for (key, i) in [(APPLIED_ANNOTATION, APPLIED), (CHANGE_MARKER_ANNOTATION, MARKER)] {
+            if let Some(value) = self.string(i) {
+                annotations.insert(key.to_string(), value);
             }
         }
-        let owner_references = self.controller.as_ref().map(|c| {
+        let owner_references = self.strings.get(CONTROLLER_UID).map(|uid| {
             vec![OwnerReference {
-                api_version: c.api_version.to_string(),
-                kind: c.kind.to_string(),
-                name: c.name.to_string(),
-                uid: c.uid.to_string(),
+                api_version: self.string(CONTROLLER_API_VERSION).unwrap_or_default(),
+                kind: self.string(CONTROLLER_KIND).unwrap_or_default(),
+                name: self.string(CONTROLLER_NAME).unwrap_or_default(),
+                uid: uid.into(),
                 controller: Some(true),
                 block_owner_deletion: Some(true),
             }]
@@ -149,10 +193,10 @@ impl CachedChild {
             entries
         });
         ObjectMeta {
-            name: Some(self.name.to_string()),
+            name: self.string(NAME),
             namespace: Some(namespace.to_string()),
-            uid: self.uid.as_deref().map(Into::into),
-            resource_version: self.resource_version.as_deref().map(Into::into),
+            uid: self.string(UID),
+            resource_version: self.string(RESOURCE_VERSION),
             generation: self.generation,
             labels: (!labels.is_empty()).then_some(labels),
             annotations: (!annotations.is_empty()).then_some(annotations),
@@ -164,7 +208,12 @@ impl CachedChild {
 
     /// The UID and resourceVersion (for Secrets: the version of a value read).
     pub fn version(&self) -> Option<(&str, &str)> {
-        Some((self.uid.as_deref()?, self.resource_version.as_deref()?))
+        Some((self.strings.get(UID)?, self.strings.get(RESOURCE_VERSION)?))
+    }
+
+    /// Heap bytes of the record, boxed as a cache keeps it.
+    pub fn heap_size(&self) -> usize {
+        std::mem::size_of::<Self>() + self.strings.heap()
     }
 }
 
@@ -200,10 +249,10 @@ struct Progressing {
 
 impl Record for DeploymentRecord {
     fn name(&self) -> &str {
-        &self.meta.name
+        self.meta.name()
     }
     fn instance(&self) -> Option<&str> {
-        self.meta.instance.as_deref()
+        self.meta.instance()
     }
     fn fingerprint(&self) -> Option<u64> {
         None
@@ -307,10 +356,10 @@ struct Finished {
 
 impl Record for JobRecord {
     fn name(&self) -> &str {
-        &self.meta.name
+        self.meta.name()
     }
     fn instance(&self) -> Option<&str> {
-        self.meta.instance.as_deref()
+        self.meta.instance()
     }
     fn fingerprint(&self) -> Option<u64> {
         None
@@ -399,37 +448,69 @@ pub trait Record: Clone {
 
 impl Record for CachedChild {
     fn name(&self) -> &str {
-        &self.name
+        self.strings.get(NAME).unwrap_or_default()
     }
     fn instance(&self) -> Option<&str> {
-        self.instance.as_deref()
+        self.strings.get(INSTANCE)
     }
     fn fingerprint(&self) -> Option<u64> {
         self.fingerprint
     }
 }
 
+/// A record in a namespace's set, found by its name: a set of boxes costs a pointer per slot
+/// (a map of records inline would cost a record per slot, empty ones included) and does not
+/// repeat the name as a key.
+struct Named<R>(Box<R>);
+
+impl<R: Record> std::borrow::Borrow<str> for Named<R> {
+    fn borrow(&self) -> &str {
+        self.0.name()
+    }
+}
+
+impl<R: Record> PartialEq for Named<R> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.name() == other.0.name()
+    }
+}
+
+impl<R: Record> Eq for Named<R> {}
+
+impl<R: Record> Hash for Named<R> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As `str` hashes, so that lookups by `&str` (through `Borrow`) find it.
+        self.0.name().hash(state)
+    }
+}
+
 /// One namespace's objects of a kind.
 struct Namespace<R> {
-    objects: HashMap<Box<str>, R>,
-    /// Names by instance label (kept for kinds read by instance: ConfigMaps, Jobs).
-    by_instance: HashMap<Box<str>, BTreeSet<Box<str>>>,
+    objects: HashSet<Named<R>>,
+    /// Names by instance label, sorted (kept for kinds read by instance: ConfigMaps, Jobs).
+    by_instance: HashMap<Box<str>, Vec<Box<str>>>,
 }
 
 impl<R> Default for Namespace<R> {
     fn default() -> Self {
-        Namespace { objects: HashMap::new(), by_instance: HashMap::new() }
+        Namespace { objects: HashSet::new(), by_instance: HashMap::new() }
     }
 }
 
 impl<R: Record> Namespace<R> {
+    fn get(&self, name: &str) -> Option<&R> {
+        self.objects.get(name).map(|n| &*n.0)
+    }
+
     fn insert(&mut self, child: R, index: bool) -> Option<R> {
-        let name: Box<str> = child.name().into();
         let instance: Option<Box<str>> = child.instance().map(Into::into);
         if index && let Some(instance) = &instance {
-            self.by_instance.entry(instance.clone()).or_default().insert(name.clone());
+            let names = self.by_instance.entry(instance.clone()).or_default();
+            if let Err(at) = names.binary_search_by(|n| (**n).cmp(child.name())) {
+                names.insert(at, child.name().into());
+            }
         }
-        let old = self.objects.insert(name, child);
+        let old = self.objects.replace(Named(Box::new(child))).map(|n| *n.0);
         if let Some(old) = &old {
             self.unindex(old, Some(&instance));
         }
@@ -437,7 +518,7 @@ impl<R: Record> Namespace<R> {
     }
 
     fn remove(&mut self, name: &str) -> Option<R> {
-        let old = self.objects.remove(name)?;
+        let old = *self.objects.take(name)?.0;
         self.unindex(&old, None);
         Some(old)
     }
@@ -449,7 +530,9 @@ impl<R: Record> Namespace<R> {
             return;
         }
         if let Some(names) = self.by_instance.get_mut(instance) {
-            names.remove(old.name());
+            if let Ok(at) = names.binary_search_by(|n| (**n).cmp(old.name())) {
+                names.remove(at);
+            }
             if names.is_empty() {
                 self.by_instance.remove(instance);
             }
@@ -518,7 +601,7 @@ impl<R: Record> ChildCache<R> {
             watcher::Event::InitApply(obj) => {
                 let child = record(obj);
                 let ns = namespace(obj.meta());
-                let previous = state.namespaces.get(&ns).and_then(|n| n.objects.get(child.name()));
+                let previous = state.namespaces.get(&ns).and_then(|n| n.get(child.name()));
                 let changed =
                     previous.is_none_or(|p| p.fingerprint().is_none() || p.fingerprint() != child.fingerprint());
                 let relist = state.relist.get_or_insert_with(HashMap::new);
@@ -554,7 +637,7 @@ impl<R: Record> ChildCache<R> {
     /// The record of `namespace/name`.
     pub fn record(&self, namespace: &str, name: &str) -> Option<R> {
         let state = self.state.read().expect("child cache lock");
-        state.namespaces.get(namespace)?.objects.get(name).cloned()
+        state.namespaces.get(namespace)?.get(name).cloned()
     }
 
     /// The records of `namespace` labelled with `instance` (a cache made [`Self::by_instance`]).
@@ -562,7 +645,7 @@ impl<R: Record> ChildCache<R> {
         let state = self.state.read().expect("child cache lock");
         let Some(objects) = state.namespaces.get(namespace) else { return Vec::new() };
         let names = objects.by_instance.get(instance).into_iter().flatten();
-        names.filter_map(|name| objects.objects.get(name)).cloned().collect()
+        names.filter_map(|name| objects.get(name)).cloned().collect()
     }
 
     /// Objects held.
@@ -723,23 +806,24 @@ mod tests {
     }
 
     #[test]
+    fn packed_strings_keep_absent_apart_from_empty() {
+        let packed = Packed::<4>::new([Some("name"), None, Some(""), Some("uid")]);
+        assert_eq!(packed.get(0), Some("name"));
+        assert_eq!(packed.get(1), None);
+        assert_eq!(packed.get(2), Some(""), "an empty string is present");
+        assert_eq!(packed.get(3), Some("uid"));
+        assert_eq!(packed.heap(), 7, "one block of the strings' bytes");
+        let none = Packed::<2>::new([None, None]);
+        assert_eq!((none.get(0), none.get(1)), (None, None));
+    }
+
+    #[test]
     fn a_record_is_a_fraction_of_the_object() {
         let original = meta("app-env-8d9f2c", "app", None, "123456");
         let record = CachedChild::of(&original);
-        let heap = |c: &CachedChild| {
-            let s = |b: &Option<Box<str>>| b.as_ref().map_or(0, |b| b.len());
-            std::mem::size_of::<CachedChild>()
-                + c.name.len()
-                + s(&c.uid)
-                + s(&c.resource_version)
-                + s(&c.instance)
-                + s(&c.component)
-                + s(&c.applied)
-                + s(&c.marker)
-                + c.controller.as_ref().map_or(0, |c| c.api_version.len() + c.kind.len() + c.name.len() + c.uid.len())
-        };
+        let heap = |c: &CachedChild| c.heap_size();
         let json = serde_json::to_vec(&original).unwrap().len();
         println!("record {} bytes, ObjectMeta as JSON {json} bytes", heap(&record));
-        assert!(heap(&record) < 400, "{} bytes", heap(&record));
+        assert!(heap(&record) < 250, "{} bytes", heap(&record));
     }
 }

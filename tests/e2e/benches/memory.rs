@@ -58,6 +58,7 @@ async fn main() {
     let op = start(&env, &ns.name, &log).await;
     let pid = op.child.id();
     let restarted = Instant::now();
+    let restart_time = k8s_openapi::jiff::Timestamp::now();
     wait_count("reconciled after the restart", n, || async {
         op.metric_sum("empacts_reconcile_total").await.unwrap_or(0.0) as usize
     })
@@ -70,6 +71,7 @@ async fn main() {
     let restart_peak = rss_kib(pid, "VmHWM:");
     let (reads, writes) = restart.reads_writes();
     drop(op);
+    let reapplied = reapplied_deployments(&ns, restart_time).await;
     ns.cleanup_and_wait(Duration::from_secs(900)).await;
 
     let per_app = |kib: u64| (kib.saturating_sub(idle)) as f64 / n as f64;
@@ -105,4 +107,51 @@ async fn main() {
         restart.applies,
         writes - restart.applies_total() + 0.0
     );
+    if !reapplied.is_empty() {
+        println!(
+            "Deployments the restart applied again, with their field managers (manager/operation/subresource: top-level fields):"
+        );
+        for line in reapplied.iter().take(5) {
+            println!("  {line}");
+        }
+    }
+}
+
+/// Deployments whose operator Apply entry is newer than `since`, each with its managedFields
+/// in short: why a restart found them not current.
+async fn reapplied_deployments(ns: &TestNamespace, since: k8s_openapi::jiff::Timestamp) -> Vec<String> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let deployments: Api<Deployment> = ns.api();
+    let list = deployments.list(&Default::default()).await.expect("list Deployments");
+    let mut out = Vec::new();
+    for d in list.items {
+        let fields = d.metadata.managed_fields.clone().unwrap_or_default();
+        let ours_after = fields.iter().any(|f| {
+            f.manager.as_deref() == Some(empacts_operator::apply::FIELD_MANAGER)
+                && f.time.as_ref().is_some_and(|t| t.0 >= since)
+        });
+        if !ours_after {
+            continue;
+        }
+        let managers: Vec<String> = fields
+            .iter()
+            .map(|f| {
+                let top: Vec<String> = f
+                    .fields_v1
+                    .as_ref()
+                    .and_then(|v| v.0.as_object())
+                    .map(|o| o.keys().cloned().collect())
+                    .unwrap_or_default();
+                format!(
+                    "{}/{}/{}: {}",
+                    f.manager.as_deref().unwrap_or("?"),
+                    f.operation.as_deref().unwrap_or("?"),
+                    f.subresource.as_deref().unwrap_or("-"),
+                    top.join(",")
+                )
+            })
+            .collect();
+        out.push(format!("{} [{}]", d.metadata.name.unwrap_or_default(), managers.join("; ")));
+    }
+    out
 }
