@@ -148,7 +148,11 @@ impl Writer<'_> {
                 let live = self.observed.deployment.as_ref();
                 let replicas = live.and_then(|d| d.spec.as_ref()).and_then(|s| s.replicas);
                 let desired = deployment::build(&app, revision, hash.as_deref(), replicas);
-                ensure(self.ctx, build::manifest(&desired), live.map(|d| &d.metadata), &app.uid).await?;
+                // Scaled by someone else (`kubectl scale`, while we were down): the caches do not
+                // count a scale entry as a change, so the count itself says to apply.
+                let scaled = live.is_some() && desired.spec.as_ref().and_then(|s| s.replicas) != replicas;
+                let live = live.map(|d| &d.metadata);
+                ensure_with(self.ctx, build::manifest(&desired), live, &app.uid, scaled).await?;
             }
             Action::ApplyCanary { revision, replicas, stable_replicas } => {
                 let app = self.at(revision)?;
@@ -371,9 +375,21 @@ async fn create_child(ctx: &Context, obj: serde_json::Value) -> Result<()> {
 /// A child this app must have: created when absent from `live` (cached or freshly read
 /// metadata), server-side applied only when it carries this app's controller reference.
 async fn ensure(ctx: &Context, obj: serde_json::Value, live: Option<&ObjectMeta>, uid: &str) -> Result<()> {
+    ensure_with(ctx, obj, live, uid, false).await
+}
+
+/// [`ensure`], applying even when `live` carries the current hash if `changed` says the live
+/// object differs from it anyway.
+async fn ensure_with(
+    ctx: &Context,
+    obj: serde_json::Value,
+    live: Option<&ObjectMeta>,
+    uid: &str,
+    changed: bool,
+) -> Result<()> {
     match live {
         None => create_child(ctx, obj).await,
-        Some(live) if controlled_by(live, uid) => apply_child(ctx, obj, live).await,
+        Some(live) if controlled_by(live, uid) => apply_child(ctx, obj, live, changed).await,
         Some(_) => {
             let (kind, namespace, name) = identity(&obj);
             Err(Error::NameTaken { kind, namespace, name })
@@ -384,10 +400,10 @@ async fn ensure(ctx: &Context, obj: serde_json::Value, live: Option<&ObjectMeta>
 /// Server-side apply of a child we control, unless `live` shows it already is exactly
 /// what we would apply. The hash of the desired object travels in an annotation; the UID
 /// in the body makes the API server refuse the write if the object was replaced meanwhile.
-async fn apply_child(ctx: &Context, obj: serde_json::Value, live: &ObjectMeta) -> Result<()> {
+async fn apply_child(ctx: &Context, obj: serde_json::Value, live: &ObjectMeta, changed: bool) -> Result<()> {
     let (kind, ns, name) = identity(&obj);
     let hash = crate::hash::content_hash(&obj);
-    if ctx.applied.is_current(&kind, live, &hash) {
+    if !changed && ctx.applied.is_current(&kind, live, &hash) {
         ctx.metrics.child_applies.with_label_values(&[kind.as_str(), "skipped"]).inc();
         return Ok(());
     }

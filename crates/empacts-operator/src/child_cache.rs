@@ -119,10 +119,13 @@ impl CachedChild {
         let controller = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true));
         let ours = |f: &ManagedFieldsEntry| f.manager.as_deref() == Some(crate::apply::FIELD_MANAGER);
         let main = |f: &ManagedFieldsEntry| f.subresource.as_deref().unwrap_or_default().is_empty();
+        let scale = |f: &ManagedFieldsEntry| f.subresource.as_deref() == Some("scale");
         let fields = meta.managed_fields.as_ref().map_or(Fields::default(), |entries| Fields {
             known: true,
             ours_update: entries.iter().any(|f| ours(f) && main(f) && f.operation.as_deref() == Some("Update")),
-            others: entries.iter().any(|f| !ours(f) && crate::children::owns_content(f)),
+            // An entry of the scale subresource owns spec.replicas alone, which a Deployment's
+            // apply compares with the live count itself (an HPA's scaling is not a change to undo).
+            others: entries.iter().any(|f| !ours(f) && !scale(f) && crate::children::owns_content(f)),
         });
         let marker = crate::children::change_marker(meta);
         let mut strings: [Option<&str>; STRINGS] = [None; STRINGS];

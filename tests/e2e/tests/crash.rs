@@ -22,6 +22,7 @@ use empacts_e2e::*;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
@@ -560,6 +561,12 @@ async fn a_restarted_operator_writes_nothing_to_a_settled_app() {
     full.spec.disruption = Some(serde_json::from_value(serde_json::json!({"minAvailable": 1})).unwrap());
     apply_app(&r.ns, &full).await;
     r.phase(V1, Phase::Ready).await;
+    // The HPA scaled the Deployment (through the scale subresource, under its own manager):
+    // its entry owns spec.replicas, which the operator follows rather than undoes.
+    let deployments: Api<Deployment> = r.ns.api();
+    let hpa = PatchParams { field_manager: Some("horizontal-pod-autoscaler".into()), ..Default::default() };
+    let scale = serde_json::json!({"spec": {"replicas": 2}});
+    deployments.patch_scale("api", &hpa, &Patch::Merge(&scale)).await.expect("scale the Deployment");
     tokio::time::sleep(Duration::from_secs(3)).await;
     r.op.child.kill().unwrap();
     r.op.child.wait().unwrap();
@@ -579,6 +586,34 @@ async fn a_restarted_operator_writes_nothing_to_a_settled_app() {
     let reads = during.iter().filter(|q| !q.mutating && !q.watch && !q.path.contains("coordination")).count();
     println!("restart: {reconciles} reconciles, {} writes, {reads} reads (lists of the caches included)", writes.len());
     assert!(writes.is_empty(), "the restarted operator wrote to a settled app: {writes:?}");
+    r.watch.abort();
+    r.ns.cleanup().await;
+}
+
+/// The other side of not counting a scale entry as a change: an app without autoscaling whose
+/// Deployment was scaled while no operator ran gets its own replica count back at the restart.
+#[tokio::test]
+async fn a_restarted_operator_takes_back_a_replica_count_scaled_while_it_was_down() {
+    let (env, client) = cluster().await;
+    let mut r = Run::start(&env, &client, "rescaled", Fault::None).await;
+    apply_app(&r.ns, &app(V1, true)).await;
+    r.phase(V1, Phase::Ready).await;
+    r.op.child.kill().unwrap();
+    r.op.child.wait().unwrap();
+    let deployments: Api<Deployment> = r.ns.api();
+    let kubectl = PatchParams { field_manager: Some("kubectl".into()), ..Default::default() };
+    let scale = serde_json::json!({"spec": {"replicas": 3}});
+    deployments.patch_scale("api", &kubectl, &Patch::Merge(&scale)).await.expect("scale the Deployment");
+    r.op = OperatorProcess::start_single(&r.kubeconfig, &r.ns.name, &r.ns.name, &r.log);
+    let start = Instant::now();
+    loop {
+        let replicas = deployments.get("api").await.expect("the Deployment").spec.and_then(|s| s.replicas);
+        if replicas == Some(1) {
+            break;
+        }
+        assert!(start.elapsed() < T, "the restarted operator set the app's replica count back: {replicas:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     r.watch.abort();
     r.ns.cleanup().await;
 }
