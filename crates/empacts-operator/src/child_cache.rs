@@ -744,6 +744,21 @@ mod tests {
             )
             .is_none()
         );
+        // An HPA (or `kubectl scale`) writes spec.replicas through the scale subresource: its
+        // entry stays after our next apply, and must not make every restart apply again.
+        let mut scaled = meta("app", "app", Some(2), "2");
+        scaled.managed_fields.as_mut().unwrap().push(ManagedFieldsEntry {
+            manager: Some("horizontal-pod-autoscaler".into()),
+            operation: Some("Update".into()),
+            subresource: Some("scale".into()),
+            fields_v1: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1(
+                serde_json::json!({"f:spec": {"f:replicas": {}}}),
+            )),
+            ..Default::default()
+        });
+        assert!(only_ours(&CachedChild::of(&scaled).expand("ns")), "a scale entry is not another manager's content");
+        scaled.managed_fields.as_mut().unwrap().last_mut().unwrap().subresource = None;
+        assert!(!only_ours(&CachedChild::of(&scaled).expand("ns")), "the same fields on the main resource are");
         let unknown = ObjectMeta { managed_fields: None, ..meta("a", "a", None, "1") };
         assert!(CachedChild::of(&unknown).expand("ns").managed_fields.is_none(), "unknown ownership stays unknown");
     }
