@@ -235,8 +235,20 @@ impl Writer<'_> {
         if let Some(request) = &self.observed.input.rotation {
             secret.annotations_mut().insert(annotations::ROTATION.into(), request.clone());
         }
-        create(self.client(), &secret).await?;
-        self.outcome.secrets_created.push(secret.name_any());
+        let name = secret.name_any();
+        match Api::<Secret>::namespaced(self.client().clone(), self.ns()).create(&create_params(), &secret).await {
+            // Kept as read, so the next reconcile sees it even before the watch does.
+            Ok(created) => self.ctx.secret_cache.put(&created),
+            // It exists, yet our listed watch did not show it (made by someone else, without
+            // the watch label): never overwritten; read fresh from now on, by the next reconcile
+            // (an app creating its Secrets is requeued within seconds).
+            Err(e) if is_conflict(&e) => {
+                self.ctx.secret_cache.found_unlabelled(self.ns(), &name);
+                return Ok(());
+            }
+            Err(e) => return Err(write_error::<Secret>(self.ns(), &name, e)),
+        }
+        self.outcome.secrets_created.push(name);
         Ok(())
     }
 

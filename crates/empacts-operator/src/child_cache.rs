@@ -547,11 +547,13 @@ struct State<R> {
     namespaces: HashMap<Box<str>, Namespace<R>>,
     /// The relist under way: it replaces `namespaces` when done.
     relist: Option<HashMap<Box<str>, Namespace<R>>>,
+    /// A first list has completed: an absence here is the watch's view, not a cache still filling.
+    listed: bool,
 }
 
 impl<R> Default for State<R> {
     fn default() -> Self {
-        State { namespaces: HashMap::new(), relist: None }
+        State { namespaces: HashMap::new(), relist: None, listed: false }
     }
 }
 
@@ -615,6 +617,7 @@ impl<R: Record> ChildCache<R> {
                 if let Some(relist) = state.relist.take() {
                     state.namespaces = relist;
                 }
+                state.listed = true;
                 false
             }
             watcher::Event::Apply(obj) => {
@@ -649,6 +652,11 @@ impl<R: Record> ChildCache<R> {
         let Some(objects) = state.namespaces.get(namespace) else { return Vec::new() };
         let names = objects.by_instance.get(instance).into_iter().flatten();
         names.filter_map(|name| objects.get(name)).cloned().collect()
+    }
+
+    /// Whether the watch has listed once: before that, an object missing here may exist.
+    pub fn listed(&self) -> bool {
+        self.state.read().expect("child cache lock").listed
     }
 
     /// Objects held.
@@ -811,7 +819,9 @@ mod tests {
         cache.apply(&watcher::Event::<Meta>::Init);
         cache.apply(&watcher::Event::InitApply(object(meta("app-env-2", "app", None, "1"))));
         assert_eq!(cache.len(), 3, "the old objects stay until the relist is done");
+        assert!(!cache.listed(), "no list has completed: an absence says nothing yet");
         cache.apply(&watcher::Event::<Meta>::InitDone);
+        assert!(cache.listed());
         assert_eq!(names(cache.of_instance("ns", "app")), ["app-env-2"], "deleted while the watch was down");
         assert!(cache.of_instance("ns", "other").is_empty());
         // An object whose instance label changes moves between groups.

@@ -50,8 +50,17 @@ pub struct ChildMetas {
     pub config_maps: Vec<ObjectMeta>,
     /// The caches exist (the controller runs); without them observe reads everything fresh.
     pub cached: bool,
-    /// The app's Deployment and Jobs as cached (observe confirms an absence with a fresh read).
+    /// The app's Deployment and Jobs as cached (observe confirms an absence with a fresh read
+    /// unless `deployment_absent`).
     pub deployment: Option<Deployment>,
+    /// The Deployment is absent from a cache that has listed, and this process has not written
+    /// it: it does not exist, as far as the watch can tell (set by the reconcile, which knows
+    /// this process's writes). Without it every reconcile before the first rollout would read
+    /// the Deployment fresh (and get 404).
+    pub deployment_absent: bool,
+    /// The watched-Secret cache has listed: a generated Secret it does not show, and this
+    /// process has not written or read, does not exist as far as the watch can tell.
+    pub secrets_listed: bool,
     /// The canary Deployment (`<app>-canary`) as cached.
     pub canary: Option<Deployment>,
     pub jobs: Vec<Job>,
@@ -70,6 +79,7 @@ impl ChildMetas {
             ChildMetas { cached: stores.deployments.is_some() && stores.jobs.is_some(), ..Default::default() };
         if let Some(deployments) = &stores.deployments {
             out.deployment = deployments.record(ns, name).map(|d| d.expand(ns));
+            out.deployment_absent = out.deployment.is_none() && deployments.listed();
             out.canary = deployments.record(ns, &crate::names::canary(name)).map(|d| d.expand(ns));
         }
         if let Some(jobs) = &stores.jobs {
@@ -77,6 +87,7 @@ impl ChildMetas {
         }
         if let Some(secrets) = &stores.secrets {
             out.secrets = watched_secrets(secrets, app);
+            out.secrets_listed = secrets.listed();
         }
         for kind in CHILD_KINDS.iter().filter(|k| k.cached()) {
             let Some(cache) = stores.stores.get(kind.kind) else { continue };
@@ -289,6 +300,15 @@ impl AppliedRecord {
             // it since. Without this, a restart re-applies every child of every app.
             None => annotated && only_ours(live),
         }
+    }
+
+    /// Whether this process wrote `kind` `name` of `app` (created or applied it): a cache that
+    /// does not show it yet lags behind our own write.
+    pub fn wrote(&self, kind: &str, namespace: &str, app: &str, name: &str) -> bool {
+        let markers = self.markers.lock().expect("applied record lock");
+        markers
+            .get(&(namespace.to_string(), app.to_string()))
+            .is_some_and(|m| m.contains_key(&(kind.to_string(), name.to_string())))
     }
 
     /// Drop what was recorded for a deleted app.

@@ -87,10 +87,12 @@ pub async fn observe(
     let mut app = app.clone();
     let ns = &app.namespace.clone();
     let selector = ListParams::default().labels(&instance_selector(&app.name));
-    // From the controller's cache; an absence is confirmed by a fresh read (the cache may
-    // not show yet what the last reconcile created).
+    // From the controller's cache; an absence is confirmed by a fresh read unless the cache
+    // has listed and this process did not create it (then a lagging watch cannot hide it; an
+    // object someone else made meanwhile makes our create fail, as NameTaken).
     let deployment = match children.deployment.clone() {
         Some(d) if children.cached => Some(d),
+        None if children.cached && children.deployment_absent => None,
         _ => Api::<Deployment>::namespaced(client.clone(), ns)
             .get_opt(&names::workload(&app.name))
             .await
@@ -182,13 +184,15 @@ pub async fn observe(
     name_taken = name_taken.or_else(|| children.foreign(&app, &wanted));
 
     let mut generated = BTreeMap::new();
+    let mut known: BTreeMap<String, Option<Secret>> = BTreeMap::new();
     let mut secrets = Vec::new();
-    let secret_reads = SecretReads::new(client, ns, secret_cache, children.secrets.clone());
+    let secret_reads = SecretReads::new(client, ns, secret_cache, children.secrets.clone(), children.secrets_listed);
     let generated_entries: Vec<_> = app.spec.secrets().iter().filter(|e| e.generate.is_some()).cloned().collect();
     for entry in &generated_entries {
         let mut name = names::generated_secret(&app.name, &entry.env);
-        let mut live = secret_reads.get_opt(&name).await.map_err(|e| read_error("Secret", ns, &name, e))?;
+        let mut live = secret_reads.get_labelled(&name).await.map_err(|e| read_error("Secret", ns, &name, e))?;
         if live.is_none() {
+            // Earlier builds did not label what they generated for the watch: read fresh.
             let legacy = names::legacy_generated_secret(&app.name, &entry.env);
             let old = secret_reads.get_opt(&legacy).await.map_err(|e| read_error("Secret", ns, &legacy, e))?;
             if let Some(old) = old.filter(|s| generated_for(s, &app)) {
@@ -209,6 +213,8 @@ pub async fn observe(
                 rotation: s.annotations().get(annotations::ROTATION).cloned(),
             },
         };
+        // Read once per reconcile, present or not: the references below reuse what this found.
+        known.insert(name.clone(), live.clone());
         if let Some(s) = live {
             generated.insert(entry.env.clone(), s);
         }
@@ -218,7 +224,6 @@ pub async fn observe(
     // References of D, and of the revision a rollback would restore.
     let mut config_hashes = BTreeMap::new();
     let mut missing_reference = None;
-    let known: BTreeMap<String, Option<Secret>> = generated.values().map(|s| (s.name_any(), Some(s.clone()))).collect();
     let live_hash = deployment
         .as_ref()
         .and_then(|d| d.spec.as_ref()?.template.metadata.as_ref()?.annotations.as_ref()?.get(annotations::CONFIG_HASH))

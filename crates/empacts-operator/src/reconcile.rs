@@ -89,6 +89,9 @@ async fn reconcile_app(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Next> 
     };
     let stores = ctx.stores(&valid.namespace);
     let mut children = ChildMetas::snapshot(stores.as_ref(), &valid);
+    // Our own create the watch has not shown yet is no absence.
+    let workload = crate::names::workload(&valid.name);
+    children.deployment_absent &= !ctx.applied.wrote("Deployment", &valid.namespace, &valid.name, &workload);
     if let Some(store) = stores.as_ref().and_then(|s| s.revisions.as_ref()) {
         let (ns, name) = (valid.namespace.as_str(), valid.name.as_str());
         children.revisions = match ctx.ledger.revisions(store, ns, name) {

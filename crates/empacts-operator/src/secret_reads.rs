@@ -28,6 +28,9 @@ pub struct Version {
 #[derive(Default)]
 pub struct SecretCache {
     entries: Mutex<HashMap<(String, String), Secret>>,
+    /// Secrets that exist without the watch label, under a name the watch was expected to
+    /// show (one someone else made under a generated Secret's name): read fresh each time.
+    unlabelled: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 impl SecretCache {
@@ -48,11 +51,28 @@ impl SecretCache {
         self.entries.lock().expect("secret cache lock").insert(key, copy);
     }
 
+    /// Whether an absence from the watch may hide `name`: this process holds a copy (it wrote
+    /// or read it, and the watch may not show that version yet), or found it unlabelled.
+    fn may_exist(&self, namespace: &str, name: &str) -> bool {
+        let key = (namespace.to_string(), name.to_string());
+        self.entries.lock().expect("secret cache lock").contains_key(&key)
+            || self.unlabelled.lock().expect("secret cache lock").contains(&key)
+    }
+
+    /// `name` exists though the watch does not show it (our create was refused, or a fresh read
+    /// found it unlabelled): read it fresh from now on.
+    pub fn found_unlabelled(&self, namespace: &str, name: &str) {
+        self.unlabelled.lock().expect("secret cache lock").insert((namespace.to_string(), name.to_string()));
+    }
+
     /// Drop the copies of `names` (an app that went, or a Secret the watch no longer shows).
     pub fn forget<'a>(&self, namespace: &str, names: impl IntoIterator<Item = &'a str>) {
         let mut entries = self.entries.lock().expect("secret cache lock");
+        let mut unlabelled = self.unlabelled.lock().expect("secret cache lock");
         for name in names {
-            entries.remove(&(namespace.to_string(), name.to_string()));
+            let key = (namespace.to_string(), name.to_string());
+            entries.remove(&key);
+            unlabelled.remove(&key);
         }
     }
 
@@ -61,6 +81,8 @@ impl SecretCache {
         let prefix = crate::names::generated_secret_prefix(app);
         let mut entries = self.entries.lock().expect("secret cache lock");
         entries.retain(|(ns, name), _| ns != namespace || !name.starts_with(&prefix));
+        let mut unlabelled = self.unlabelled.lock().expect("secret cache lock");
+        unlabelled.retain(|(ns, name)| ns != namespace || !name.starts_with(&prefix));
     }
 
     pub fn len(&self) -> usize {
@@ -79,6 +101,8 @@ pub struct SecretReads<'a> {
     cache: Option<&'a SecretCache>,
     /// Watched Secrets of the namespace the app may read, by name, from the watch's cache.
     watched: BTreeMap<String, Version>,
+    /// The watch has listed: `watched` is its whole view of the names the app may read.
+    listed: bool,
 }
 
 impl<'a> SecretReads<'a> {
@@ -87,8 +111,31 @@ impl<'a> SecretReads<'a> {
         namespace: &str,
         cache: Option<&'a SecretCache>,
         watched: BTreeMap<String, Version>,
+        listed: bool,
     ) -> Self {
-        SecretReads { api: Api::namespaced(client.clone(), namespace), namespace: namespace.into(), cache, watched }
+        let api = Api::namespaced(client.clone(), namespace);
+        SecretReads { api, namespace: namespace.into(), cache, watched, listed }
+    }
+
+    /// A Secret that carries the watch label from its creation on (a generated one): absent when
+    /// the listed watch does not show it and this process holds no copy of it (one it wrote or
+    /// read, which a lagging watch may not show yet); otherwise as [`Self::get_opt`]. A Secret
+    /// made meanwhile by someone else makes our create fail, and is read fresh from then on.
+    pub async fn get_labelled(&self, name: &str) -> kube::Result<Option<Secret>> {
+        let Some(cache) = self.cache.filter(|_| self.listed && !self.watched.contains_key(name)) else {
+            return self.get_opt(name).await;
+        };
+        if !cache.may_exist(&self.namespace, name) {
+            return Ok(None);
+        }
+        let secret = self.api.get_opt(name).await?;
+        match &secret {
+            // Ours (or labelled like ours): the watch has not shown it yet.
+            Some(s) if s.labels().get(empacts_api::labels::WATCH).is_some_and(|v| v == "true") => cache.put(s),
+            Some(_) => cache.found_unlabelled(&self.namespace, name),
+            None => cache.forget(&self.namespace, [name]),
+        }
+        Ok(secret)
     }
 
     /// The Secret, from the cache when the watch shows the version the cache holds, else read
@@ -151,5 +198,23 @@ mod tests {
         assert_eq!(cache.len(), 1, "another app's prefix");
         cache.forget_generated("ns", "api");
         assert!(cache.is_empty(), "the app's generated copies go with it");
+    }
+
+    #[test]
+    fn an_absence_is_trusted_only_for_names_this_process_neither_holds_nor_found_unlabelled() {
+        let cache = SecretCache::default();
+        let name = crate::names::generated_secret("api", "JWT");
+        assert!(!cache.may_exist("ns", &name), "never written nor read: the listed watch is the whole truth");
+        let mut created = secret("u1", "5");
+        created.metadata.name = Some(name.clone());
+        cache.put(&created);
+        assert!(cache.may_exist("ns", &name), "our create, which the watch may not show yet");
+        cache.forget("ns", [name.as_str()]);
+        assert!(!cache.may_exist("ns", &name));
+        cache.found_unlabelled("ns", &name);
+        assert!(cache.may_exist("ns", &name), "made by hand: read fresh from now on");
+        assert!(!cache.may_exist("other", &name));
+        cache.forget_generated("ns", "api");
+        assert!(!cache.may_exist("ns", &name), "the app went, and what was known of its Secrets");
     }
 }

@@ -16,6 +16,7 @@
 //! cargo bench -p empacts-e2e --bench converge            # N = 100
 //! EMPACTS_BENCH_APPS=300 cargo bench -p empacts-e2e --bench converge
 //! EMPACTS_BENCH_HELM=0 cargo bench -p empacts-e2e --bench converge   # without the Helm phase
+//! EMPACTS_BENCH_OPERATOR_ARGS="--kube-api-qps 200" cargo bench ...   # other operator flags
 //! ```
 
 use std::time::{Duration, Instant};
@@ -125,7 +126,11 @@ async fn main() {
     let ns = TestNamespace::new(&client, "bench").await;
     let log = std::env::temp_dir().join(format!("empacts-bench-{}.log", ns.name));
     let resync = RESYNC_SECS.to_string();
-    let op = OperatorProcess::start_single_args(&env.kubeconfig, "bench", &ns.name, &log, &["--resync", &resync]);
+    let extra = std::env::var("EMPACTS_BENCH_OPERATOR_ARGS").unwrap_or_default();
+    let mut args = vec!["--resync", resync.as_str()];
+    args.extend(extra.split_whitespace());
+    println!("operator flags: {}", args.join(" "));
+    let op = OperatorProcess::start_single_args(&env.kubeconfig, "bench", &ns.name, &log, &args);
     let pid = op.child.id();
     wait_until("operator ready", Duration::from_secs(60), || async {
         op.get("/readyz").await.filter(|(c, _)| *c == 200)

@@ -128,6 +128,8 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let verb = verb(request.method(), request.uri().path(), request.uri().query());
+        // Kept for the log of refused requests: a path names objects, never their content.
+        let path = request.uri().path().to_owned();
         let requests = self.requests.clone();
         let start = Instant::now();
         let response = self.inner.call(request);
@@ -138,6 +140,11 @@ where
                 Err(_) => "error".to_string(),
             };
             requests.total.with_label_values(&[verb, &code]).inc();
+            if let Ok(r) = &response
+                && r.status().as_u16() >= 400
+            {
+                tracing::debug!(verb, code = r.status().as_u16(), path, "Kubernetes API request refused");
+            }
             if verb != "watch" {
                 requests.duration.with_label_values(&[verb]).observe(start.elapsed().as_secs_f64());
             }
