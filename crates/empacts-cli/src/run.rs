@@ -38,10 +38,10 @@ pub struct RunArgs {
     #[arg(long, env = "EMPACTS_STALL_TIMEOUT", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub stall_timeout: u64,
     /// Client-side limit of requests per second to the API server.
-    #[arg(long, env = "EMPACTS_KUBE_API_QPS", default_value_t = 100.0)]
+    #[arg(long, env = "EMPACTS_KUBE_API_QPS", default_value_t = 200.0)]
     pub kube_api_qps: f64,
     /// Requests allowed in a burst above the QPS limit.
-    #[arg(long, env = "EMPACTS_KUBE_API_BURST", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "EMPACTS_KUBE_API_BURST", default_value_t = 400, value_parser = clap::value_parser!(u32).range(1..))]
     pub kube_api_burst: u32,
     /// Seconds to connect to the API server.
     #[arg(long, env = "EMPACTS_CONNECT_TIMEOUT", default_value_t = 10)]

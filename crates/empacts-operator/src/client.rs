@@ -28,8 +28,8 @@ pub struct ClientSettings {
 impl Default for ClientSettings {
     fn default() -> Self {
         ClientSettings {
-            qps: 100.0,
-            burst: 200,
+            qps: 200.0,
+            burst: 400,
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(120),
             write_timeout: Duration::from_secs(30),
