@@ -128,8 +128,9 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let verb = verb(request.method(), request.uri().path(), request.uri().query());
-        // Kept for the log of refused requests: a path names objects, never their content.
-        let path = request.uri().path().to_owned();
+        // Kept for the log of refused requests (a path names objects, never their content),
+        // copied only when that log is on: this runs for every request.
+        let path = tracing::enabled!(tracing::Level::DEBUG).then(|| request.uri().path().to_owned());
         let requests = self.requests.clone();
         let start = Instant::now();
         let response = self.inner.call(request);
@@ -140,7 +141,7 @@ where
                 Err(_) => "error".to_string(),
             };
             requests.total.with_label_values(&[verb, &code]).inc();
-            if let Ok(r) = &response
+            if let (Ok(r), Some(path)) = (&response, &path)
                 && r.status().as_u16() >= 400
             {
                 tracing::debug!(verb, code = r.status().as_u16(), path, "Kubernetes API request refused");
