@@ -41,6 +41,19 @@ pub struct ChildStores {
     pub revisions: Option<Store<k8s_openapi::api::apps::v1::ControllerRevision>>,
 }
 
+impl ChildStores {
+    /// The kinds whose cache has not listed yet (the ledger's is read fresh until it has).
+    pub fn not_listed(&self) -> Vec<&'static str> {
+        let typed = [
+            ("Deployment", self.deployments.as_ref().is_none_or(|c| c.listed())),
+            ("Job", self.jobs.as_ref().is_none_or(|c| c.listed())),
+            ("Secret", self.secrets.as_ref().is_none_or(|c| c.listed())),
+        ];
+        let registered = self.stores.iter().map(|(kind, cache)| (*kind, cache.listed()));
+        typed.into_iter().chain(registered).filter(|(_, listed)| !listed).map(|(kind, _)| kind).collect()
+    }
+}
+
 /// The cached metadata of one app's children, taken once per reconcile.
 #[derive(Debug, Clone, Default)]
 pub struct ChildMetas {
@@ -326,6 +339,26 @@ impl AppliedRecord {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn the_kinds_whose_cache_has_not_listed_are_named_until_their_list_is_done() {
+        use kube::api::DynamicObject;
+        use kube::core::PartialObjectMeta;
+        use kube::runtime::watcher::Event;
+        let services = Arc::new(ChildCache::by_name());
+        let deployments = Arc::new(ChildCache::<crate::child_cache::DeploymentRecord>::by_name());
+        let stores = ChildStores {
+            stores: [("Service", services.clone())].into(),
+            deployments: Some(deployments.clone()),
+            ..Default::default()
+        };
+        assert_eq!(stores.not_listed(), ["Deployment", "Service"]);
+        services.apply(&Event::<PartialObjectMeta<DynamicObject>>::Init);
+        assert_eq!(stores.not_listed(), ["Deployment", "Service"], "listing is not listed");
+        services.apply(&Event::<PartialObjectMeta<DynamicObject>>::InitDone);
+        deployments.apply_with(&Event::<k8s_openapi::api::apps::v1::Deployment>::InitDone, |_| unreachable!());
+        assert!(stores.not_listed().is_empty());
+    }
 
     fn meta(generation: Option<i64>, rv: &str, hash: &str) -> ObjectMeta {
         ObjectMeta {

@@ -47,6 +47,11 @@ pub enum Error {
     DeadlineExceeded { seconds: u64 },
 
     #[error(
+        "the operator's caches of namespace {namespace} have not listed within {seconds} s ({waiting}); no child is written before they have (one they do not show yet may exist): check that the operator may list and watch these kinds there, and that the API server answers; retried with backoff"
+    )]
+    CachesNotListed { namespace: String, waiting: String, seconds: u64 },
+
+    #[error(
         "the recorded spec of revision {revision} (ControllerRevision {namespace}/{name}) cannot be read: {source}; delete it to let the operator re-record it"
     )]
     RecordedSpec {
@@ -62,7 +67,7 @@ impl Error {
     /// Whether the API server answered (the reconcile ran to its end, just not successfully),
     /// as opposed to a reconcile abandoned at its deadline.
     pub fn answered(&self) -> bool {
-        !matches!(self, Error::DeadlineExceeded { .. })
+        !matches!(self, Error::DeadlineExceeded { .. } | Error::CachesNotListed { .. })
     }
 
     /// Short, stable label for metrics and Events.
@@ -76,6 +81,7 @@ impl Error {
             Error::RecordedSpec { .. } => "RecordedSpecUnreadable",
             Error::NameTaken { .. } => "NameTaken",
             Error::DeadlineExceeded { .. } => "DeadlineExceeded",
+            Error::CachesNotListed { .. } => "CachesNotListed",
         }
     }
 }

@@ -85,9 +85,17 @@ impl Progress {
 
 /// Readiness of the watches behind the caches: each must have listed once (synced) and not be
 /// failing now. A watch that errors is failing until its next event arrives.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Watches {
     state: Mutex<BTreeMap<String, WatchState>>,
+    /// Counts the lists done (any watch's): a reconcile waiting for its caches to list wakes on it.
+    lists_done: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Watches {
+    fn default() -> Self {
+        Watches { state: Mutex::default(), lists_done: tokio::sync::watch::Sender::new(0) }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -108,9 +116,17 @@ impl Watches {
         let w = state.entry(name.to_string()).or_default();
         match event {
             Err(_) => w.failing = true,
-            Ok(watcher::Event::InitDone) => *w = WatchState { synced: true, failing: false },
+            Ok(watcher::Event::InitDone) => {
+                *w = WatchState { synced: true, failing: false };
+                self.lists_done.send_modify(|n| *n += 1);
+            }
             Ok(_) => w.failing = false,
         }
+    }
+
+    /// Changes each time a watch has listed (subscribe before checking the caches).
+    pub fn lists_done(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.lists_done.subscribe()
     }
 
     /// Watches not (or no longer) ready, by name; empty when all are ready.

@@ -38,8 +38,39 @@ const MISSING_SECRET_REQUEUE: Duration = Duration::from_secs(10);
 /// allocated once it runs. With 1,000 apps queued after a restart that is the difference
 /// between a few hundred KiB and ~55 MiB.
 pub async fn reconcile(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Action> {
+    caches_listed(&ctx, &app.namespace().unwrap_or_default()).await?;
     let slot = ctx.slots.acquire(&app.namespace().unwrap_or_default()).await;
     Box::pin(reconcile_in_slot(app, ctx, slot)).await
+}
+
+/// Wait until every cache of the app's scope has listed once. Before that a child its cache
+/// does not show yet may exist: taken for absent, it would be created, refused as existing and
+/// reported as someone else's (a Stalled NameTaken flap), as at a restart over a settled fleet,
+/// whose first triggers come with the apps' list while other kinds still list. Past the
+/// reconcile deadline the reconcile fails (retried with backoff), naming the kinds.
+async fn caches_listed(ctx: &Context, namespace: &str) -> Result<()> {
+    // Subscribed before the check: a list done in between still wakes the wait.
+    let mut lists_done = ctx.readiness.watches.lists_done();
+    let deadline = tokio::time::Instant::now() + ctx.settings.reconcile_timeout;
+    loop {
+        let Some(stores) = ctx.stores(namespace) else { return Ok(()) };
+        let waiting = stores.not_listed();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        match tokio::time::timeout_at(deadline, lists_done.changed()).await {
+            Ok(Ok(())) => {}
+            // The sender lives as long as the context: not reached.
+            Ok(Err(_)) => return Ok(()),
+            Err(_) => {
+                return Err(Error::CachesNotListed {
+                    namespace: namespace.to_string(),
+                    waiting: waiting.join(", "),
+                    seconds: ctx.settings.reconcile_timeout.as_secs(),
+                });
+            }
+        }
+    }
 }
 
 async fn reconcile_in_slot(app: Arc<EmpactsApp>, ctx: Arc<Context>, _slot: crate::slots::Slot) -> Result<Action> {
