@@ -32,7 +32,7 @@ impl EmpactsAppSpec {
         self.service.as_ref().and_then(|s| s.type_).unwrap_or_default()
     }
     pub fn rollout(&self) -> RolloutPolicy {
-        self.rollout.clone().unwrap_or_default()
+        self.rollout.as_deref().cloned().unwrap_or_default()
     }
     pub fn secrets(&self) -> &[SecretEnv] {
         self.secrets.as_deref().unwrap_or(&[])

@@ -165,31 +165,31 @@ pub struct EmpactsAppSpec {
 
     /// CPU and memory requests and limits of the application container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<Resources>,
+    pub resources: Option<Box<Resources>>,
 
     /// HTTP health checks against the application port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub probes: Option<Probes>,
+    pub probes: Option<Box<Probes>>,
 
     /// The Service in front of the pods. Defaults to ClusterIP on port 80.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service: Option<ServiceSpec>,
+    pub service: Option<Box<ServiceSpec>>,
 
     /// Horizontal autoscaling (autoscaling/v2). When set, `replicas` only seeds the first rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub autoscaling: Option<Autoscaling>,
+    pub autoscaling: Option<Box<Autoscaling>>,
 
     /// PodDisruptionBudget for voluntary disruptions (node drains).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub disruption: Option<Disruption>,
+    pub disruption: Option<Box<Disruption>>,
 
     /// Database migration run as a Job with the new image before each new revision rolls out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub migration: Option<Migration>,
+    pub migration: Option<Box<Migration>>,
 
     /// Rollout strategy and failure handling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rollout: Option<RolloutPolicy>,
+    pub rollout: Option<Box<RolloutPolicy>>,
 
     /// Extra labels for the pods. The operator's own labels (`app.kubernetes.io/*` it sets, `empacts.io/*`) are refused: they select the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -219,21 +219,21 @@ pub struct EmpactsAppSpec {
     /// Judge a rollout by the app's own metrics in Prometheus: a canary step, or a plain
     /// rolling update for `analysis.duration`, fails (and rolls back) when they go bad.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub analysis: Option<Analysis>,
+    pub analysis: Option<Box<Analysis>>,
 
     /// An Ingress routing a host (and path) to the Service, optionally with TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ingress: Option<IngressSpec>,
+    pub ingress: Option<Box<IngressSpec>>,
 
     /// A NetworkPolicy that denies ingress to the app's pods except from the Ingress
     /// controller's namespace and the callers listed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network_policy: Option<NetworkPolicySpec>,
+    pub network_policy: Option<Box<NetworkPolicySpec>>,
 
     /// Scraping and alerting through the Prometheus Operator (ServiceMonitor, PrometheusRule),
     /// created when its CRDs are installed in the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub monitoring: Option<Monitoring>,
+    pub monitoring: Option<Box<Monitoring>>,
 }
 
 /// A duration such as `30s`, `2m` or `1h` (one unit; seconds, minutes or hours).

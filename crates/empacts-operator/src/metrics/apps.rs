@@ -1,11 +1,16 @@
 //! Per-app series: `empacts_app_info`, `empacts_app_ready`, `empacts_app_stalled`. Each app
 //! has exactly one `app_info` series (its phase and revision are labels, so a change removes
 //! the old series), and every series of an app goes when the app goes.
+//!
+//! The series are rendered from one map of what each app last reported, at scrape time: a
+//! prometheus gauge vector keeps, per series, its own copy of the metric's options and label
+//! pairs (~1.4 KB per app for these three, 14 MB at 10,000 apps), this map ~150 bytes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use prometheus::{IntGaugeVec, Opts};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
 
 /// What one app exports, as last set.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,80 +21,109 @@ pub struct AppSeries {
     pub stalled: bool,
 }
 
+type Last = Arc<Mutex<HashMap<(String, String), AppSeries>>>;
+
 #[derive(Clone)]
 pub struct AppGauges {
-    pub info: IntGaugeVec,
-    pub ready: IntGaugeVec,
-    pub stalled: IntGaugeVec,
-    /// The labels of each app's `app_info` series, keyed by (namespace, app), to remove it.
-    last: Arc<Mutex<HashMap<(String, String), AppSeries>>>,
+    descs: Arc<[Desc; 3]>,
+    /// What each app last reported, keyed by (namespace, app).
+    last: Last,
 }
+
+const INFO: (&str, &str) = ("app_info", "1 per EmpactsApp, labelled with its phase and current revision");
+const READY: (&str, &str) = ("app_ready", "1 while the app's Ready condition is True");
+const STALLED: (&str, &str) = ("app_stalled", "1 while the app's Stalled condition is True");
 
 impl AppGauges {
     pub fn new() -> Self {
-        let info = IntGaugeVec::new(
-            Opts::new("app_info", "1 per EmpactsApp, labelled with its phase and current revision"),
-            &["namespace", "app", "phase", "revision"],
-        )
-        .unwrap();
-        let ready = IntGaugeVec::new(
-            Opts::new("app_ready", "1 while the app's Ready condition is True"),
-            &["namespace", "app"],
-        )
-        .unwrap();
-        let stalled = IntGaugeVec::new(
-            Opts::new("app_stalled", "1 while the app's Stalled condition is True"),
-            &["namespace", "app"],
-        )
-        .unwrap();
-        AppGauges { info, ready, stalled, last: Arc::default() }
+        let desc = |(name, help): (&str, &str), labels: &[&str]| {
+            Desc::new(name.into(), help.into(), labels.iter().map(|l| l.to_string()).collect(), HashMap::new())
+                .expect("static metric description is valid")
+        };
+        let app = ["namespace", "app"];
+        let descs = [desc(INFO, &["namespace", "app", "phase", "revision"]), desc(READY, &app), desc(STALLED, &app)];
+        AppGauges { descs: Arc::new(descs), last: Arc::default() }
     }
 
-    pub fn collectors(&self) -> [Box<dyn prometheus::core::Collector>; 3] {
-        [Box::new(self.info.clone()), Box::new(self.ready.clone()), Box::new(self.stalled.clone())]
+    pub fn collectors(&self) -> [Box<dyn Collector>; 1] {
+        [Box::new(self.clone())]
     }
 
-    /// Export `series` for the app; an `app_info` series with other labels is removed.
+    /// Export `series` for the app (an `app_info` series with other labels goes).
     pub fn set(&self, namespace: &str, app: &str, series: AppSeries) {
-        let mut last = self.last.lock().expect("app series lock");
-        let key = (namespace.to_string(), app.to_string());
-        if let Some(old) = last.get(&key)
-            && (old.phase != series.phase || old.revision != series.revision)
-        {
-            let _ = self.info.remove_label_values(&[namespace, app, &old.phase, &old.revision]);
-        }
-        self.info.with_label_values(&[namespace, app, &series.phase, &series.revision]).set(1);
-        self.ready.with_label_values(&[namespace, app]).set(i64::from(series.ready));
-        self.stalled.with_label_values(&[namespace, app]).set(i64::from(series.stalled));
-        last.insert(key, series);
+        self.last.lock().expect("app series lock").insert((namespace.to_string(), app.to_string()), series);
     }
 
     /// Remove every series of the app (deleted, or no longer ours to report).
     pub fn forget(&self, namespace: &str, app: &str) {
-        let mut last = self.last.lock().expect("app series lock");
-        if let Some(old) = last.remove(&(namespace.to_string(), app.to_string())) {
-            self.remove(namespace, app, &old);
-        }
+        self.last.lock().expect("app series lock").remove(&(namespace.to_string(), app.to_string()));
     }
 
     /// Remove every app's series: a replica that stops leading must not report stale state.
     pub fn clear(&self) {
         let mut last = self.last.lock().expect("app series lock");
-        for ((namespace, app), old) in last.drain() {
-            self.remove(&namespace, &app, &old);
-        }
-    }
-
-    fn remove(&self, namespace: &str, app: &str, old: &AppSeries) {
-        let _ = self.info.remove_label_values(&[namespace, app, &old.phase, &old.revision]);
-        let _ = self.ready.remove_label_values(&[namespace, app]);
-        let _ = self.stalled.remove_label_values(&[namespace, app]);
+        last.clear();
+        last.shrink_to_fit();
     }
 }
 
 impl Default for AppGauges {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+fn family((name, help): (&str, &str), metrics: Vec<Metric>) -> MetricFamily {
+    let mut family = MetricFamily::default();
+    family.set_name(name.into());
+    family.set_help(help.into());
+    family.set_field_type(MetricType::GAUGE);
+    family.set_metric(metrics);
+    family
+}
+
+/// One gauge sample; `labels` in the order of the description (the registry sorts the
+/// samples of a family, the text encoder writes labels as given: sorted by name here).
+fn sample(labels: &[(&str, &str)], value: f64) -> Metric {
+    let mut pairs: Vec<LabelPair> = labels
+        .iter()
+        .map(|(name, value)| {
+            let mut pair = LabelPair::default();
+            pair.set_name(name.to_string());
+            pair.set_value(value.to_string());
+            pair
+        })
+        .collect();
+    pairs.sort_by(|a, b| a.name().cmp(b.name()));
+    let mut gauge = Gauge::default();
+    gauge.set_value(value);
+    let mut metric = Metric::default();
+    metric.set_label(pairs);
+    metric.set_gauge(gauge);
+    metric
+}
+
+impl Collector for AppGauges {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let last = self.last.lock().expect("app series lock");
+        let (mut info, mut ready, mut stalled) = (Vec::new(), Vec::new(), Vec::new());
+        for ((namespace, app), s) in last.iter() {
+            let (ns, app) = (namespace.as_str(), app.as_str());
+            let labels =
+                [("namespace", ns), ("app", app), ("phase", s.phase.as_str()), ("revision", s.revision.as_str())];
+            info.push(sample(&labels, 1.0));
+            ready.push(sample(&labels[..2], f64::from(u8::from(s.ready))));
+            stalled.push(sample(&labels[..2], f64::from(u8::from(s.stalled))));
+        }
+        if info.is_empty() {
+            // Like a gauge vector without children: no family at all.
+            return Vec::new();
+        }
+        vec![family(INFO, info), family(READY, ready), family(STALLED, stalled)]
     }
 }
 
