@@ -26,7 +26,7 @@ pub struct Version {
 
 /// A kept copy: its version, and the Secret as compact JSON (a third of the object's heap
 /// bytes; read back only when a reconcile uses it).
-struct Copy {
+struct KeptSecret {
     version: Version,
     json: Box<[u8]>,
 }
@@ -34,7 +34,7 @@ struct Copy {
 /// The last read copy of watched Secrets, per (namespace, name). No Debug: it holds values.
 #[derive(Default)]
 pub struct SecretCache {
-    entries: Mutex<HashMap<(String, String), Copy>>,
+    entries: Mutex<HashMap<(String, String), KeptSecret>>,
     /// Secrets that exist without the watch label, under a name the watch was expected to
     /// show (one someone else made under a generated Secret's name): read fresh each time.
     unlabelled: Mutex<std::collections::HashSet<(String, String)>>,
@@ -61,7 +61,7 @@ impl SecretCache {
         // Empty if it cannot be written (never seen): the entry still says this process holds
         // the name, and a read of it goes to the API server.
         let json = serde_json::to_vec(&copy).unwrap_or_default().into_boxed_slice();
-        let copy = Copy { version, json };
+        let copy = KeptSecret { version, json };
         self.entries.lock().expect("secret cache lock").insert(key, copy);
     }
 
