@@ -122,14 +122,17 @@ metricRelabelings:
 {{- if gt (int .Values.sharding.replicas) 1 }}{{ .Values.sharding.replicas }}{{ else }}{{ .Values.replicas }}{{ end }}
 {{- end }}
 
-{{/* The Leases the operator uses: the leader Lease (sharded replicas read it, to start only
-once an unsharded leader is gone), and one per shard. */}}
+{{/* The Leases the operator writes: the leader Lease unsharded, else one per shard, named with
+the shard count (replicas of another count never write them). */}}
 {{- define "empacts-operator.leaseNames" -}}
-{{- $names := list .Values.leaderElection.leaseName }}
-{{- if gt (int .Values.sharding.replicas) 1 }}
-{{- range $i := until (int .Values.sharding.replicas) }}
-{{- $names = append $names (printf "%s-shard-%d" $.Values.leaderElection.leaseName $i) }}
+{{- $n := int .Values.sharding.replicas }}
+{{- $names := list }}
+{{- if gt $n 1 }}
+{{- range $i := until $n }}
+{{- $names = append $names (printf "%s-shard-%d-of-%d" $.Values.leaderElection.leaseName $i $n) }}
 {{- end }}
+{{- else }}
+{{- $names = list .Values.leaderElection.leaseName }}
 {{- end }}
 {{- toJson $names }}
 {{- end }}

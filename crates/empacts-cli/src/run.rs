@@ -83,8 +83,9 @@ pub struct RunArgs {
     #[arg(long, env = "EMPACTS_SHUTDOWN_TIMEOUT", value_parser = seconds, default_value = "20")]
     pub shutdown_timeout: Duration,
     /// Split the apps into this many shards, each elected through its own Lease
-    /// (`<lease-name>-shard-<i>`): every replica reconciles the apps of the shards it holds,
-    /// and takes over a dead replica's shard after its lease duration. 1: no sharding, one Lease.
+    /// (`<lease-name>-shard-<i>-of-<n>`): every replica reconciles the apps of the shards it
+    /// holds, and takes over a dead replica's shard after its lease duration. 1: no sharding,
+    /// one Lease. Replicas of another count (or unsharded ones) must stop before any shard starts.
     #[arg(long, env = "EMPACTS_SHARDS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub shards: u32,
     /// The shard this replica campaigns for at once (others only one lease duration after it
@@ -209,7 +210,9 @@ pub async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(SERVER_STOP_TIMEOUT, server).await;
         return result;
     }
-    let elector = Elector::new(client.clone(), &lease_ns, &args.lease_name, leader_config);
+    let base = args.lease_name.clone();
+    let elector = Elector::new(client.clone(), &lease_ns, &args.lease_name, leader_config)
+        .exclusive_of(move |lease| shard::foreign_lease(&base, 1, lease));
     readiness.standby_ok.store(true, Ordering::Release);
     info!(lease = %format!("{lease_ns}/{}", args.lease_name), %identity, config = ?elector.config(), "waiting to become leader");
     let mut leadership = tokio::select! {
@@ -345,18 +348,15 @@ async fn run_shards(
 ) -> anyhow::Result<()> {
     let shards = args.shards;
     let preferred = shard::preferred_shard(&cfg.identity, shards, args.shard_preference);
-    // Switching a running operator to sharding: the unsharded leader (on the `--lease-name`
-    // Lease) reconciles every app until it stops; no shard starts before its Lease is free.
-    let unsharded = Elector::new(client.clone(), lease_ns, &args.lease_name, cfg.clone());
     ctx.readiness.standby_ok.store(true, Ordering::Release);
-    tokio::select! {
-        _ = unsharded.until_free() => {}
-        _ = stopped(stop_rx.clone()) => return Ok(()),
-    }
     let (acquired_tx, mut acquired_rx) = tokio::sync::mpsc::unbounded_channel();
     let campaign = |i: u32, not_before: tokio::time::Instant| {
         let lease = shard::lease_name(&args.lease_name, i, shards);
-        let elector = Elector::new(client.clone(), lease_ns, &lease, cfg.clone());
+        // Switching a running operator to sharding, or to another shard count: the replicas of
+        // the old configuration reconcile their apps until they stop; no shard starts before.
+        let base = args.lease_name.clone();
+        let elector = Elector::new(client.clone(), lease_ns, &lease, cfg.clone())
+            .exclusive_of(move |lease| shard::foreign_lease(&base, shards, lease));
         let elector = if i == preferred { elector.asking() } else { elector };
         let tx = acquired_tx.clone();
         tokio::spawn(async move {

@@ -19,16 +19,17 @@
 //! The decisions ([`campaign_step`], [`leader_step`], [`Observed::observe`] and the record
 //! builders) are pure; [`Elector`] and [`Leadership`] do the I/O.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use tokio::sync::watch;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tracing::{debug, info, warn};
 
 const FIELD_MANAGER: &str = "empacts-operator";
@@ -192,6 +193,54 @@ pub fn held_back(step: Campaign, now: Instant, not_before: Instant) -> Campaign 
     }
 }
 
+/// Where the Leases of other configurations stand (see [`Elector::exclusive_of`]), by a
+/// candidate's own clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Foreign {
+    /// None is held: each is released, deleted, or has been seen unchanged for its duration
+    /// (its holder has stopped, by the leader's own rule).
+    Free,
+    /// `lease` is held by `holder` and is free at `until` at the earliest (the latest of
+    /// those held).
+    Held { lease: String, holder: String, until: Instant },
+}
+
+/// Fold a fresh read of the namespace's Leases into what was seen of the foreign ones before:
+/// `since` stays only while a record is unchanged; a Lease no longer listed was deleted.
+pub fn observe_foreign(
+    previous: &BTreeMap<String, Observed>,
+    leases: &[Lease],
+    foreign: &dyn Fn(&str) -> bool,
+    now: Instant,
+    fallback_duration: Duration,
+) -> BTreeMap<String, Observed> {
+    leases
+        .iter()
+        .filter_map(|l| {
+            let name = l.metadata.name.clone().filter(|n| foreign(n))?;
+            let seen = Observed::observe(previous.get(&name), l, now, fallback_duration);
+            Some((name, seen))
+        })
+        .collect()
+}
+
+/// Whether any foreign Lease is still held. A holder of the candidate's own identity counts
+/// too: a foreign Lease is another configuration's, whatever process wrote it.
+pub fn foreign_step(observed: &BTreeMap<String, Observed>, now: Instant) -> Foreign {
+    observed
+        .iter()
+        .filter_map(|(lease, o)| {
+            let until = o.since + o.lease_duration;
+            let holder = o.holder.clone().filter(|_| now < until)?;
+            Some(Foreign::Held { lease: lease.clone(), holder, until })
+        })
+        .max_by_key(|f| match f {
+            Foreign::Held { until, .. } => *until,
+            Foreign::Free => now,
+        })
+        .unwrap_or(Foreign::Free)
+}
+
 /// What the leader does next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaderStep {
@@ -275,6 +324,9 @@ enum TermState {
     Lost(LossReason),
 }
 
+/// Which Leases of the namespace belong to other configurations of this operator.
+type ForeignLeases = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// Campaigns for one Lease.
 pub struct Elector {
     api: Api<Lease>,
@@ -282,6 +334,7 @@ pub struct Elector {
     cfg: LeaderConfig,
     /// Ask another holder for the Lease ([`WANTED_BY_ANNOTATION`]).
     ask: bool,
+    exclusive: Option<ForeignLeases>,
 }
 
 fn is_status(e: &kube::Error, code: u16) -> bool {
@@ -290,7 +343,19 @@ fn is_status(e: &kube::Error, code: u16) -> bool {
 
 impl Elector {
     pub fn new(client: Client, namespace: &str, name: &str, cfg: LeaderConfig) -> Self {
-        Elector { api: Api::namespaced(client, namespace), name: name.to_string(), cfg, ask: false }
+        Elector { api: Api::namespaced(client, namespace), name: name.to_string(), cfg, ask: false, exclusive: None }
+    }
+
+    /// Lead only while no Lease for which `foreign` holds is held: those of replicas of
+    /// another configuration (sharded or not, another shard count), which reconcile apps this
+    /// configuration also owns. Before acquiring, the candidate waits until every foreign Lease
+    /// is free; after acquiring, it reads them again, and if one was taken meanwhile it
+    /// releases its own and retries after a random pause. Of two candidates of different
+    /// configurations, whichever reads second sees the other's Lease held, so they never both
+    /// lead (both may back off, and retry).
+    pub fn exclusive_of(mut self, foreign: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        self.exclusive = Some(Arc::new(foreign));
+        self
     }
 
     /// While another replica holds the Lease, ask it to hand the Lease over (it may or may
@@ -308,29 +373,6 @@ impl Elector {
     /// acquire already sent may then have succeeded, and the Lease simply expires.
     pub async fn campaign(&self) -> Leadership {
         self.campaign_from(Instant::now()).await
-    }
-
-    /// Resolves once nobody else holds the Lease by the rule a candidate acquires by (it does
-    /// not exist, is released, or has been seen unchanged for its duration), without writing
-    /// it: a replica of another mode (sharded or not) waits here for a leader of the
-    /// other mode to be gone before it reconciles.
-    pub async fn until_free(&self) {
-        let mut observed: Option<Observed> = None;
-        let mut announced = false;
-        loop {
-            let Some((_, now)) = self.read(&mut observed).await else { continue };
-            match campaign_step(&self.cfg.identity, observed.as_ref(), now) {
-                Campaign::Create | Campaign::Acquire => return,
-                Campaign::WaitUntil(until) => {
-                    if !announced {
-                        let holder = observed.as_ref().and_then(|o| o.holder.clone());
-                        info!(?holder, lease = %self.name, "waiting for this Lease's holder to stop or expire");
-                        announced = true;
-                    }
-                    sleep_until(until.min(now + self.cfg.renew_period)).await;
-                }
-            }
-        }
     }
 
     /// One read of the Lease, folded into `observed`: the record and when it was read; None
@@ -354,45 +396,90 @@ impl Elector {
         Some((current, now))
     }
 
+    /// One read of the namespace's Leases, folded into `seen` (see [`observe_foreign`]);
+    /// None after a failed or timed-out read.
+    async fn read_foreign(&self, foreign: &ForeignLeases, seen: &mut BTreeMap<String, Observed>) -> Option<Instant> {
+        // No resourceVersion: a consistent read, never a stale cache.
+        let read = timeout(self.cfg.request_timeout(), self.api.list(&ListParams::default())).await;
+        let now = Instant::now();
+        match read {
+            Ok(Ok(list)) => {
+                *seen = observe_foreign(seen, &list.items, foreign.as_ref(), now, self.cfg.lease_duration);
+                Some(now)
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, lease = %self.name, "listing the Leases of other configurations failed; retrying");
+                None
+            }
+            Err(_) => {
+                warn!(lease = %self.name, "listing the Leases of other configurations timed out; retrying");
+                None
+            }
+        }
+    }
+
     /// [`Elector::campaign`], acquiring no earlier than `not_before` (see [`held_back`]).
     pub async fn campaign_from(&self, not_before: Instant) -> Leadership {
         let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
         let mut observed: Option<Observed> = None;
         let mut announced = None;
+        let mut foreign_seen = BTreeMap::new();
+        let mut foreign_read = false;
+        let mut announced_foreign = None;
         loop {
+            // Foreign Leases are timed from the start, so one left by a killed replica has
+            // expired by the time this Lease may be taken.
+            if let Some(foreign) = self.exclusive.as_ref().filter(|_| !foreign_read) {
+                foreign_read = self.read_foreign(foreign, &mut foreign_seen).await.is_some();
+            }
             let Some((current, now)) = self.read(&mut observed).await else { continue };
-            let sent = Instant::now();
-            let write = match held_back(campaign_step(&self.cfg.identity, observed.as_ref(), now), now, not_before) {
-                Campaign::WaitUntil(until) => {
-                    let holder = observed.as_ref().and_then(|o| o.holder.clone());
-                    if announced != holder {
-                        info!(holder = ?holder, lease = %self.name, "another replica leads; standing by");
-                        announced = holder;
+            let step = held_back(campaign_step(&self.cfg.identity, observed.as_ref(), now), now, not_before);
+            if let Campaign::WaitUntil(until) = step {
+                let holder = observed.as_ref().and_then(|o| o.holder.clone());
+                if announced != holder {
+                    info!(holder = ?holder, lease = %self.name, "another replica leads; standing by");
+                    announced = holder;
+                }
+                if let Some(ask) = current.as_ref().filter(|_| self.ask).and_then(|l| asked_for(l, &self.cfg.identity))
+                {
+                    // A conflict (the holder renewed meanwhile) is retried at the next poll.
+                    match timeout(self.cfg.request_timeout(), self.api.replace(&self.name, &pp, &ask)).await {
+                        Ok(Ok(_)) => info!(lease = %self.name, "asked the holder to hand the Lease over"),
+                        Ok(Err(e)) => debug!(error = %e, lease = %self.name, "asking for the Lease failed"),
+                        Err(_) => debug!(lease = %self.name, "asking for the Lease timed out"),
                     }
-                    if let Some(ask) =
-                        current.as_ref().filter(|_| self.ask).and_then(|l| asked_for(l, &self.cfg.identity))
-                    {
-                        // A conflict (the holder renewed meanwhile) is retried at the next poll.
-                        match timeout(self.cfg.request_timeout(), self.api.replace(&self.name, &pp, &ask)).await {
-                            Ok(Ok(_)) => info!(lease = %self.name, "asked the holder to hand the Lease over"),
-                            Ok(Err(e)) => debug!(error = %e, lease = %self.name, "asking for the Lease failed"),
-                            Err(_) => debug!(lease = %self.name, "asking for the Lease timed out"),
-                        }
+                }
+                sleep_until(until.min(now + self.cfg.renew_period)).await;
+                continue;
+            }
+            // Free for this configuration: no other configuration may hold its Leases either.
+            if let Some(foreign) = &self.exclusive {
+                let Some(now) = self.read_foreign(foreign, &mut foreign_seen).await else {
+                    sleep_until(now + self.cfg.renew_period).await;
+                    continue;
+                };
+                if let Foreign::Held { lease, holder, until } = foreign_step(&foreign_seen, now) {
+                    if announced_foreign.as_ref() != Some(&lease) {
+                        info!(lease = %self.name, foreign = %lease, %holder, "a replica of another configuration (sharding or shard count) leads; waiting for it to stop or expire");
+                        announced_foreign = Some(lease);
                     }
                     sleep_until(until.min(now + self.cfg.renew_period)).await;
                     continue;
                 }
-                Campaign::Create => {
-                    let lease = acquired(&self.cfg, &self.name, None, Timestamp::now());
-                    timeout(self.cfg.request_timeout(), self.api.create(&pp, &lease)).await
-                }
-                Campaign::Acquire => {
-                    let lease = acquired(&self.cfg, &self.name, current.as_ref(), Timestamp::now());
-                    timeout(self.cfg.request_timeout(), self.api.replace(&self.name, &pp, &lease)).await
-                }
+            }
+            let sent = Instant::now();
+            let lease = acquired(&self.cfg, &self.name, current.as_ref(), Timestamp::now());
+            let write = if step == Campaign::Create {
+                timeout(self.cfg.request_timeout(), self.api.create(&pp, &lease)).await
+            } else {
+                timeout(self.cfg.request_timeout(), self.api.replace(&self.name, &pp, &lease)).await
             };
             match write {
                 Ok(Ok(lease)) => {
+                    if self.exclusive.is_some() && !self.still_exclusive(&mut foreign_seen).await {
+                        self.back_off(&pp, &lease).await;
+                        continue;
+                    }
                     return Leadership::start(self.api.clone(), self.name.clone(), self.cfg.clone(), lease, sent);
                 }
                 // Another candidate wrote first: read again at once.
@@ -404,6 +491,31 @@ impl Elector {
                 Err(_) => warn!(lease = %self.name, "acquiring the Lease timed out; retrying"),
             }
         }
+    }
+
+    /// After acquiring: whether the foreign Leases are still free (a candidate of another
+    /// configuration may have taken one since they were read). An unreadable list is no proof.
+    async fn still_exclusive(&self, seen: &mut BTreeMap<String, Observed>) -> bool {
+        let Some(foreign) = &self.exclusive else { return true };
+        match self.read_foreign(foreign, seen).await.map(|now| foreign_step(seen, now)) {
+            Some(Foreign::Free) => true,
+            Some(Foreign::Held { lease, holder, .. }) => {
+                info!(lease = %self.name, foreign = %lease, %holder, "a replica of another configuration took its Lease meanwhile; releasing ours");
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Release `ours` (just acquired, never led) and pause a random part of two renew periods,
+    /// so two candidates of different configurations that backed off together do not collide
+    /// again. A failed release simply expires.
+    async fn back_off(&self, pp: &PostParams, ours: &Lease) {
+        let lease = released(ours, Timestamp::now());
+        if let Ok(Err(e)) = timeout(self.cfg.request_timeout(), self.api.replace(&self.name, pp, &lease)).await {
+            warn!(error = %e, lease = %self.name, "releasing the Lease after backing off failed; it expires");
+        }
+        sleep(self.cfg.renew_period.mul_f64(2.0 * rand::random::<f64>())).await;
     }
 }
 
@@ -773,6 +885,129 @@ mod tests {
         assert!(matches!(reason, LossReason::NotRenewed(_)), "{reason:?}");
         let ended = start.elapsed();
         assert!(ended >= ms(200) && ended < ms(2000), "ended after {ended:?}");
+    }
+
+    fn named(name: &str, holder: Option<&str>, rv: &str, duration: i32) -> Lease {
+        let mut l = lease(holder, rv, duration);
+        l.metadata.name = Some(name.into());
+        l
+    }
+
+    #[test]
+    fn foreign_leases_are_timed_like_any_holder_and_only_those_held_count() {
+        let foreign = |n: &str| n.starts_with("old-");
+        let t0 = Instant::now();
+        let listed = [
+            named("old-0", Some("a"), "1", 6),
+            named("old-1", None, "2", 1),
+            named("mine", Some("b"), "3", 6),
+            named("other", Some("c"), "4", 6),
+        ];
+        let seen = observe_foreign(&BTreeMap::new(), &listed, &foreign, t0, secs(15));
+        assert_eq!(seen.keys().collect::<Vec<_>>(), ["old-0", "old-1"], "only foreign Leases are kept");
+        assert_eq!(
+            foreign_step(&seen, t0),
+            Foreign::Held { lease: "old-0".into(), holder: "a".into(), until: t0 + secs(6) }
+        );
+        // Unchanged for its duration: its holder has stopped.
+        let later = observe_foreign(&seen, &listed, &foreign, t0 + secs(6), secs(15));
+        assert_eq!(later["old-0"].since, t0);
+        assert_eq!(foreign_step(&later, t0 + secs(6)), Foreign::Free);
+        // Renewed: held again for a full duration from the sighting.
+        let renewed = [named("old-0", Some("a"), "5", 6), listed[1].clone()];
+        let again = observe_foreign(&later, &renewed, &foreign, t0 + secs(7), secs(15));
+        assert_eq!(
+            foreign_step(&again, t0 + secs(8)),
+            Foreign::Held { lease: "old-0".into(), holder: "a".into(), until: t0 + secs(13) }
+        );
+        // The latest of several held is reported; a deleted one is forgotten.
+        let two = [named("old-0", Some("a"), "5", 6), named("old-2", Some("me"), "6", 15)];
+        let both = observe_foreign(&again, &two, &foreign, t0 + secs(8), secs(15));
+        assert!(
+            matches!(foreign_step(&both, t0 + secs(8)), Foreign::Held { lease, .. } if lease == "old-2"),
+            "held by this very identity still counts: it is another configuration's"
+        );
+        assert_eq!(observe_foreign(&both, &[], &foreign, t0 + secs(9), secs(15)), BTreeMap::new());
+    }
+
+    /// Two candidates of different configurations (each the other's foreign Lease) run the
+    /// campaign's steps — check the foreign Leases, acquire their own, check again, release
+    /// on a conflict — in every interleaving, against a store whose writes are conditional:
+    /// they never both lead, and one leads whenever they do not overlap.
+    #[test]
+    fn candidates_of_two_configurations_never_both_lead_in_any_interleaving() {
+        #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+        enum Pc {
+            Check,
+            Acquire,
+            Recheck,
+            Release,
+            Leads,
+            Waits,
+            BackedOff,
+        }
+        let names = ["unsharded", "shard-0-of-2"];
+        let step = |who: usize, pc: Pc, store: &mut BTreeMap<String, Lease>, t: Instant| -> Pc {
+            let (own, other) = (names[who], names[1 - who]);
+            let foreign = move |n: &str| n == other;
+            let list: Vec<Lease> = store.values().cloned().collect();
+            let free =
+                || foreign_step(&observe_foreign(&BTreeMap::new(), &list, &foreign, t, secs(15)), t) == Foreign::Free;
+            let c = LeaderConfig::new(format!("id-{who}"), secs(15), None, None).unwrap();
+            match pc {
+                Pc::Check => {
+                    if free() {
+                        Pc::Acquire
+                    } else {
+                        Pc::Waits
+                    }
+                }
+                Pc::Acquire => {
+                    let now = Timestamp::from_second(1_700_000_000).unwrap();
+                    let mut l = acquired(&c, own, store.get(own), now);
+                    l.metadata.resource_version = Some(format!("{}", store.len() + 10));
+                    store.insert(own.into(), l);
+                    Pc::Recheck
+                }
+                Pc::Recheck => {
+                    if free() {
+                        Pc::Leads
+                    } else {
+                        Pc::Release
+                    }
+                }
+                Pc::Release => {
+                    let l = released(&store[own], Timestamp::from_second(1_700_000_001).unwrap());
+                    store.insert(own.into(), l);
+                    Pc::BackedOff
+                }
+                done => done,
+            }
+        };
+        let running = |pc: Pc| matches!(pc, Pc::Check | Pc::Acquire | Pc::Recheck | Pc::Release);
+        let t = Instant::now();
+        let mut explored = 0;
+        let mut stack = vec![([Pc::Check, Pc::Check], BTreeMap::<String, Lease>::new(), Vec::<usize>::new())];
+        while let Some((pcs, store, trace)) = stack.pop() {
+            if !pcs.iter().any(|pc| running(*pc)) {
+                explored += 1;
+                assert!(!(pcs[0] == Pc::Leads && pcs[1] == Pc::Leads), "both lead after {trace:?}");
+                let sequential = trace.windows(2).filter(|w| w[0] != w[1]).count() <= 1;
+                if sequential {
+                    assert!(pcs.contains(&Pc::Leads), "one runs after the other: the first leads {trace:?} {pcs:?}");
+                }
+                continue;
+            }
+            for who in 0..2 {
+                if running(pcs[who]) {
+                    let (mut pcs, mut store, mut trace) = (pcs, store.clone(), trace.clone());
+                    pcs[who] = step(who, pcs[who], &mut store, t);
+                    trace.push(who);
+                    stack.push((pcs, store, trace));
+                }
+            }
+        }
+        assert!(explored >= 20, "explored {explored} interleavings");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Sharding across replicas: with `--shards N`, the apps are split into N disjoint shards and
-//! every shard has its own Lease (`<lease-name>-shard-<i>`), elected with [`crate::leader`]'s
+//! every shard has its own Lease (`<lease-name>-shard-<i>-of-<n>`), elected with [`crate::leader`]'s
 //! guarantees. A replica reconciles the apps of the shards whose Leases it holds, and only
 //! those, so no app is ever reconciled by two replicas at once.
 //!
@@ -12,6 +12,10 @@
 //!   shard once that Lease has been silent for its duration, as any standby does.
 //! - A replica losing any of its shard Leases stops reconciling at once and exits, like a
 //!   leader losing the single Lease.
+//! - Replicas of different configurations (unsharded, or another count) split the apps
+//!   differently, so a replica leads only while no Lease of another configuration is held
+//!   ([`foreign_lease`], [`crate::leader::Elector::exclusive_of`]): a change of `--shards` in a
+//!   running release waits for the old replicas to stop.
 //!
 //! The decisions here are pure; `empacts run` does the I/O.
 
@@ -53,9 +57,31 @@ pub fn shard_of(app: &EmpactsApp, shards: u32) -> u32 {
     shard_of_key(&key, shards)
 }
 
-/// Name of shard `shard`'s Lease; with a single shard, the Lease of the unsharded operator.
+/// Name of shard `shard`'s Lease: `<base>-shard-<i>-of-<n>`; with a single shard, the Lease of
+/// the unsharded operator. The count is part of the name: replicas configured with different
+/// counts split the apps differently, so they must never hold Leases of the same name.
 pub fn lease_name(base: &str, shard: u32, shards: u32) -> String {
-    if shards <= 1 { base.to_string() } else { format!("{base}-shard-{shard}") }
+    if shards <= 1 { base.to_string() } else { format!("{base}-shard-{shard}-of-{shards}") }
+}
+
+/// Whether `name` is a Lease of this operator (`base`) under another configuration than
+/// `shards`: the unsharded Lease when sharded, a shard Lease when unsharded or of another
+/// count, or one of the older `<base>-shard-<i>` form (which carried no count). While such a
+/// Lease is held, a replica of another configuration is reconciling apps that may be in this
+/// one's shards. Other Leases in the namespace are not this operator's.
+pub fn foreign_lease(base: &str, shards: u32, name: &str) -> bool {
+    if name == base {
+        return shards > 1;
+    }
+    let Some(rest) = name.strip_prefix(base).and_then(|r| r.strip_prefix("-shard-")) else { return false };
+    let number = |s: &str| s.parse::<u32>().ok().filter(|_| s.bytes().all(|b| b.is_ascii_digit()));
+    match rest.split_once("-of-") {
+        Some((i, n)) => match (number(i), number(n)) {
+            (Some(i), Some(n)) => !(shards > 1 && n == shards && i < n),
+            _ => false,
+        },
+        None => number(rest).is_some(),
+    }
 }
 
 /// The shard a replica campaigns for first: `explicit` if given, else the trailing ordinal of
@@ -185,7 +211,7 @@ mod tests {
     #[test]
     fn leases_and_preferences() {
         assert_eq!(lease_name("empacts-operator", 0, 1), "empacts-operator", "one shard: today's Lease");
-        assert_eq!(lease_name("empacts-operator", 1, 2), "empacts-operator-shard-1");
+        assert_eq!(lease_name("empacts-operator", 1, 2), "empacts-operator-shard-1-of-2");
         assert_eq!(preferred_shard("empacts-operator-0", 2, None), 0);
         assert_eq!(preferred_shard("empacts-operator-1", 2, None), 1);
         assert_eq!(preferred_shard("empacts-operator-5", 2, None), 1);
@@ -193,6 +219,40 @@ mod tests {
         assert_eq!(preferred_shard("x", 3, Some(4)), 1);
         assert_eq!(preferred_shard("empacts-7d9f-abcde", 3, None), shard_of_key("empacts-7d9f-abcde", 3));
         assert_eq!(preferred_shard("host", 1, None), 0);
+    }
+
+    #[test]
+    fn leases_of_another_configuration_are_foreign() {
+        let base = "empacts-operator";
+        // Unsharded: every shard Lease, of any count or form, is another configuration's.
+        for name in ["empacts-operator-shard-0-of-2", "empacts-operator-shard-2-of-3", "empacts-operator-shard-1"] {
+            assert!(foreign_lease(base, 1, name), "{name}");
+        }
+        assert!(!foreign_lease(base, 1, base), "its own Lease");
+        // Sharded by 2: the unsharded Lease, other counts and the count-less form are foreign.
+        for name in [base, "empacts-operator-shard-0-of-3", "empacts-operator-shard-0", "empacts-operator-shard-2-of-2"]
+        {
+            assert!(foreign_lease(base, 2, name), "{name}");
+        }
+        for own in (0..2).map(|i| lease_name(base, i, 2)) {
+            assert!(!foreign_lease(base, 2, &own), "{own}");
+            assert!(foreign_lease(base, 3, &own), "{own} under 3 shards");
+            assert!(foreign_lease(base, 1, &own), "{own} unsharded");
+        }
+        // Not this operator's: other names, other releases sharing a prefix, malformed tails.
+        for name in [
+            "empacts-operator-2",
+            "empacts-operator-other",
+            "empacts-operator-shard-",
+            "empacts-operator-shard-x",
+            "empacts-operator-shard-1-of-",
+            "empacts-operator-shard-+1",
+            "empacts-operator-shard-1-of-2-x",
+            "other-shard-1-of-2",
+            "empacts",
+        ] {
+            assert!(!foreign_lease(base, 2, name) && !foreign_lease(base, 1, name), "{name}");
+        }
     }
 
     #[test]

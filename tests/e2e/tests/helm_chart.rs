@@ -147,7 +147,8 @@ fn assert_lease_role(docs: &[Value], release_ns: &str) {
     let g = grants(&[role]);
     assert_eq!(g.len(), 1, "the Lease Role grants nothing else: {g:?}");
     let verbs: Vec<&str> = g.values().next().unwrap().iter().map(String::as_str).collect();
-    assert_eq!(verbs, ["create", "get", "patch", "update"]);
+    // list: a replica reads every Lease there, to wait for replicas of another configuration.
+    assert_eq!(verbs, ["create", "get", "list", "patch", "update"]);
     for cr in of_kind(docs, "ClusterRole") {
         assert!(!grants(&[cr]).keys().any(|(_, r)| r == "leases"), "no cluster-wide Lease access");
     }
@@ -574,6 +575,8 @@ async fn helm_install_rbac_is_enough_for_the_operator_and_pods_pass_restricted_p
     assert!(!can_i(&env, &sa_user, &["delete", "empactsapps.empacts.io", "-n", n]));
     assert!(can_i(&env, &sa_user, &["update", "leases.coordination.k8s.io/empacts-operator", "-n", n]));
     assert!(!can_i(&env, &sa_user, &["update", "leases.coordination.k8s.io/other", "-n", n]));
+    // Read them all: a replica starts only once other configurations' Leases are free.
+    assert!(can_i(&env, &sa_user, &["list", "leases.coordination.k8s.io", "-n", n]));
     assert!(!can_i(&env, &sa_user, &["get", "leases.coordination.k8s.io/empacts-operator", "-n", "default"]));
 
     // The proof: the operator, authenticated as the chart's ServiceAccount (token), takes the Lease

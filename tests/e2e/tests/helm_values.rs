@@ -177,8 +177,8 @@ async fn every_value_renders_and_the_api_server_accepts_every_object() {
     let expr = rule["spec"]["groups"][0]["rules"][0]["expr"].as_str().unwrap();
     assert!(expr.contains(&format!(r#"job="{}/rel-empacts-operator""#, ns.name)), "{expr}");
 
-    // Sharding: a StatefulSet of one replica per shard, each with --shards, allowed its shard's
-    // Lease (and the unsharded one, which it reads before starting).
+    // Sharding: a StatefulSet of one replica per shard, each with --shards, allowed to write the
+    // Leases of its shard count only (and to read all, to wait for other configurations).
     let out =
         helm(&env, &["lint", "--strict", chart().to_str().unwrap(), "-f", values_arg, "--set", "sharding.replicas=3"]);
     assert!(
@@ -192,18 +192,33 @@ async fn every_value_renders_and_the_api_server_accepts_every_object() {
     assert_eq!(sts["spec"]["replicas"].as_u64(), Some(3));
     assert_eq!(sts["spec"]["podManagementPolicy"].as_str(), Some("Parallel"));
     assert!(strings(&sts["spec"]["template"]["spec"]["containers"][0]["args"]).contains(&"--shards=3".to_string()));
-    let lease_rules: Vec<String> = of_kind(&sharded, "Role")
-        .iter()
-        .flat_map(|r| r["rules"].as_sequence().cloned().unwrap_or_default())
-        .filter(|rule| strings(&rule["resources"]) == ["leases"])
-        .flat_map(|rule| strings(&rule["resourceNames"]))
-        .collect();
+    let lease_rules = |objects: &[serde_yaml::Value]| -> Vec<(Vec<String>, Vec<String>)> {
+        of_kind(objects, "Role")
+            .iter()
+            .flat_map(|r| r["rules"].as_sequence().cloned().unwrap_or_default())
+            .filter(|rule| strings(&rule["resources"]) == ["leases"])
+            .map(|rule| (strings(&rule["verbs"]), strings(&rule["resourceNames"])))
+            .collect()
+    };
+    let names = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
     assert_eq!(
-        lease_rules,
-        ["empacts-operator", "empacts-operator-shard-0", "empacts-operator-shard-1", "empacts-operator-shard-2"]
+        lease_rules(&sharded),
+        [
+            (names(&["create"]), vec![]),
+            (names(&["get", "list"]), vec![]),
+            (
+                names(&["update", "patch"]),
+                names(&[
+                    "empacts-operator-shard-0-of-3",
+                    "empacts-operator-shard-1-of-3",
+                    "empacts-operator-shard-2-of-3"
+                ])
+            )
+        ]
     );
     assert_eq!(one(&sharded, "PodDisruptionBudget")["spec"]["minAvailable"].as_u64(), Some(1));
     let unsharded = render_chart(&env, &chart(), &ns.name, &["replicas=1"], &["-f", values_arg]);
+    assert_eq!(lease_rules(&unsharded)[2], (names(&["update", "patch"]), names(&["empacts-operator"])));
     assert!(of_kind(&unsharded, "StatefulSet").is_empty() && of_kind(&unsharded, "PodDisruptionBudget").is_empty());
     assert!(
         !strings(&one(&unsharded, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"])

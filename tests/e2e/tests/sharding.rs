@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use empacts_api::{EmpactsApp, Phase};
 use empacts_e2e::fault_proxy::{FaultProxy, RequestRecord};
 use empacts_e2e::*;
-use empacts_operator::shard::{SHARD_KEY_LABEL, shard_of_key};
+use empacts_operator::shard::{SHARD_KEY_LABEL, lease_name, shard_of_key};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Patch, PatchParams};
@@ -23,9 +23,14 @@ fn tmp(ns: &TestNamespace, name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("empacts-e2e-{}-{name}", ns.name))
 }
 
-async fn holder(ns: &TestNamespace, shard: u32) -> Option<String> {
-    let lease = ns.api::<Lease>().get_opt(&format!("{LEASE}-shard-{shard}")).await.ok()??;
+async fn lease_holder(ns: &TestNamespace, name: &str) -> Option<String> {
+    let lease = ns.api::<Lease>().get_opt(name).await.ok()??;
     lease.spec?.holder_identity.filter(|h| !h.is_empty())
+}
+
+/// Holder of shard `shard`'s Lease out of [`SHARDS`].
+async fn holder(ns: &TestNamespace, shard: u32) -> Option<String> {
+    lease_holder(ns, &lease_name(LEASE, shard, SHARDS)).await
 }
 
 /// The app a successful write of `r` was for: the app itself (status) or its Deployment (named
@@ -272,62 +277,121 @@ async fn a_replica_alone_takes_every_shard_after_its_head_start() {
     ns.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sharded_replicas_start_only_once_an_unsharded_leader_is_gone() {
+/// A replica of a new configuration (`to` shards; 1: unsharded) starts while one of the old
+/// configuration (`from`) holds every Lease of its own: the new one takes no Lease and writes
+/// nothing, watched continuously while the old one keeps rolling an app out, until the old one
+/// stops; then it takes over.
+async fn a_new_configuration_waits_for_the_old_one(from: u32, to: u32, label: &str) {
     let (env, client) = cluster().await;
-    let ns = TestNamespace::new(&client, "shard-switch").await;
-    let single_holder = || async {
-        let lease = ns.api::<Lease>().get_opt(LEASE).await.ok()??;
-        lease.spec?.holder_identity.filter(|h| !h.is_empty())
-    };
-    let mut single = OperatorProcess::start_elected(
-        &env.kubeconfig,
-        "single",
-        &ns.name,
-        LEASE,
-        &tmp(&ns, "single.log"),
-        &[("EMPACTS_LEASE_DURATION", "4")],
-    );
-    wait_until("the unsharded replica leads", T, || async { (single_holder().await? == "single").then_some(()) }).await;
+    let ns = TestNamespace::new(&client, label).await;
+    let old_leases: Vec<String> = (0..from).map(|i| lease_name(LEASE, i, from)).collect();
+    let new_leases: Vec<String> = (0..to).map(|i| lease_name(LEASE, i, to)).collect();
+    let (from_s, to_s) = (from.to_string(), to.to_string());
+    let old_timing = [("EMPACTS_LEASE_DURATION", "4"), ("EMPACTS_SHARDS", from_s.as_str())];
+    let mut old =
+        OperatorProcess::start_elected(&env.kubeconfig, "old-0", &ns.name, LEASE, &tmp(&ns, "old.log"), &old_timing);
+    wait_until("the old configuration holds all its Leases", T, || async {
+        for lease in &old_leases {
+            lease_holder(&ns, lease).await.filter(|h| h == "old-0")?;
+        }
+        Some(())
+    })
+    .await;
     apply_app(&ns, &app("app-0", "1.0.0", None)).await;
     wait_app(&ns, "app-0", "Ready", T, |a| phase(a) == Some(Phase::Ready)).await;
 
-    // Switching to sharding: a sharded replica starts while the unsharded leader still runs.
-    let timing = [("EMPACTS_LEASE_DURATION", "4"), ("EMPACTS_SHARDS", "2")];
-    let sharded = OperatorProcess::start_elected(
-        &env.kubeconfig,
-        "empacts-operator-0",
-        &ns.name,
-        LEASE,
-        &tmp(&ns, "sharded.log"),
-        &timing,
-    );
-    wait_until("the sharded replica is up", T, || async { sharded.get("/readyz").await.filter(|(c, _)| *c == 200) })
-        .await;
-    // Well past a lease duration and the foster head start: it takes no shard.
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    assert_eq!((holder(&ns, 0).await, holder(&ns, 1).await), (None, None), "no shard while the unsharded leader runs");
-    assert_eq!(sharded.metric("empacts_shards_held").await, Some(0.0));
-    assert_eq!(single_holder().await.as_deref(), Some("single"));
-
-    single.signal("TERM");
-    let stopped = Instant::now();
-    while !single.exited() {
-        assert!(stopped.elapsed() < T, "the unsharded replica exits");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    wait_until("the sharded replica takes its shards", T, || async {
-        (holder(&ns, 0).await.as_deref() == Some("empacts-operator-0")).then_some(())
-    })
-    .await;
-    println!("sharded replica took its shard {:?} after the unsharded leader was stopped", stopped.elapsed());
+    let proxy = FaultProxy::start(&env).await;
+    let kubeconfig = tmp(&ns, "new.kubeconfig");
+    proxy.kubeconfig(&kubeconfig);
+    let new_timing = [("EMPACTS_LEASE_DURATION", "4"), ("EMPACTS_SHARDS", to_s.as_str())];
+    let new = OperatorProcess::start_elected(&kubeconfig, "new-0", &ns.name, LEASE, &tmp(&ns, "new.log"), &new_timing);
+    wait_until("the new replica is up", T, || async { new.get("/readyz").await.filter(|(c, _)| *c == 200) }).await;
+    let started = Instant::now();
+    // Every 100 ms: no Lease of the new configuration held, the new replica not leading.
+    let watched = {
+        let (leases, api, port) = (new_leases.clone(), ns.api::<Lease>(), new.metrics_port);
+        tokio::spawn(async move {
+            let (mut rounds, mut seen) = (0usize, Vec::new());
+            while started.elapsed() < Duration::from_secs(14) {
+                for name in &leases {
+                    let held = api.get_opt(name).await.ok().flatten().and_then(|l| l.spec?.holder_identity);
+                    if let Some(h) = held.filter(|h| !h.is_empty()) {
+                        seen.push(format!("{name} held by {h} after {:?}", started.elapsed()));
+                    }
+                }
+                let leading = scrape(port).await.and_then(|b| {
+                    b.lines().find_map(|l| l.strip_prefix("empacts_leader ").and_then(|v| v.trim().parse::<f64>().ok()))
+                });
+                if leading.is_some_and(|v| v != 0.0) {
+                    seen.push(format!("the new replica leads after {:?}", started.elapsed()));
+                }
+                rounds += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (rounds, seen)
+        })
+    };
+    // Past the lease duration and the foster head start, the old configuration still rolls out.
+    tokio::time::sleep(Duration::from_secs(9)).await;
     let image = "registry.example.com/app-0:2.0.0";
     let patch = serde_json::json!({"spec": {"image": image}});
     ns.api::<EmpactsApp>().patch("app-0", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
-    wait_until("the sharded replica reconciles", T, || async {
+    wait_until("the old configuration rolls the app out", T, || async {
         (deployment_image(&ns, "app-0").await.as_deref() == Some(image)).then_some(())
     })
     .await;
-    drop(sharded);
+    let (rounds, seen) = watched.await.unwrap();
+    println!(
+        "{from} -> {to} shards: watched the new configuration's Leases {new_leases:?} and its empacts_leader {rounds} times over 14 s"
+    );
+    assert!(
+        seen.is_empty(),
+        "the new configuration led while the old one ran, {} times; first: {:?}",
+        seen.len(),
+        &seen[..seen.len().min(4)]
+    );
+    assert!(rounds > 50, "the watcher ran: {rounds} rounds");
+    let written: BTreeSet<String> = proxy.requests().iter().filter_map(|r| written_app(r, &ns.name)).collect();
+    assert!(written.is_empty(), "the new replica wrote for {written:?} while the old one ran");
+
+    old.signal("TERM");
+    let stopped = Instant::now();
+    while !old.exited() {
+        assert!(stopped.elapsed() < T, "the old replica exits");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_until("the new configuration takes its Leases", T, || async {
+        for lease in &new_leases {
+            lease_holder(&ns, lease).await.filter(|h| h == "new-0")?;
+        }
+        Some(())
+    })
+    .await;
+    println!("the new configuration held all its Leases {:?} after the old one stopped", stopped.elapsed());
+    let image = "registry.example.com/app-0:3.0.0";
+    let patch = serde_json::json!({"spec": {"image": image}});
+    let changed = Instant::now();
+    ns.api::<EmpactsApp>().patch("app-0", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    wait_until("the new configuration reconciles", T, || async {
+        (deployment_image(&ns, "app-0").await.as_deref() == Some(image)).then_some(())
+    })
+    .await;
+    assert!(apps_written(&proxy, &ns.name, changed).contains("app-0"), "through the new replica's proxy");
+    drop(new);
     ns.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_replicas_start_only_once_an_unsharded_leader_is_gone() {
+    a_new_configuration_waits_for_the_old_one(1, 2, "shard-on").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsharded_replica_starts_only_once_the_sharded_ones_are_gone() {
+    a_new_configuration_waits_for_the_old_one(2, 1, "shard-off").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_of_a_new_shard_count_start_only_once_the_old_count_is_gone() {
+    a_new_configuration_waits_for_the_old_one(2, 3, "shard-count").await;
 }
