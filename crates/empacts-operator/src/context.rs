@@ -124,6 +124,13 @@ impl Context {
         stores.get(namespace).or_else(|| stores.get("")).cloned()
     }
 
+    /// The kinds whose cache for `namespace` has not listed yet (empty: no caches registered),
+    /// read under the lock, without cloning the stores.
+    pub fn caches_not_listed(&self, namespace: &str) -> Vec<&'static str> {
+        let stores = self.stores.read().expect("stores lock");
+        stores.get(namespace).or_else(|| stores.get("")).map(ChildStores::not_listed).unwrap_or_default()
+    }
+
     /// Publish the app's phase and status (apps-by-phase and the per-app gauges).
     pub fn set_status(&self, app: &EmpactsApp, phase: Phase, status: &EmpactsAppStatus) {
         let mut phases = self.phases.lock().expect("phase map lock");

@@ -38,8 +38,9 @@ const MISSING_SECRET_REQUEUE: Duration = Duration::from_secs(10);
 /// allocated once it runs. With 1,000 apps queued after a restart that is the difference
 /// between a few hundred KiB and ~55 MiB.
 pub async fn reconcile(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Action> {
-    caches_listed(&ctx, &app.namespace().unwrap_or_default()).await?;
-    let slot = ctx.slots.acquire(&app.namespace().unwrap_or_default()).await;
+    let namespace = app.namespace().unwrap_or_default();
+    caches_listed(&ctx, &namespace).await?;
+    let slot = ctx.slots.acquire(&namespace).await;
     Box::pin(reconcile_in_slot(app, ctx, slot)).await
 }
 
@@ -53,8 +54,7 @@ async fn caches_listed(ctx: &Context, namespace: &str) -> Result<()> {
     let mut lists_done = ctx.readiness.watches.lists_done();
     let deadline = tokio::time::Instant::now() + ctx.settings.reconcile_timeout;
     loop {
-        let Some(stores) = ctx.stores(namespace) else { return Ok(()) };
-        let waiting = stores.not_listed();
+        let waiting = ctx.caches_not_listed(namespace);
         if waiting.is_empty() {
             return Ok(());
         }
