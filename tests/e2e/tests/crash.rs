@@ -597,8 +597,16 @@ async fn a_restarted_operator_writes_nothing_to_a_settled_app() {
     let writes: Vec<_> =
         during.iter().filter(|q| q.counted_write).map(|q| format!("{} {}", q.method, q.path_only())).collect();
     let reconciles = r.op.metric("empacts_reconcile_total").await.expect("operator metrics");
-    let reads = during.iter().filter(|q| !q.mutating && !q.watch && !q.path.contains("coordination")).count();
-    println!("restart: {reconciles} reconciles, {} writes, {reads} reads (lists of the caches included)", writes.len());
+    let reads: Vec<_> = during
+        .iter()
+        .filter(|q| !q.mutating && !q.watch && !q.path.contains("coordination"))
+        .map(|q| format!("{} {} {:?}", q.method, q.path, q.status))
+        .collect();
+    println!(
+        "restart: {reconciles} reconciles, {} writes, {} reads (lists of the caches included): {reads:#?}",
+        writes.len(),
+        reads.len()
+    );
     assert!(writes.is_empty(), "the restarted operator wrote to a settled app: {writes:?}");
     r.watch.abort();
     r.ns.cleanup().await;

@@ -141,10 +141,14 @@ where
                 Err(_) => "error".to_string(),
             };
             requests.total.with_label_values(&[verb, &code]).inc();
-            if let (Ok(r), Some(path)) = (&response, &path)
-                && r.status().as_u16() >= 400
-            {
-                tracing::debug!(verb, code = r.status().as_u16(), path, "Kubernetes API request refused");
+            if let (Ok(r), Some(path)) = (&response, &path) {
+                let code = r.status().as_u16();
+                if code >= 400 {
+                    tracing::debug!(verb, code, path, "Kubernetes API request refused");
+                } else {
+                    // Every request, for finding out which ones a workload sends.
+                    tracing::trace!(verb, code, path, "Kubernetes API request");
+                }
             }
             if verb != "watch" {
                 requests.duration.with_label_values(&[verb]).observe(start.elapsed().as_secs_f64());
