@@ -58,6 +58,12 @@ pub struct EmpactsAppStatus {
     /// Metric analysis of the desired revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisStatus>,
+    /// With a sharded operator, the shard that reconciles this app (`<i>-of-<n>`): claimed
+    /// before its first write, released when the app moves to another shard (its
+    /// `empacts.io/shard-key` label changed). The new shard waits for the release, so two
+    /// replicas never reconcile the app at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
 }
 
 /// Where a canary stands.

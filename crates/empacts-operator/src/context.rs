@@ -62,6 +62,8 @@ pub struct Context {
     /// Metadata caches of the children per watched namespace ("" when watching all), set
     /// when each controller starts.
     stores: RwLock<HashMap<String, ChildStores>>,
+    /// The shards this replica reconciles (None: unsharded), set when the controllers start.
+    shard: RwLock<Option<crate::shard::Filter>>,
     /// What this process last applied, to skip applies that would change nothing.
     pub applied: AppliedRecord,
     /// This process's ledger writes the ledger cache does not show yet (see `ledger_cache`).
@@ -103,6 +105,7 @@ impl Context {
             settings,
             hash_key,
             stores: RwLock::default(),
+            shard: RwLock::default(),
             applied: AppliedRecord::default(),
             ledger: Default::default(),
             secret_cache: Default::default(),
@@ -112,6 +115,15 @@ impl Context {
             failures: Mutex::default(),
             started: k8s_openapi::jiff::Timestamp::now(),
         }
+    }
+
+    pub fn set_shard(&self, shard: Option<crate::shard::Filter>) {
+        *self.shard.write().expect("shard lock") = shard;
+    }
+
+    /// What a reconcile of `app` may do with the shards held (None: unsharded, reconcile it).
+    pub fn handoff(&self, app: &EmpactsApp) -> Option<crate::shard::Handoff> {
+        self.shard.read().expect("shard lock").as_ref().map(|f| f.handoff(app))
     }
 
     pub fn set_stores(&self, namespace: Option<&str>, stores: ChildStores) {

@@ -217,6 +217,7 @@ pub async fn run_sharded(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     ctx.readiness.progress.reset(Instant::now());
+    ctx.set_shard(shard.clone());
     // Per-app series are the leader's view: when the controllers stop (or this future is
     // dropped, as on a lost Lease) they go, so a standby never exports stale ones.
     let _clear = ClearAppSeries(ctx.metrics.clone());

@@ -19,6 +19,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::events::Subject;
 use crate::plan::{self, Plan, PlanInput};
+use crate::shard::Handoff;
 use crate::status::{self, StatusInput};
 use crate::{build, events, monitoring, observe, validate};
 
@@ -27,6 +28,8 @@ const ACTIVE_REQUEUE: Duration = Duration::from_secs(5);
 /// Re-check of an app waiting for a referenced Secret (or key) to appear: unlabelled Secrets
 /// are not watched, and Secrets often arrive after the app (GitOps sync order).
 const MISSING_SECRET_REQUEUE: Duration = Duration::from_secs(10);
+/// Re-check of an app waiting for its old shard's release (whose write wakes it sooner).
+const HANDOFF_REQUEUE: Duration = Duration::from_secs(5);
 
 /// One reconcile, bounded: it waits for one of the process's reconcile slots (handed out in
 /// turn between namespaces), then runs under the reconcile deadline; past it, the reconcile
@@ -113,6 +116,29 @@ async fn reconcile_app(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Next> 
         // Owner references let the garbage collector remove the children.
         return Ok(None);
     }
+    let (app, claim) = match ctx.handoff(&app) {
+        None => (app, None),
+        Some(Handoff::Reconcile { claim, write_claim: false }) => (app, Some(claim)),
+        Some(Handoff::Reconcile { claim, write_claim: true }) => {
+            // Before any other write: the status is written whole (server-side apply would drop
+            // what it leaves out), on the version this view saw.
+            let status = EmpactsAppStatus { shard: Some(claim.clone()), ..app.status.clone().unwrap_or_default() };
+            let claimed = write_status(&ctx, &app, &status).await?;
+            info!(shard = %claim, "claimed the app for this shard");
+            (Arc::new(claimed), Some(claim))
+        }
+        Some(Handoff::Wait { holder }) => {
+            info!(holder_shard = holder, "the app moved to this shard; waiting for its old shard to release it");
+            return Ok(Some(HANDOFF_REQUEUE));
+        }
+        Some(Handoff::Release) => {
+            let status = EmpactsAppStatus { shard: None, ..app.status.clone().unwrap_or_default() };
+            write_status(&ctx, &app, &status).await?;
+            info!("the app moved to another shard: released it");
+            return Ok(None);
+        }
+        Some(Handoff::NotOurs) => return Ok(None),
+    };
     let previous = app.status.clone().unwrap_or_default();
     let valid = match validate::validate(&app) {
         Ok(v) => v,
@@ -159,7 +185,9 @@ async fn reconcile_app(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Next> 
     }
     let input = &observed.input;
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let new_status = status::compute(&plan, &StatusInput { previous: &previous, input, error: error.as_deref(), now });
+    let mut new_status =
+        status::compute(&plan, &StatusInput { previous: &previous, input, error: error.as_deref(), now });
+    new_status.shard = claim;
     if new_status != previous {
         write_status(&ctx, &app, &new_status).await?;
     }
@@ -193,7 +221,8 @@ async fn reconcile_app(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Next> 
 
 /// Status is written on the version of the app this reconcile saw: if the app changed
 /// since (or the view was stale), the API server answers 409 and the app is reconciled again.
-async fn write_status(ctx: &Context, app: &EmpactsApp, status: &EmpactsAppStatus) -> Result<()> {
+/// Returns the app as written.
+async fn write_status(ctx: &Context, app: &EmpactsApp, status: &EmpactsAppStatus) -> Result<EmpactsApp> {
     let ns = app.namespace().unwrap_or_default();
     let api: Api<EmpactsApp> = Api::namespaced(ctx.client.clone(), &ns);
     let patch = serde_json::json!({
@@ -204,8 +233,7 @@ async fn write_status(ctx: &Context, app: &EmpactsApp, status: &EmpactsAppStatus
     });
     api.patch_status(&app.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await
-        .map_err(|source| Error::Status { namespace: ns, name: app.name_any(), source: Box::new(source) })?;
-    Ok(())
+        .map_err(|source| Error::Status { namespace: ns, name: app.name_any(), source: Box::new(source) })
 }
 
 /// An invalid spec goes through the same plan (Stalled, no writes); the status keeps what
@@ -238,6 +266,7 @@ async fn invalid_spec(app: &EmpactsApp, ctx: &Context, previous: &EmpactsAppStat
         observed_rotation: previous.observed_rotation.clone(),
         canary: previous.canary.clone(),
         analysis: previous.analysis.clone(),
+        shard: previous.shard.clone(),
         ..status
     };
     if &status != previous {

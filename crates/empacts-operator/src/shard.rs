@@ -122,17 +122,81 @@ impl Filter {
         self.held.contains(&shard_of(app, self.shards))
     }
 
+    /// Whether the app's status names a shard of this configuration that this replica holds.
+    fn claimed_here(&self, app: &EmpactsApp) -> bool {
+        claimed_shard(app, self.shards).is_some_and(|i| self.held.contains(&i))
+    }
+
     /// An app watch event as this replica's controller sees it: apps of other shards never
     /// enter its cache, and an app whose shard-key label moved it to another shard leaves the
-    /// cache (its update becomes a deletion), so nothing here reconciles it any more.
+    /// cache (its update becomes a deletion) once this replica has released it, so nothing here
+    /// reconciles it any more. Until then it stays: its next reconcile is the release, which
+    /// the controller runs only after any reconcile of it still in flight.
     pub fn event(&self, event: watcher::Event<EmpactsApp>) -> Option<watcher::Event<EmpactsApp>> {
         use watcher::Event::*;
+        let ours = |app: &EmpactsApp| self.owns(app) || self.claimed_here(app);
         match event {
-            Apply(app) if !self.owns(&app) => Some(Delete(app)),
-            InitApply(app) if !self.owns(&app) => None,
+            Apply(app) if !ours(&app) => Some(Delete(app)),
+            InitApply(app) if !ours(&app) => None,
             other => Some(other),
         }
     }
+
+    /// What a reconcile of `app` may do here: see [`Handoff`].
+    pub fn handoff(&self, app: &EmpactsApp) -> Handoff {
+        let own = shard_of(app, self.shards);
+        let claimed = claimed_shard(app, self.shards);
+        if !self.held.contains(&own) {
+            return if claimed.is_some_and(|i| self.held.contains(&i)) { Handoff::Release } else { Handoff::NotOurs };
+        }
+        let claim = claim_name(own, self.shards);
+        match claimed {
+            Some(i) if i == own => Handoff::Reconcile { claim, write_claim: false },
+            // Claimed by a shard held elsewhere: that replica may still be reconciling it.
+            Some(i) if !self.held.contains(&i) => Handoff::Wait { holder: i },
+            // Unclaimed, claimed by another shard held here (no one else can be reconciling it),
+            // or by a replica of another configuration (they have all stopped: see
+            // `foreign_lease`).
+            _ => Handoff::Reconcile { claim, write_claim: true },
+        }
+    }
+}
+
+/// The claim a shard writes in the status of the apps it reconciles: `<i>-of-<n>`.
+pub fn claim_name(shard: u32, shards: u32) -> String {
+    format!("{shard}-of-{shards}")
+}
+
+/// The shard of this configuration (`shards`) the app's status names, if any.
+fn claimed_shard(app: &EmpactsApp, shards: u32) -> Option<u32> {
+    let claim = app.status.as_ref()?.shard.as_deref()?;
+    let (i, n) = claim.split_once("-of-")?;
+    let (i, n) = (i.parse::<u32>().ok()?, n.parse::<u32>().ok()?);
+    (n == shards && i < n && claim == claim_name(i, n)).then_some(i)
+}
+
+/// A sharded replica's view of one app, before a reconcile writes anything for it.
+///
+/// An app moves between shards when its shard-key label changes, and the two replicas see the
+/// change when their own watches show it: the old one may still be reconciling the app (a
+/// reconcile in flight, or a watch behind) while the new one starts. The app's status carries
+/// a claim (`status.shard`) that makes the move a handshake: the new shard waits while another
+/// shard's claim stands, and the old shard clears its claim only from a view that shows the
+/// move, after its last reconcile of the app (the controller never runs two reconciles of one
+/// app at once). Both writes carry the resourceVersion they were decided on, so a claim made
+/// from a stale view is refused (409).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handoff {
+    /// The app is in a held shard: reconcile it, writing the claim first if it is not there yet.
+    Reconcile { claim: String, write_claim: bool },
+    /// The app is in a held shard, but the claim of shard `holder`, held by another replica,
+    /// stands: write nothing until that replica releases it.
+    Wait { holder: u32 },
+    /// The app moved out of the held shards and this replica's claim stands: clear it, and
+    /// write nothing else.
+    Release,
+    /// Neither in a held shard nor claimed by one (left over in the cache): nothing to do.
+    NotOurs,
 }
 
 #[cfg(test)]
@@ -261,6 +325,211 @@ mod tests {
         let d = Duration::from_secs(15);
         assert_eq!(campaign_start(true, t0, d), t0);
         assert_eq!(campaign_start(false, t0, d), t0 + d);
+    }
+
+    /// A shard key of each shard out of 2.
+    fn keys() -> [&'static str; 2] {
+        let k = |s: u32| ["k-a", "k-b", "k-c", "k-d", "k-e"].into_iter().find(|k| shard_of_key(k, 2) == s).unwrap();
+        [k(0), k(1)]
+    }
+
+    fn claimed(key: &str, claim: Option<&str>) -> EmpactsApp {
+        let mut a = app("ns", "a", Some(key));
+        a.status = Some(empacts_api::EmpactsAppStatus { shard: claim.map(str::to_string), ..Default::default() });
+        a
+    }
+
+    #[test]
+    fn a_held_shard_claims_its_apps_and_waits_for_another_replicas_claim() {
+        let [k0, k1] = keys();
+        let f = Filter::new(2, [0]);
+        let reconcile = |write_claim| Handoff::Reconcile { claim: "0-of-2".into(), write_claim };
+        assert_eq!(f.handoff(&claimed(k0, Some("0-of-2"))), reconcile(false), "already claimed");
+        assert_eq!(f.handoff(&claimed(k0, None)), reconcile(true), "unclaimed: claim first");
+        assert_eq!(f.handoff(&claimed(k0, Some("1-of-2"))), Handoff::Wait { holder: 1 }, "shard 1 is elsewhere");
+        // Claims of another configuration are void: its replicas have all stopped.
+        for other in ["0-of-3", "2-of-3", "0", "x-of-2", "01-of-2", "2-of-2", ""] {
+            assert_eq!(f.handoff(&claimed(k0, Some(other))), reconcile(true), "{other:?}");
+        }
+        // Claimed by another shard this replica holds (a foster): no one else can be at it.
+        let both = Filter::new(2, [0, 1]);
+        assert_eq!(both.handoff(&claimed(k0, Some("1-of-2"))), reconcile(true));
+        // Moved away: released if claimed here, else none of this replica's business.
+        assert_eq!(f.handoff(&claimed(k1, Some("0-of-2"))), Handoff::Release);
+        assert_eq!(f.handoff(&claimed(k1, Some("1-of-2"))), Handoff::NotOurs);
+        assert_eq!(f.handoff(&claimed(k1, None)), Handoff::NotOurs);
+        assert_eq!(f.handoff(&claimed(k1, Some("0-of-3"))), Handoff::NotOurs);
+        assert_eq!(claim_name(1, 2), "1-of-2");
+    }
+
+    #[test]
+    fn an_app_that_moved_away_stays_in_the_cache_until_released() {
+        use watcher::Event::*;
+        let [k0, k1] = keys();
+        let f = Filter::new(2, [0]);
+        let moved = claimed(k1, Some("0-of-2"));
+        assert!(matches!(f.event(Apply(moved.clone())), Some(Apply(_))), "still to be released");
+        assert!(matches!(f.event(InitApply(moved)), Some(InitApply(_))), "after a restart too");
+        assert!(matches!(f.event(Apply(claimed(k1, None))), Some(Delete(_))), "released: gone");
+        assert!(f.event(InitApply(claimed(k1, Some("1-of-2")))).is_none());
+        assert!(matches!(f.event(Apply(claimed(k0, Some("1-of-2")))), Some(Apply(_))), "moved in: kept, waits");
+    }
+
+    /// The app as the API server holds it, and as a replica's watch shows it.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    struct Version {
+        rv: u32,
+        shard: u32,
+        claim: Option<u32>,
+    }
+
+    /// A replica in the model: the versions its watch showed so far (it shows them in order,
+    /// any number behind), and the reconcile in flight (whether it may write children).
+    #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+    struct Replica {
+        seen: usize,
+        in_flight: Option<bool>,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+    struct World {
+        history: Vec<Version>,
+        replicas: [Replica; 2],
+        /// Which replica wrote children, in order (consecutive writes of one collapsed).
+        writers: Vec<usize>,
+        relabelled: bool,
+    }
+
+    fn as_app(v: &Version) -> EmpactsApp {
+        let mut a = claimed(keys()[v.shard as usize], v.claim.map(|c| claim_name(c, 2)).as_deref());
+        a.metadata.resource_version = Some(v.rv.to_string());
+        a
+    }
+
+    /// Every state one step from `w`: a replica's watch catches up one version, a replica
+    /// starts a reconcile from its view (claim and release writes are conditional on its
+    /// version), writes a child in it, or ends it; the user moves the app to shard 1 once.
+    /// `preconditions`: claim and release writes are refused unless the view is current.
+    fn steps(w: &World, preconditions: bool, decide: &dyn Fn(&Filter, &EmpactsApp) -> Handoff) -> Vec<World> {
+        let mut out = Vec::new();
+        let now = *w.history.last().unwrap();
+        if !w.relabelled {
+            let mut n = w.clone();
+            n.history.push(Version { rv: now.rv + 1, shard: 1, ..now });
+            n.relabelled = true;
+            out.push(n);
+        }
+        for r in 0..2 {
+            let replica = &w.replicas[r];
+            if replica.seen + 1 < w.history.len() {
+                let mut n = w.clone();
+                n.replicas[r].seen += 1;
+                out.push(n);
+            }
+            match replica.in_flight {
+                None => {
+                    let view = w.history[replica.seen];
+                    let filter = Filter::new(2, [r as u32]);
+                    let mut n = w.clone();
+                    let current = view.rv == now.rv || !preconditions;
+                    let mut write = |claim: Option<u32>| {
+                        n.history.push(Version { rv: now.rv + 1, claim, ..now });
+                    };
+                    n.replicas[r].in_flight = Some(match decide(&filter, &as_app(&view)) {
+                        Handoff::Reconcile { write_claim: false, .. } => true,
+                        Handoff::Reconcile { write_claim: true, .. } if current => {
+                            write(Some(r as u32));
+                            true
+                        }
+                        Handoff::Release if current => {
+                            write(None);
+                            false
+                        }
+                        // Refused (409) or nothing to do.
+                        _ => false,
+                    });
+                    out.push(n);
+                }
+                Some(may_write) => {
+                    if may_write && w.writers.last() != Some(&r) {
+                        let mut n = w.clone();
+                        n.writers.push(r);
+                        out.push(n);
+                    }
+                    let mut n = w.clone();
+                    n.replicas[r].in_flight = None;
+                    out.push(n);
+                }
+            }
+        }
+        out
+    }
+
+    /// What exploring every interleaving found (depth-first, states deduplicated).
+    #[derive(Debug, Default)]
+    struct Explored {
+        /// A state in which the replicas' child writes alternate (replica 0 wrote after
+        /// replica 1 had), if any.
+        overlap: Option<World>,
+        /// Whether replica 1 (the app's new shard) ever writes its children.
+        moved: bool,
+    }
+
+    /// From the app in shard 0 with each of `claims`, which replica 0 has seen.
+    fn explore(
+        claims: &[Option<u32>],
+        preconditions: bool,
+        decide: &dyn Fn(&Filter, &EmpactsApp) -> Handoff,
+    ) -> Explored {
+        let mut found = Explored::default();
+        for &claim in claims {
+            let start = World {
+                history: vec![Version { rv: 1, shard: 0, claim }],
+                replicas: [Replica { seen: 0, in_flight: None }, Replica { seen: 0, in_flight: None }],
+                writers: vec![],
+                relabelled: false,
+            };
+            let mut seen = std::collections::HashSet::new();
+            let mut stack = vec![start];
+            while let Some(w) = stack.pop() {
+                if w.writers.len() > 2 || w.writers.first() == Some(&1) && w.writers.len() > 1 {
+                    found.overlap.get_or_insert(w);
+                    continue;
+                }
+                found.moved |= w.writers.last() == Some(&1);
+                // Bounded: the handshake takes a handful of writes.
+                if w.history.len() > 6 || !seen.insert(w.clone()) {
+                    continue;
+                }
+                stack.extend(steps(&w, preconditions, decide));
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn a_move_between_shards_never_lets_two_replicas_write_in_any_interleaving() {
+        // Claimed by shard 0, or not yet (replica 0 may still claim it from a stale view).
+        let handshake = explore(&[Some(0), None], true, &|f, a| f.handoff(a));
+        assert!(handshake.overlap.is_none(), "{:?}", handshake.overlap);
+        assert!(handshake.moved, "the new shard takes the app over");
+        // The model finds the race without the wait: the new shard reconciles at once.
+        let eager = explore(&[Some(0)], true, &|f, a| match f.handoff(a) {
+            Handoff::Wait { .. } => Handoff::Reconcile { claim: String::new(), write_claim: false },
+            other => other,
+        });
+        let race = eager.overlap.expect("the race without the wait");
+        assert_eq!(race.writers, vec![0, 1, 0], "{race:?}");
+        // Without the release, the new shard would wait forever for a claimed app.
+        let unreleased = explore(&[Some(0)], true, &|f, a| match f.handoff(a) {
+            Handoff::Release => Handoff::NotOurs,
+            other => other,
+        });
+        assert!(unreleased.overlap.is_none() && !unreleased.moved, "{unreleased:?}");
+        // A claim written from a stale view (the app not yet moved, as replica 0 saw it) must be
+        // refused, or it takes an app replica 1 already claimed.
+        let blind = explore(&[None], false, &|f, a| f.handoff(a));
+        assert!(blind.overlap.is_some(), "the race without preconditions");
     }
 
     #[test]

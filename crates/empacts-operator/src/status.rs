@@ -57,6 +57,8 @@ pub fn compute(plan: &Plan, s: &StatusInput<'_>) -> EmpactsAppStatus {
             },
         }),
         analysis: analysis_status(plan, s),
+        // The shard's claim is the reconcile's to carry (see `shard::Handoff`).
+        shard: None,
     };
     let (generation, has_migration) = (input.generation, input.has_migration);
     set_conditions(&mut status.conditions, plan, d, dep, has_migration, generation, &s.now);

@@ -11,6 +11,7 @@ use empacts_e2e::*;
 use empacts_operator::shard::{SHARD_KEY_LABEL, lease_name, shard_of_key};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
+use kube::ResourceExt;
 use kube::api::{Patch, PatchParams};
 
 const T: Duration = Duration::from_secs(120);
@@ -394,4 +395,149 @@ async fn an_unsharded_replica_starts_only_once_the_sharded_ones_are_gone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_of_a_new_shard_count_start_only_once_the_old_count_is_gone() {
     a_new_configuration_waits_for_the_old_one(2, 3, "shard-count").await;
+}
+
+/// Which replica a move between shards kills (SIGKILL, then started again at once under its
+/// name, so it takes its own shard's Lease back before the other could foster it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MoveCrash {
+    None,
+    /// The old shard's replica, right after the API server accepted its release.
+    OldAfterRelease,
+    /// The new shard's replica, right after the API server accepted its claim.
+    NewAfterClaim,
+}
+
+/// An app whose shard-key label moves it to the other replica's shard, while the old replica's
+/// view of the apps is 8 s behind. The old replica keeps reconciling it from that view (it
+/// takes back a replica count changed by hand, every second), so without a handshake the new
+/// one, whose view is current, reconciles it at the same time: both write for it. The new
+/// shard waits until the old one releases its claim in the app's status; every write for the
+/// app through the old replica's proxy (its restarted process's included) comes before the
+/// first through the new one's.
+async fn a_move_between_shards(label: &str, crash: MoveCrash) {
+    let (env, client) = cluster().await;
+    let ns = TestNamespace::new(&client, label).await;
+    let (proxy_a, proxy_b) = (FaultProxy::start(&env).await, FaultProxy::start(&env).await);
+    let (kc_a, kc_b) = (tmp(&ns, "a.kubeconfig"), tmp(&ns, "b.kubeconfig"));
+    proxy_a.kubeconfig(&kc_a);
+    proxy_b.kubeconfig(&kc_b);
+    // Replica-0's view of the apps is 8 s behind, all along (a watch is delayed from its start).
+    let behind = Duration::from_secs(8);
+    proxy_a.delay_watches("/empactsapps", behind);
+    let timing = [("EMPACTS_LEASE_DURATION", "6"), ("EMPACTS_LEASE_GRACE", "2"), ("EMPACTS_SHARDS", "2")];
+    let (name_a, name_b) = ("empacts-operator-0", "empacts-operator-1");
+    let mut a = OperatorProcess::start_elected(&kc_a, name_a, &ns.name, LEASE, &tmp(&ns, "a.log"), &timing);
+    let mut b = OperatorProcess::start_elected(&kc_b, name_b, &ns.name, LEASE, &tmp(&ns, "b.log"), &timing);
+    wait_until("each replica holds its preferred shard", T, || async {
+        (holder(&ns, 0).await.as_deref() == Some(name_a) && holder(&ns, 1).await.as_deref() == Some(name_b))
+            .then_some(())
+    })
+    .await;
+    let key_of = |s: u32| ["k-a", "k-b", "k-c", "k-d"].into_iter().find(|k| shard_of_key(k, SHARDS) == s).unwrap();
+    apply_app(&ns, &app("mover", "1.0.0", Some(key_of(0)))).await;
+    let ready = wait_app(&ns, "mover", "Ready in shard 0", T, |a| phase(a) == Some(Phase::Ready)).await;
+    let claim = ready.status.as_ref().and_then(|s| s.shard.clone());
+    assert_eq!(claim.as_deref(), Some("0-of-2"), "shard 0 claimed the app");
+
+    let deployments = ns.api::<Deployment>();
+    let replicas = deployments.get("mover").await.unwrap().spec.unwrap().replicas;
+    assert_ne!(replicas, Some(3), "test setup");
+
+    // Once replica-0 has seen its last status write, the app moves to shard 1.
+    tokio::time::sleep(behind + Duration::from_secs(1)).await;
+    let status_writes = |r: &RequestRecord| r.path_only().ends_with("/empactsapps/mover/status");
+    match crash {
+        MoveCrash::None => {}
+        MoveCrash::OldAfterRelease => {
+            proxy_a.set_write_filter(status_writes);
+            proxy_a.kill_after_accepted_write(1, a.child.id());
+        }
+        MoveCrash::NewAfterClaim => {
+            proxy_b.set_write_filter(status_writes);
+            proxy_b.kill_after_accepted_write(1, b.child.id());
+        }
+    }
+    let patch = serde_json::json!({"metadata": {"labels": {SHARD_KEY_LABEL: key_of(1)}}});
+    let moved = Instant::now();
+    ns.api::<EmpactsApp>().patch("mover", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    // Every second, someone scales the Deployment by hand: whoever reconciles the app takes
+    // it back (a Deployment event, which no app watch delays).
+    let by_hand = PatchParams { field_manager: Some("by-hand".into()), ..Default::default() };
+    let (mut scaled, mut restarted) = (0, Vec::new());
+    while moved.elapsed() < Duration::from_secs(14) {
+        if a.exited() {
+            a = OperatorProcess::start_elected(&kc_a, name_a, &ns.name, LEASE, &tmp(&ns, "a2.log"), &timing);
+            restarted.push(format!("replica-0 at {:?}", moved.elapsed()));
+        }
+        if b.exited() {
+            b = OperatorProcess::start_elected(&kc_b, name_b, &ns.name, LEASE, &tmp(&ns, "b2.log"), &timing);
+            restarted.push(format!("replica-1 at {:?}", moved.elapsed()));
+        }
+        let scale = serde_json::json!({"spec": {"replicas": 3}});
+        if deployments.patch("mover", &by_hand, &Patch::Merge(&scale)).await.is_ok() {
+            scaled += 1;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let handed = wait_app(&ns, "mover", "claimed by shard 1", T, |a| {
+        a.status.as_ref().and_then(|s| s.shard.as_deref()) == Some("1-of-2")
+    })
+    .await;
+    assert_eq!(handed.labels().get(SHARD_KEY_LABEL).map(String::as_str), Some(key_of(1)));
+    wait_until("replica-1 takes the replica count back", T, || async {
+        let d = deployments.get("mover").await.ok()?;
+        (d.spec?.replicas == replicas).then_some(())
+    })
+    .await;
+
+    // Writes for the app after the move, by when; and those of its Deployment.
+    let writes = |proxy: &FaultProxy, path: &str| -> Vec<Duration> {
+        let requests = proxy.requests();
+        let mut at: Vec<Duration> = requests
+            .iter()
+            .filter(|r| r.at > moved && written_app(r, &ns.name).as_deref() == Some("mover"))
+            .filter(|r| r.path.contains(path))
+            .map(|r| r.at - moved)
+            .collect();
+        at.sort();
+        at
+    };
+    let (old, new) = (writes(&proxy_a, "/"), writes(&proxy_b, "/"));
+    println!(
+        "{crash:?}: scaled by hand {scaled} times; killed and restarted {restarted:?}; after the move, replica-0 wrote for the app at {old:?}, replica-1 at {new:?}"
+    );
+    if crash != MoveCrash::None {
+        let crashes = [&proxy_a, &proxy_b].map(|p| p.crash_points().len());
+        assert_eq!(crashes.iter().sum::<usize>(), 1, "one kill: {crashes:?}");
+        assert_eq!(restarted.len(), 1, "{restarted:?}");
+    }
+    let stale_applies = writes(&proxy_a, "/deployments/");
+    assert!(!stale_applies.is_empty(), "replica-0 reconciled the app from its stale view (the case under test)");
+    assert!(!new.is_empty(), "replica-1 took the app over");
+    assert!(
+        old.last() < new.first(),
+        "both replicas wrote for the app at once: replica-0 until {:?}, replica-1 from {:?}",
+        old.last(),
+        new.first()
+    );
+    let b_log = std::fs::read_to_string(tmp(&ns, "b.log")).unwrap();
+    assert!(b_log.contains("waiting for its old shard to release it"), "replica-1 waited");
+    drop((a, b));
+    ns.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_moved_to_another_shard_is_handed_over_never_shared() {
+    a_move_between_shards("shard-move", MoveCrash::None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_between_shards_survives_the_old_replica_dying_right_after_its_release() {
+    a_move_between_shards("shard-move-old", MoveCrash::OldAfterRelease).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_between_shards_survives_the_new_replica_dying_right_after_its_claim() {
+    a_move_between_shards("shard-move-new", MoveCrash::NewAfterClaim).await;
 }

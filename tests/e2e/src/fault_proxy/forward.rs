@@ -26,6 +26,8 @@ pub(crate) type ProxyBody = BoxBody<Bytes, BoxError>;
 pub(crate) struct WriteTrigger {
     pub after: usize,
     pub seen: usize,
+    /// Count only the writes the API server accepted (2xx).
+    pub accepted_only: bool,
     pub action: Arc<dyn Fn() + Send + Sync>,
 }
 
@@ -289,6 +291,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Resul
         let mut fire = None;
         if record.counted_write
             && let Some(trigger) = state.trigger.as_mut()
+            && (!trigger.accepted_only || (200..300).contains(&status))
         {
             trigger.seen += 1;
             if trigger.seen >= trigger.after {

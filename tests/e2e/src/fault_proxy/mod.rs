@@ -192,11 +192,21 @@ impl FaultProxy {
         });
     }
 
+    /// Like [`FaultProxy::kill_after_write`], counting only the writes the API server accepted
+    /// (a refused one, such as a 409 on a stale resourceVersion, changed nothing).
+    pub fn kill_after_accepted_write(&self, k: usize, pid: u32) {
+        self.kill_after_write(k, pid);
+        if let Some(trigger) = self.shared.lock().trigger.as_mut() {
+            trigger.accepted_only = true;
+        }
+    }
+
     /// Like [`FaultProxy::kill_after_write`] with any action (run on the proxy's task, before the
     /// answer is dropped).
     pub fn on_write(&self, k: usize, action: impl Fn() + Send + Sync + 'static) {
         assert!(k >= 1, "k counts from 1");
-        self.shared.lock().trigger = Some(WriteTrigger { after: k, seen: 0, action: Arc::new(action) });
+        let trigger = WriteTrigger { after: k, seen: 0, accepted_only: false, action: Arc::new(action) };
+        self.shared.lock().trigger = Some(trigger);
     }
 
     /// Disarm the trigger without firing it.
