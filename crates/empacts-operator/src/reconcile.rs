@@ -120,10 +120,8 @@ async fn reconcile_app(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Next> 
         None => (app, None),
         Some(Handoff::Reconcile { claim, write_claim: false }) => (app, Some(claim)),
         Some(Handoff::Reconcile { claim, write_claim: true }) => {
-            // Before any other write: the status is written whole (server-side apply would drop
-            // what it leaves out), on the version this view saw.
-            let status = EmpactsAppStatus { shard: Some(claim.clone()), ..app.status.clone().unwrap_or_default() };
-            let claimed = write_status(&ctx, &app, &status).await?;
+            // Before any other write.
+            let claimed = write_shard(&ctx, &app, Some(claim.clone())).await?;
             info!(shard = %claim, "claimed the app for this shard");
             (Arc::new(claimed), Some(claim))
         }
@@ -132,8 +130,7 @@ async fn reconcile_app(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Next> 
             return Ok(Some(HANDOFF_REQUEUE));
         }
         Some(Handoff::Release) => {
-            let status = EmpactsAppStatus { shard: None, ..app.status.clone().unwrap_or_default() };
-            write_status(&ctx, &app, &status).await?;
+            write_shard(&ctx, &app, None).await?;
             info!("the app moved to another shard: released it");
             return Ok(None);
         }
@@ -234,6 +231,13 @@ async fn write_status(ctx: &Context, app: &EmpactsApp, status: &EmpactsAppStatus
     api.patch_status(&app.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await
         .map_err(|source| Error::Status { namespace: ns, name: app.name_any(), source: Box::new(source) })
+}
+
+/// Claim (`Some`) or release the app for a shard: its status as it is, but for the claim,
+/// written whole (server-side apply would drop what it leaves out) on the version this view saw.
+async fn write_shard(ctx: &Context, app: &EmpactsApp, shard: Option<String>) -> Result<EmpactsApp> {
+    let status = EmpactsAppStatus { shard, ..app.status.clone().unwrap_or_default() };
+    write_status(ctx, app, &status).await
 }
 
 /// An invalid spec goes through the same plan (Stalled, no writes); the status keeps what

@@ -185,27 +185,24 @@ impl FaultProxy {
     /// `pid` before relaying the answer, then close the client's connection. Fires once; replaces
     /// an armed trigger.
     pub fn kill_after_write(&self, k: usize, pid: u32) {
-        let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
-        self.on_write(k, move || {
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        });
+        self.arm(k, false, kill(pid));
     }
 
     /// Like [`FaultProxy::kill_after_write`], counting only the writes the API server accepted
     /// (a refused one, such as a 409 on a stale resourceVersion, changed nothing).
     pub fn kill_after_accepted_write(&self, k: usize, pid: u32) {
-        self.kill_after_write(k, pid);
-        if let Some(trigger) = self.shared.lock().trigger.as_mut() {
-            trigger.accepted_only = true;
-        }
+        self.arm(k, true, kill(pid));
     }
 
     /// Like [`FaultProxy::kill_after_write`] with any action (run on the proxy's task, before the
     /// answer is dropped).
     pub fn on_write(&self, k: usize, action: impl Fn() + Send + Sync + 'static) {
+        self.arm(k, false, action);
+    }
+
+    fn arm(&self, k: usize, accepted_only: bool, action: impl Fn() + Send + Sync + 'static) {
         assert!(k >= 1, "k counts from 1");
-        let trigger = WriteTrigger { after: k, seen: 0, accepted_only: false, action: Arc::new(action) };
+        let trigger = WriteTrigger { after: k, seen: 0, accepted_only, action: Arc::new(action) };
         self.shared.lock().trigger = Some(trigger);
     }
 
@@ -262,6 +259,15 @@ impl FaultProxy {
     /// How many requests the rule has applied to; None if it was removed.
     pub fn rule_hits(&self, id: RuleId) -> Option<usize> {
         self.shared.lock().rules.iter().find(|e| e.id == id).map(|e| e.hits)
+    }
+}
+
+/// SIGKILL `pid`.
+fn kill(pid: u32) -> impl Fn() + Send + Sync + 'static {
+    let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
+    move || {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 }
 
