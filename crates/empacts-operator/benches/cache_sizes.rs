@@ -62,16 +62,18 @@ fn main() {
 
     let mut app: empacts_api::EmpactsApp = fixture("app");
     empacts_operator::children::trim_app_for_cache(&mut app.metadata);
-    row("EmpactsApp (the controller's store)", bytes(|| app.clone()), None);
+    let stored = empacts_operator::stored_app::StoredApp::of(&app);
+    row("EmpactsApp (the controller's store)", bytes(|| app.clone()), Some(bytes(|| stored.clone())));
 
     let mut revision: ControllerRevision = fixture("controllerrevision");
     empacts_operator::ledger_cache::compact(&mut revision);
-    row("ControllerRevision (ledger cache)", bytes(|| revision.clone()), None);
+    let record = empacts_operator::ledger_cache::RevisionRecord::of(&revision);
+    row("ControllerRevision (ledger cache)", bytes(|| revision.clone()), Some(bytes(|| record.clone())));
 
     let mut secret: Secret = fixture("secret");
     secret.metadata.managed_fields = None;
-    // The secret cache keeps it as compact JSON (`secret_reads`), read back when used.
-    let json = serde_json::to_vec(&secret).expect("a Secret serializes").into_boxed_slice();
+    // The secret cache keeps it as compressed JSON (`secret_reads`), read back when used.
+    let json = empacts_operator::compressed::CompressedJson::pack(&secret);
     row("generated Secret (copy of its value)", bytes(|| secret.clone()), Some(bytes(|| json.clone())));
 
     for name in ["service", "hpa", "secret"] {

@@ -40,7 +40,17 @@ pub struct CachedChild {
     /// Owner references in all (a change of them is a change of the object).
     owners: u8,
     fields: Fields,
+    /// Strings not kept because they repeat another or the usual value (`SAME_*` bits).
+    same: u8,
 }
+
+// Bits of `CachedChild::same`: most children are named like their app, and all are controlled
+// by an EmpactsApp of that name; ~60 bytes a child not stored.
+const SAME_INSTANCE_AS_NAME: u8 = 1;
+const SAME_CONTROLLER_NAME_AS_INSTANCE: u8 = 2;
+const SAME_CONTROLLER_AS_APP_KIND: u8 = 4;
+const APP_API_VERSION: &str = "empacts.io/v1alpha1";
+const APP_KIND: &str = "EmpactsApp";
 
 // The strings a `CachedChild` packs, by index.
 const NAME: usize = 0;
@@ -142,17 +152,46 @@ impl CachedChild {
             strings[CONTROLLER_NAME] = Some(&c.name);
             strings[CONTROLLER_UID] = Some(&c.uid);
         }
+        let mut same = 0;
+        if strings[INSTANCE].is_some() && strings[INSTANCE] == strings[NAME] {
+            same |= SAME_INSTANCE_AS_NAME;
+        }
+        if strings[CONTROLLER_NAME].is_some() && strings[CONTROLLER_NAME] == strings[INSTANCE] {
+            same |= SAME_CONTROLLER_NAME_AS_INSTANCE;
+            strings[CONTROLLER_NAME] = None;
+        }
+        if same & SAME_INSTANCE_AS_NAME != 0 {
+            strings[INSTANCE] = None;
+        }
+        if strings[CONTROLLER_API_VERSION] == Some(APP_API_VERSION) && strings[CONTROLLER_KIND] == Some(APP_KIND) {
+            same |= SAME_CONTROLLER_AS_APP_KIND;
+            strings[CONTROLLER_API_VERSION] = None;
+            strings[CONTROLLER_KIND] = None;
+        }
         CachedChild {
             strings: Packed::new(strings),
             generation: meta.generation,
             fingerprint: fingerprint(meta),
             owners: meta.owner_references.as_ref().map_or(0, |o| o.len().min(255) as u8),
             fields,
+            same,
+        }
+    }
+
+    /// String `i` as the object had it (kept, or the one it repeats).
+    fn get(&self, i: usize) -> Option<&str> {
+        let same = |bit: u8| self.same & bit != 0;
+        match i {
+            INSTANCE if same(SAME_INSTANCE_AS_NAME) => self.strings.get(NAME),
+            CONTROLLER_NAME if same(SAME_CONTROLLER_NAME_AS_INSTANCE) => self.get(INSTANCE),
+            CONTROLLER_API_VERSION if same(SAME_CONTROLLER_AS_APP_KIND) => Some(APP_API_VERSION),
+            CONTROLLER_KIND if same(SAME_CONTROLLER_AS_APP_KIND) => Some(APP_KIND),
+            _ => self.strings.get(i),
         }
     }
 
     fn string(&self, i: usize) -> Option<String> {
-        self.strings.get(i).map(Into::into)
+        self.get(i).map(Into::into)
     }
 
     /// An `ObjectMeta` with what the record kept: what `children`, `observe` and `apply` read
@@ -170,7 +209,7 @@ impl CachedChild {
                 annotations.insert(key.to_string(), value);
             }
         }
-        let owner_references = self.strings.get(CONTROLLER_UID).map(|uid| {
+        let owner_references = self.get(CONTROLLER_UID).map(|uid| {
             vec![OwnerReference {
                 api_version: self.string(CONTROLLER_API_VERSION).unwrap_or_default(),
                 kind: self.string(CONTROLLER_KIND).unwrap_or_default(),
@@ -211,7 +250,7 @@ impl CachedChild {
 
     /// The UID and resourceVersion (for Secrets: the version of a value read).
     pub fn version(&self) -> Option<(&str, &str)> {
-        Some((self.strings.get(UID)?, self.strings.get(RESOURCE_VERSION)?))
+        Some((self.get(UID)?, self.get(RESOURCE_VERSION)?))
     }
 
     /// Heap bytes of the record, boxed as a cache keeps it.
@@ -451,10 +490,10 @@ pub trait Record: Clone {
 
 impl Record for CachedChild {
     fn name(&self) -> &str {
-        self.strings.get(NAME).unwrap_or_default()
+        self.get(NAME).unwrap_or_default()
     }
     fn instance(&self) -> Option<&str> {
-        self.strings.get(INSTANCE)
+        self.get(INSTANCE)
     }
     fn fingerprint(&self) -> Option<u64> {
         self.fingerprint
@@ -769,6 +808,33 @@ mod tests {
         assert!(!only_ours(&CachedChild::of(&scaled).expand("ns")), "the same fields on the main resource are");
         let unknown = ObjectMeta { managed_fields: None, ..meta("a", "a", None, "1") };
         assert!(CachedChild::of(&unknown).expand("ns").managed_fields.is_none(), "unknown ownership stays unknown");
+    }
+
+    #[test]
+    fn strings_left_out_as_repeats_come_back_as_they_were() {
+        use empacts_api::EmpactsApp;
+        use kube::Resource;
+        assert_eq!(APP_API_VERSION, EmpactsApp::api_version(&()));
+        assert_eq!(APP_KIND, EmpactsApp::kind(&()));
+        let same = meta("app", "app", Some(1), "1");
+        let mut other_name = meta("app-x", "app", Some(1), "1");
+        let mut other_owner = meta("app", "app", Some(1), "1");
+        let owner = &mut other_owner.owner_references.as_mut().unwrap()[0];
+        (owner.api_version, owner.kind, owner.name) = ("apps/v1".into(), "ReplicaSet".into(), "rs".into());
+        other_name.owner_references.as_mut().unwrap()[0].name = "other-app".into();
+        for original in [same, other_name, other_owner] {
+            let record = CachedChild::of(&original);
+            let rebuilt = record.expand("ns");
+            assert_eq!(rebuilt.name, original.name);
+            assert_eq!(record.instance(), original.labels.as_ref().unwrap().get(labels::INSTANCE).map(String::as_str));
+            assert_eq!(rebuilt.labels.unwrap().get(labels::INSTANCE), original.labels.unwrap().get(labels::INSTANCE));
+            let (r, o) = (&rebuilt.owner_references.unwrap()[0], &original.owner_references.unwrap()[0]);
+            assert_eq!((&r.api_version, &r.kind, &r.name, &r.uid), (&o.api_version, &o.kind, &o.name, &o.uid));
+        }
+        // The usual child keeps its name once, and no owner kind: name, UID, version, component,
+        // applied hash, marker, owner UID.
+        let plain = CachedChild::of(&meta("app", "app", Some(1), "1"));
+        assert_eq!(plain.strings.heap(), ["app", "uid-app", "1", "env", "h1", "g1", "app-uid"].concat().len());
     }
 
     #[test]

@@ -15,7 +15,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use kube::api::DynamicObject;
-use kube::runtime::reflector::Store;
 
 use empacts_api::labels;
 
@@ -38,7 +37,7 @@ pub struct ChildStores {
     /// Metadata of the watched (labelled) Secrets.
     pub secrets: Option<Arc<ChildCache>>,
     /// The ledger's ControllerRevisions (compacted; see `ledger_cache`).
-    pub revisions: Option<Store<k8s_openapi::api::apps::v1::ControllerRevision>>,
+    pub revisions: Option<Arc<crate::ledger_cache::RevisionCache>>,
 }
 
 impl ChildStores {
@@ -278,11 +277,12 @@ pub fn change_marker(meta: &ObjectMeta) -> Option<String> {
 /// What this process applied last, per child.
 #[derive(Default)]
 pub struct AppliedRecord {
-    /// (namespace, app) -> (kind, child name) -> change marker; an app's group goes with it.
-    markers: Mutex<HashMap<(String, String), Markers>>,
+    /// (namespace, app) -> per child: hashes of (kind, name) and of its change marker; an
+    /// app's group goes with it. Hashes (keyed per process, 64 bits: a false match between an
+    /// app's ~10 children is ~2^-60) instead of the strings: 16 bytes per child, not ~150.
+    markers: Mutex<HashMap<AppKey, Vec<(u64, u64)>>>,
+    keys: std::collections::hash_map::RandomState,
 }
-
-type Markers = HashMap<(String, String), String>;
 
 /// The app controlling a child, from its controller reference.
 fn owning_app(meta: &ObjectMeta) -> Option<String> {
@@ -290,24 +290,49 @@ fn owning_app(meta: &ObjectMeta) -> Option<String> {
     refs.iter().find(|o| o.controller == Some(true) && o.kind == "EmpactsApp").map(|o| o.name.clone())
 }
 
+/// (namespace, app name).
+type AppKey = (Box<str>, Box<str>);
+
+fn app_key(namespace: &str, app: &str) -> AppKey {
+    (namespace.into(), app.into())
+}
+
 impl AppliedRecord {
+    fn child(&self, kind: &str, name: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.keys, (kind, name))
+    }
+
+    fn marker(&self, marker: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.keys, marker)
+    }
+
     pub fn record(&self, kind: &str, meta: &ObjectMeta) {
         let (Some(ns), Some(name), Some(app), Some(marker)) =
             (&meta.namespace, &meta.name, owning_app(meta), change_marker(meta))
         else {
             return;
         };
+        let (child, marker) = (self.child(kind, name), self.marker(&marker));
         let mut markers = self.markers.lock().expect("applied record lock");
-        markers.entry((ns.clone(), app)).or_default().insert((kind.into(), name.clone()), marker);
+        let children = markers.entry(app_key(ns, &app)).or_default();
+        match children.iter_mut().find(|(c, _)| *c == child) {
+            Some(entry) => entry.1 = marker,
+            None => children.push((child, marker)),
+        }
+    }
+
+    fn recorded(&self, kind: &str, namespace: &str, app: &str, name: &str) -> Option<u64> {
+        let child = self.child(kind, name);
+        let markers = self.markers.lock().expect("applied record lock");
+        markers.get(&app_key(namespace, app))?.iter().find(|(c, _)| *c == child).map(|(_, m)| *m)
     }
 
     /// True when `live` still is exactly what we applied with hash `hash`.
     pub fn is_current(&self, kind: &str, live: &ObjectMeta, hash: &str) -> bool {
         let annotated = live.annotations.as_ref().and_then(|a| a.get(APPLIED_ANNOTATION)).is_some_and(|h| h == hash);
         let (Some(ns), Some(name), Some(app)) = (&live.namespace, &live.name, owning_app(live)) else { return false };
-        let markers = self.markers.lock().expect("applied record lock");
-        match markers.get(&(ns.clone(), app)).and_then(|m| m.get(&(kind.into(), name.clone()))) {
-            Some(ours) => annotated && Some(ours) == change_marker(live).as_ref(),
+        match self.recorded(kind, ns, &app, name) {
+            Some(ours) => annotated && Some(ours) == change_marker(live).map(|m| self.marker(&m)),
             // Nothing recorded (this process has not written it: after a restart): the hash
             // says our last write was this content, and no one else's entry says they changed
             // it since. Without this, a restart re-applies every child of every app.
@@ -318,15 +343,12 @@ impl AppliedRecord {
     /// Whether this process wrote `kind` `name` of `app` (created or applied it): a cache that
     /// does not show it yet lags behind our own write.
     pub fn wrote(&self, kind: &str, namespace: &str, app: &str, name: &str) -> bool {
-        let markers = self.markers.lock().expect("applied record lock");
-        markers
-            .get(&(namespace.to_string(), app.to_string()))
-            .is_some_and(|m| m.contains_key(&(kind.to_string(), name.to_string())))
+        self.recorded(kind, namespace, app, name).is_some()
     }
 
     /// Drop what was recorded for a deleted app.
     pub fn forget(&self, namespace: &str, app: &str) {
-        self.markers.lock().expect("applied record lock").remove(&(namespace.to_string(), app.to_string()));
+        self.markers.lock().expect("applied record lock").remove(&app_key(namespace, app));
     }
 
     /// Apps with records (for tests of pruning).
@@ -339,6 +361,38 @@ impl AppliedRecord {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn the_applied_record_tells_our_writes_per_app_and_forgets_an_app_whole() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+        let meta = |app: &str, generation: i64| ObjectMeta {
+            name: Some("api".into()),
+            namespace: Some("ns".into()),
+            generation: Some(generation),
+            owner_references: Some(vec![OwnerReference {
+                kind: "EmpactsApp".into(),
+                name: app.into(),
+                controller: Some(true),
+                ..Default::default()
+            }]),
+            annotations: Some([(APPLIED_ANNOTATION.to_string(), "h".to_string())].into()),
+            ..Default::default()
+        };
+        let record = AppliedRecord::default();
+        record.record("Service", &meta("api", 1));
+        assert!(record.wrote("Service", "ns", "api", "api"));
+        assert!(!record.wrote("Deployment", "ns", "api", "api"), "another kind");
+        assert!(!record.wrote("Service", "ns", "web", "api"), "another app");
+        assert!(!record.wrote("Service", "other", "api", "api"), "another namespace");
+        assert!(record.is_current("Service", &meta("api", 1), "h"));
+        assert!(!record.is_current("Service", &meta("api", 1), "h2"), "the desired content moved");
+        assert!(!record.is_current("Service", &meta("api", 2), "h"), "someone else changed it since");
+        record.record("Service", &meta("api", 2));
+        assert!(record.is_current("Service", &meta("api", 2), "h"), "our newer write replaces the older");
+        record.forget("ns", "api");
+        assert!(!record.wrote("Service", "ns", "api", "api"));
+        assert_eq!(record.apps(), 0);
+    }
 
     #[test]
     fn the_kinds_whose_cache_has_not_listed_are_named_until_their_list_is_done() {

@@ -1,7 +1,7 @@
 //! Shared state of the reconcilers. Every per-app map here is pruned when its app goes
 //! (`forget`), so a long-lived process holds nothing for apps that no longer exist.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -78,7 +78,8 @@ pub struct Context {
     /// Last phase of each app, feeding the apps-by-phase gauge.
     phases: Mutex<HashMap<ObjectRef<EmpactsApp>, Phase>>,
     /// Jobs already counted in the migration metrics (by UID), per app.
-    counted_jobs: Mutex<HashMap<ObjectRef<EmpactsApp>, HashSet<String>>>,
+    /// Per app, hashes of the finished Jobs' UIDs already counted (8 bytes each, not ~60).
+    counted_jobs: Mutex<HashMap<ObjectRef<EmpactsApp>, Vec<u64>>>,
     failures: Mutex<HashMap<ObjectRef<EmpactsApp>, Failures>>,
     /// Jobs that finished before this process started are not counted again.
     started: k8s_openapi::jiff::Timestamp,
@@ -146,7 +147,7 @@ impl Context {
     /// Publish the app's phase and status (apps-by-phase and the per-app gauges).
     pub fn set_status(&self, app: &EmpactsApp, phase: Phase, status: &EmpactsAppStatus) {
         let mut phases = self.phases.lock().expect("phase map lock");
-        phases.insert(ObjectRef::from(app), phase);
+        phases.insert(app_ref(app), phase);
         self.publish_phases(&phases);
         drop(phases);
         let is_true = |type_: &str| status.conditions.iter().any(|c| c.type_ == type_ && c.status == conditions::TRUE);
@@ -172,9 +173,15 @@ impl Context {
             return;
         }
         let mut counted = self.counted_jobs.lock().expect("job set lock");
-        if !counted.entry(ObjectRef::from(app)).or_default().insert(uid) {
+        let uid = std::hash::BuildHasher::hash_one(
+            &std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default(),
+            &uid,
+        );
+        let seen = counted.entry(app_ref(app)).or_default();
+        if seen.contains(&uid) {
             return;
         }
+        seen.push(uid);
         self.metrics.migrations.with_label_values(&[kind, result]).inc();
         if let Some(start) = status.start_time.as_ref().map(|t| t.0) {
             let seconds = end.duration_since(start).as_secs_f64().max(0.0);
@@ -186,7 +193,7 @@ impl Context {
     /// transition (first error, or another kind of error than the last one).
     pub fn record_failure(&self, app: &EmpactsApp, category: &'static str) -> (u32, bool) {
         let mut failures = self.failures.lock().expect("failure map lock");
-        let entry = failures.entry(ObjectRef::from(app)).or_insert(Failures { count: 0, category });
+        let entry = failures.entry(app_ref(app)).or_insert(Failures { count: 0, category });
         let transition = entry.count == 0 || entry.category != category;
         entry.count += 1;
         entry.category = category;
@@ -247,6 +254,13 @@ pub fn backoff(settings: &Settings, count: u32, unit: f64) -> Duration {
     nominal.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
 }
 
+/// The key of an app in this process's per-app maps: its namespace and name only (an
+/// `ObjectRef::from` the object also carries its UID and resourceVersion, which equality
+/// ignores: two more strings per app in every map, for nothing).
+pub fn app_ref(app: &EmpactsApp) -> ObjectRef<EmpactsApp> {
+    ObjectRef::new(&app.name_any()).within(&app.namespace().unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,7 +273,7 @@ mod tests {
         assert_eq!(backoff(&s, 5, 1.0), Duration::from_secs(16));
         assert_eq!(backoff(&s, 40, 1.0), s.backoff_max, "capped, no overflow");
         assert_eq!(backoff(&s, 5, 0.0), Duration::from_secs(8), "never under half");
-        let spread: HashSet<Duration> = (0..10).map(|i| backoff(&s, 5, i as f64 / 10.0)).collect();
+        let spread: std::collections::HashSet<Duration> = (0..10).map(|i| backoff(&s, 5, i as f64 / 10.0)).collect();
         assert_eq!(spread.len(), 10, "jitter spreads retries");
     }
 }

@@ -24,7 +24,8 @@ use tracing::{info, warn};
 
 use crate::context::Context;
 use crate::error::Error;
-use crate::{events, names, reconcile};
+use crate::stored_app::StoredApp;
+use crate::{events, reconcile};
 
 /// The kinds watched by hand below (typed, or mapped through the apps); every other
 /// registered kind watched by metadata gets its watch and cache from the registry.
@@ -200,6 +201,18 @@ fn unreadable(ctx: &Arc<Context>, obj: &DynamicObject, error: &serde_json::Error
     });
 }
 
+/// A watch event of an app as the controller's store keeps it.
+fn stored(event: watcher::Event<EmpactsApp>) -> watcher::Event<StoredApp> {
+    use watcher::Event::*;
+    match event {
+        Apply(app) => Apply(StoredApp::of(&app)),
+        InitApply(app) => InitApply(StoredApp::of(&app)),
+        Delete(app) => Delete(StoredApp::of(&app)),
+        Init => Init,
+        InitDone => InitDone,
+    }
+}
+
 /// Run the controllers until `shutdown` resolves; in-flight reconciles finish first.
 pub async fn run(
     ctx: Arc<Context>,
@@ -263,7 +276,7 @@ async fn run_one(
     // deleted app's per-process state goes with it. They are read untyped and typed one by
     // one: an object stored under an older, looser CRD that this build cannot read is reported
     // and skipped, instead of failing the whole list (and every app of the scope with it).
-    let (apps, app_writer) = reflector::store::<EmpactsApp>();
+    let (apps, app_writer) = reflector::store::<StoredApp>();
     let ar = kube::api::ApiResource::erase::<EmpactsApp>(&());
     let untyped: Api<DynamicObject> = match ns {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
@@ -287,9 +300,11 @@ async fn run_one(
     let forget = ctx.clone();
     let app_events = reported(&ctx, format!("EmpactsApp/{scope_name}"), app_events).inspect(move |event| {
         if let Ok(watcher::Event::Delete(app)) = event {
-            forget.forget(&ObjectRef::from(app));
+            forget.forget(&crate::context::app_ref(app));
         }
     });
+    // Stored compressed (see `stored_app`): unpacked when a reconcile of the app starts.
+    let app_events = app_events.map(|event| event.map(stored));
     let controller = Controller::for_stream(reflector(app_writer, app_events).applied_objects(), apps.clone());
 
     // Registered children watched by metadata also fill caches that let a reconcile skip
@@ -324,8 +339,8 @@ async fn run_one(
     // over it, see `ledger_cache`), but a change of it triggers nothing: only this operator
     // writes marks, as the outcome of a reconcile. The list is a consistent read (the process
     // has just become leader), so the cache starts with every write of an earlier leader.
-    let revisions = reflector::store::Writer::<ControllerRevision>::default();
-    stores.revisions = Some(revisions.as_reader());
+    let revisions = Arc::new(crate::ledger_cache::RevisionCache::by_instance());
+    stores.revisions = Some(revisions.clone());
     let overlay = ctx.clone();
     let revision_events = reported(
         &ctx,
@@ -333,11 +348,12 @@ async fn run_one(
         watcher(api::<ControllerRevision>(&client, ns), ours_whole.clone())
             .modify(crate::ledger_cache::compact)
             .default_backoff(),
-    );
-    let revision_events = reflector(revisions, revision_events).filter_map(move |event| {
-        // After the cache applied the event: drop the overlaid writes it now shows.
+    )
+    .filter_map(move |event| {
         let out: Option<Result<ControllerRevision, _>> = match event {
             Ok(event) => {
+                revisions.apply_with(&event, crate::ledger_cache::RevisionRecord::of);
+                // After the cache applied the event: drop the overlaid writes it now shows.
                 overlay.ledger.observe(&event);
                 None
             }
@@ -387,16 +403,7 @@ async fn run_one(
             store
                 .state()
                 .into_iter()
-                .filter(|app| app.namespace() == ns)
-                .filter(|app| {
-                    app.spec.secrets().iter().any(|e| match &e.secret_key_ref {
-                        Some(r) => r.name == name,
-                        None => {
-                            names::generated_secret(&app.name_any(), &e.env) == name
-                                || names::legacy_generated_secret(&app.name_any(), &e.env) == name
-                        }
-                    })
-                })
+                .filter(|app| app.namespace() == ns && app.reads_secret(&name))
                 .map(|app| ObjectRef::from(app.as_ref()))
                 .collect::<Vec<_>>()
         })
@@ -434,14 +441,15 @@ async fn run_one(
 
 /// Errors retry with per-app exponential backoff and jitter; the Warning Event goes out on
 /// an error *transition* (the first error, or a different kind of error), not per retry.
-fn error_policy(app: Arc<EmpactsApp>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(stored: Arc<StoredApp>, error: &Error, ctx: Arc<Context>) -> Action {
+    let app = Arc::new(stored.app());
     let category = error.category();
     ctx.metrics.reconcile_errors.with_label_values(&[category]).inc();
     let (count, transition) = ctx.record_failure(&app, category);
     let delay = ctx.backoff(count);
     if error.answered() {
         // The reconcile ran to its end: progress, and the app waits again from its retry.
-        ctx.readiness.progress.finished(ObjectRef::from(app.as_ref()), Instant::now(), Some(delay));
+        ctx.readiness.progress.finished(crate::context::app_ref(&app), Instant::now(), Some(delay));
     }
     warn!(app = %app.name_any(), namespace = app.namespace().unwrap_or_default(), category, error = %error, attempt = count, retry_in_ms = delay.as_millis() as u64, "reconcile error");
     if transition {

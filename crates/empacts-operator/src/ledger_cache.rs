@@ -16,20 +16,69 @@
 //!
 //! A new process starts with an empty overlay and a fresh list: a crash loses nothing here.
 //!
-//! Cached revisions are compacted: only this operator's managedFields entries, and the recorded
-//! spec kept as its JSON text (one string instead of a tree of values).
+//! Cached revisions are compacted (only this operator's managedFields entries, the recorded spec
+//! as its JSON text) and kept compressed ([`RevisionRecord`]), indexed by app: a reconcile
+//! unpacks its own app's few revisions instead of scanning the fleet's.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use futures::FutureExt;
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::ResourceExt;
-use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 
 use empacts_api::labels;
+
+use crate::child_cache::{ChildCache, Record};
+use crate::compressed::CompressedJson;
+
+/// The ledger's cache: every ControllerRevision of the scope labelled as ours, by app.
+pub type RevisionCache = ChildCache<RevisionRecord>;
+
+/// What the ledger cache keeps of one ControllerRevision: its name and instance label (the
+/// cache's keys) and the compacted object, compressed (~110 bytes for a settled app's).
+#[derive(Debug, Clone)]
+pub struct RevisionRecord {
+    name: Box<str>,
+    instance: Option<Box<str>>,
+    object: CompressedJson,
+}
+
+impl RevisionRecord {
+    /// The record of `cr` (compacted by the watch, see [`compact`]).
+    pub fn of(cr: &ControllerRevision) -> Self {
+        RevisionRecord {
+            name: cr.name_any().into(),
+            instance: cr.labels().get(labels::INSTANCE).map(|i| i.as_str().into()),
+            object: CompressedJson::pack(cr),
+        }
+    }
+
+    pub fn expand(&self) -> ControllerRevision {
+        // Packed by `of` from the same type: it reads back.
+        self.object.unpack().expect("a packed ControllerRevision reads back")
+    }
+}
+
+impl Record for RevisionRecord {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn instance(&self) -> Option<&str> {
+        self.instance.as_deref()
+    }
+    /// Revisions trigger nothing (see the controller): no fingerprint to compare.
+    fn fingerprint(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// The app's revisions in `cache`, ours by label.
+fn cached_of_app(cache: &RevisionCache, namespace: &str, app: &str) -> Vec<ControllerRevision> {
+    let records = cache.records_of_instance(namespace, app);
+    records.iter().map(RevisionRecord::expand).filter(|cr| of_app(cr, namespace, app)).collect()
+}
 
 /// What this process last wrote to one ControllerRevision.
 #[derive(Debug, Clone)]
@@ -137,17 +186,10 @@ impl LedgerCache {
     /// A fresh list of the app's revisions: it is the truth as of now, newer than anything the
     /// cache or the overlay holds. Recorded as our own writes (each wins until the watch shows
     /// it), and what the cache holds that the list does not is hidden as deleted.
-    pub fn listed(
-        &self,
-        store: Option<&Store<ControllerRevision>>,
-        namespace: &str,
-        app: &str,
-        fresh: &[ControllerRevision],
-    ) {
+    pub fn listed(&self, cache: Option<&RevisionCache>, namespace: &str, app: &str, fresh: &[ControllerRevision]) {
         let listed: std::collections::HashSet<Option<String>> = fresh.iter().map(|c| c.uid()).collect();
-        let gone: Vec<Arc<ControllerRevision>> = store
-            .map(|s| s.state_filter(|cr| of_app(cr, namespace, app) && !listed.contains(&cr.uid())))
-            .unwrap_or_default();
+        let mut gone = cache.map(|c| cached_of_app(c, namespace, app)).unwrap_or_default();
+        gone.retain(|cr| !listed.contains(&cr.uid()));
         let mut written = self.written.lock().expect("ledger overlay lock");
         written.retain(|(ns, _), w| !(ns == namespace && matches!(w, Written::Object(o) if of_app(o, namespace, app))));
         for cr in fresh {
@@ -186,24 +228,36 @@ impl LedgerCache {
     /// The app's ControllerRevisions from the cache with this process's writes laid over them;
     /// None while the cache has not listed yet, or after [`Self::invalidate`] (the caller reads
     /// fresh then, and hands the result to [`Self::listed`]).
-    pub fn revisions(
-        &self,
-        store: &Store<ControllerRevision>,
-        namespace: &str,
-        app: &str,
-    ) -> Option<Vec<ControllerRevision>> {
-        store.wait_until_ready().now_or_never()?.ok()?;
+    pub fn revisions(&self, cache: &RevisionCache, namespace: &str, app: &str) -> Option<Vec<ControllerRevision>> {
+        if !cache.listed() {
+            return None;
+        }
         if self.stale.lock().expect("ledger stale lock").contains(&(namespace.to_string(), app.to_string())) {
             return None;
         }
-        let cached = store.state_filter(|cr| of_app(cr, namespace, app));
+        let cached = cached_of_app(cache, namespace, app).into_iter().map(Arc::new).collect();
         Some(self.overlay(cached, namespace, app))
     }
 
     fn overlay(&self, cached: Vec<Arc<ControllerRevision>>, namespace: &str, app: &str) -> Vec<ControllerRevision> {
-        let written = self.written.lock().expect("ledger overlay lock");
+        let mut written = self.written.lock().expect("ledger overlay lock");
         let mut by_name: std::collections::BTreeMap<String, Arc<ControllerRevision>> =
             cached.into_iter().map(|c| (c.name_any(), c)).collect();
+        // Our copies the cache already shows (same object, same or newer version) are done:
+        // dropped here, since no later event may come to drop them (the event came before our
+        // write was recorded, or a fresh list recorded what the cache already held).
+        written.retain(|(ns, name), w| {
+            let shown = ns == namespace
+                && matches!(w, Written::Object(o) if of_app(o, namespace, app))
+                && by_name.get(name).is_some_and(|c| match w {
+                    Written::Object(o) => {
+                        c.uid() == o.uid()
+                            && seen_at_least(c.resource_version().as_deref(), o.resource_version().as_deref())
+                    }
+                    Written::Deleted { .. } => false,
+                });
+            !shown
+        });
         let ours: Vec<(&Key, &Written)> = written
             .iter()
             .filter(|((ns, _), w)| {
@@ -228,7 +282,6 @@ impl LedgerCache {
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-    use kube::runtime::reflector;
 
     fn cr(name: &str, uid: &str, rv: &str, mark: &str) -> ControllerRevision {
         ControllerRevision {
@@ -274,6 +327,28 @@ mod tests {
         assert_eq!(marks(&ledger.overlay(vec![stale], "ns", "api")), [("api-a".into(), "ours".into())]);
         let newer = Arc::new(cr("api-a", "u1", "9", "someone else's, later"));
         assert_eq!(marks(&ledger.overlay(vec![newer], "ns", "api"))[0].1, "someone else's, later");
+    }
+
+    #[test]
+    fn our_copy_is_dropped_once_a_read_finds_the_cache_showing_it_even_without_a_later_event() {
+        let ledger = LedgerCache::default();
+        // The watch's event of our write came before the write was recorded.
+        ledger.observe(&watcher::Event::Apply(cr("api-a", "u1", "7", "ours")));
+        ledger.wrote(&cr("api-a", "u1", "7", "ours"));
+        ledger.wrote(&cr("api-b", "u2", "9", "newer than the cache"));
+        ledger.deleted("ns", "api-c", "u3".into());
+        assert_eq!(ledger.pending(), 3);
+        let cached = vec![Arc::new(cr("api-a", "u1", "7", "ours")), Arc::new(cr("api-b", "u2", "8", "older"))];
+        let seen = marks(&ledger.overlay(cached, "ns", "api"));
+        assert_eq!(seen, [("api-a".into(), "ours".into()), ("api-b".into(), "newer than the cache".into())]);
+        assert_eq!(
+            ledger.pending(),
+            2,
+            "only the copy the cache shows is dropped; the newer one and the deletion stay"
+        );
+        // Another app's read drops nothing of this one.
+        ledger.overlay(vec![Arc::new(cr("api-b", "u2", "9", "x"))], "ns", "web");
+        assert_eq!(ledger.pending(), 2);
     }
 
     #[test]
@@ -327,24 +402,21 @@ mod tests {
         assert!(!ledger.stale.lock().unwrap().contains(&("ns".into(), "api".into())));
     }
 
-    fn store_of(
-        objects: Vec<ControllerRevision>,
-    ) -> (Store<ControllerRevision>, reflector::store::Writer<ControllerRevision>) {
-        let mut writer = reflector::store::Writer::default();
-        let store = writer.as_reader();
-        writer.apply_watcher_event(&watcher::Event::Init);
+    fn store_of(objects: Vec<ControllerRevision>) -> RevisionCache {
+        let cache = RevisionCache::by_instance();
+        cache.apply_with(&watcher::Event::Init, RevisionRecord::of);
         for o in objects {
-            writer.apply_watcher_event(&watcher::Event::InitApply(o));
+            cache.apply_with(&watcher::Event::InitApply(o), RevisionRecord::of);
         }
-        (store, writer)
+        cache
     }
 
     #[test]
     fn the_cache_is_used_once_listed_and_not_while_the_app_is_marked_stale() {
         let ledger = LedgerCache::default();
-        let (store, mut writer) = store_of(vec![cr("api-a", "u1", "5", "cached"), cr("api-y", "u8", "3", "gone")]);
+        let store = store_of(vec![cr("api-a", "u1", "5", "cached"), cr("api-y", "u8", "3", "gone")]);
         assert!(ledger.revisions(&store, "ns", "api").is_none(), "not listed yet: read fresh");
-        writer.apply_watcher_event(&watcher::Event::InitDone);
+        store.apply_with(&watcher::Event::InitDone, RevisionRecord::of);
         assert_eq!(marks(&ledger.revisions(&store, "ns", "api").unwrap())[0].1, "cached");
         ledger.invalidate("ns", "api");
         assert!(ledger.revisions(&store, "ns", "api").is_none(), "a write found it stale: read fresh");
@@ -364,5 +436,18 @@ mod tests {
         let again = c.clone();
         compact(&mut c);
         assert_eq!(c, again, "compacting twice changes nothing");
+        assert_eq!(RevisionRecord::of(&c).expand(), c, "the cache's record reads back as the object");
+    }
+
+    #[test]
+    fn the_cache_hands_out_only_the_apps_own_revisions_labelled_as_ours() {
+        let mut foreign = cr("api-f", "u5", "4", "someone else's");
+        foreign.metadata.labels.as_mut().unwrap().remove(labels::MANAGED_BY);
+        let mut other = cr("web-a", "u6", "4", "another app's");
+        other.metadata.labels.as_mut().unwrap().insert(labels::INSTANCE.into(), "web".into());
+        let store = store_of(vec![cr("api-a", "u1", "5", "cached"), foreign, other]);
+        store.apply_with(&watcher::Event::InitDone, RevisionRecord::of);
+        let seen = marks(&LedgerCache::default().revisions(&store, "ns", "api").unwrap());
+        assert_eq!(seen, [("api-a".into(), "cached".into())]);
     }
 }

@@ -21,6 +21,7 @@ use crate::events::Subject;
 use crate::plan::{self, Plan, PlanInput};
 use crate::shard::Handoff;
 use crate::status::{self, StatusInput};
+use crate::stored_app::StoredApp;
 use crate::{build, events, monitoring, observe, validate};
 
 /// Requeue while something is moving; watches usually wake us sooner.
@@ -40,10 +41,23 @@ const HANDOFF_REQUEUE: Duration = Duration::from_secs(5);
 /// of KiB); while it waits for a slot only this small future exists, the reconcile's own is
 /// allocated once it runs. With 1,000 apps queued after a restart that is the difference
 /// between a few hundred KiB and ~55 MiB.
-pub async fn reconcile(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Action> {
-    let namespace = app.namespace().unwrap_or_default();
+///
+/// The store keeps apps compressed (`stored_app`): the app is unpacked once the reconcile has
+/// its slot.
+///
+/// Boxed: kube's runner keeps each pending reconcile's future inline in a hash table that
+/// never shrinks, sized by the most reconciles ever pending at once (every app of the scope,
+/// after a restart); a box keeps that table at a pointer per entry, not the future's ~1 KiB.
+pub fn reconcile(stored: Arc<StoredApp>, ctx: Arc<Context>) -> futures::future::BoxFuture<'static, Result<Action>> {
+    Box::pin(reconcile_queued(stored, ctx))
+}
+
+async fn reconcile_queued(stored: Arc<StoredApp>, ctx: Arc<Context>) -> Result<Action> {
+    let namespace = stored.namespace().unwrap_or_default();
     caches_listed(&ctx, &namespace).await?;
     let slot = ctx.slots.acquire(&namespace).await;
+    let app = Arc::new(stored.app());
+    drop(stored);
     Box::pin(reconcile_in_slot(app, ctx, slot)).await
 }
 
@@ -78,7 +92,7 @@ async fn caches_listed(ctx: &Context, namespace: &str) -> Result<()> {
 
 async fn reconcile_in_slot(app: Arc<EmpactsApp>, ctx: Arc<Context>, _slot: crate::slots::Slot) -> Result<Action> {
     let _in_flight = ctx.metrics.in_flight();
-    let key = kube::runtime::reflector::ObjectRef::from(app.as_ref());
+    let key = crate::context::app_ref(&app);
     let progress = &ctx.readiness.progress;
     progress.started(key.clone(), Instant::now());
     let timeout = ctx.settings.reconcile_timeout;
@@ -365,7 +379,9 @@ mod tests {
         }))
         .unwrap();
         let app = Arc::new(app);
-        let queued = std::mem::size_of_val(&reconcile(app.clone(), ctx.clone()));
+        let stored = Arc::new(StoredApp::of(&app));
+        let queued = std::mem::size_of_val(&reconcile_queued(stored.clone(), ctx.clone()));
+        assert_eq!(std::mem::size_of_val(&reconcile(stored, ctx.clone())), 16, "what the runner's table holds: a box");
         let running = std::mem::size_of_val(&reconcile_app(app, ctx));
         assert!(queued <= 1024, "a queued reconcile holds {queued} bytes (a running one {running})");
         assert!(running > 4 * queued, "the running state ({running} bytes) is what waits behind the slot");

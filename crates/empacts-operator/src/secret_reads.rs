@@ -17,6 +17,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 
+use crate::compressed::CompressedJson;
+
 /// uid and resourceVersion of a watched Secret, as the watch last showed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Version {
@@ -24,11 +26,11 @@ pub struct Version {
     pub resource_version: String,
 }
 
-/// A kept copy: its version, and the Secret as compact JSON (a third of the object's heap
-/// bytes; read back only when a reconcile uses it).
+/// A kept copy: its version, and the Secret as compressed JSON (a fraction of the object's
+/// heap bytes; read back only when a reconcile uses it).
 struct KeptSecret {
     version: Version,
-    json: Box<[u8]>,
+    json: CompressedJson,
 }
 
 /// The last read copy of watched Secrets, per (namespace, name). No Debug: it holds values.
@@ -45,7 +47,7 @@ impl SecretCache {
         let entries = self.entries.lock().expect("secret cache lock");
         let copy = entries.get(&(namespace.to_string(), name.to_string()))?;
         // What `put` wrote always reads back; a copy that would not is read fresh instead.
-        (copy.version == *version).then(|| serde_json::from_slice(&copy.json).ok()).flatten()
+        (copy.version == *version).then(|| copy.json.unpack().ok()).flatten()
     }
 
     /// Keep `secret` (a copy as read or as written) for as long as the watch shows its version.
@@ -60,7 +62,7 @@ impl SecretCache {
         };
         // Empty if it cannot be written (never seen): the entry still says this process holds
         // the name, and a read of it goes to the API server.
-        let json = serde_json::to_vec(&copy).unwrap_or_default().into_boxed_slice();
+        let json = CompressedJson::of_json(&serde_json::to_vec(&copy).unwrap_or_default());
         let copy = KeptSecret { version, json };
         self.entries.lock().expect("secret cache lock").insert(key, copy);
     }
