@@ -14,8 +14,13 @@ use empacts_e2e::bench::*;
 use empacts_e2e::*;
 use kube::Api;
 
-/// Quiet time after the install (and after the restart's reconciles) before RSS is read.
-const SETTLE: Duration = Duration::from_secs(30);
+/// Quiet time after the install (and after the restart's reconciles) before RSS is read
+/// (`EMPACTS_BENCH_SETTLE_SECS`, default 30; longer to take a heap profile of the settled
+/// fleet, see the README).
+fn settle() -> Duration {
+    let secs = std::env::var("EMPACTS_BENCH_SETTLE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    Duration::from_secs(secs)
+}
 
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
@@ -48,7 +53,7 @@ async fn main() {
     wait_count("install", n, || all_ready(&api, n, image)).await;
     let install = started.elapsed();
     let after_install = rss_kib(pid, "VmRSS:");
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(settle()).await;
     let settled = rss_kib(pid, "VmRSS:");
     let peak = rss_kib(pid, "VmHWM:");
     drop(op);
@@ -64,7 +69,7 @@ async fn main() {
     })
     .await;
     let first_pass = restarted.elapsed();
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(settle()).await;
     // Everything the new process sent, its initial lists included.
     let restart = Counters::read(&op).await;
     let restart_settled = rss_kib(pid, "VmRSS:");
@@ -82,7 +87,7 @@ async fn main() {
     println!("| all Ready from the first apply | {:.1} s |", install.as_secs_f64());
     println!(
         "| RSS idle / after install / settled ({} s later) / peak | {:.0} / {:.0} / {:.0} / {:.0} MiB ({:.1} KiB per app settled, over idle) |",
-        SETTLE.as_secs(),
+        settle().as_secs(),
         mib(idle),
         mib(after_install),
         mib(settled),
