@@ -246,17 +246,11 @@ impl LedgerCache {
         // Our copies the cache already shows (same object, same or newer version) are done:
         // dropped here, since no later event may come to drop them (the event came before our
         // write was recorded, or a fresh list recorded what the cache already held).
-        written.retain(|(ns, name), w| {
-            let shown = ns == namespace
-                && matches!(w, Written::Object(o) if of_app(o, namespace, app))
-                && by_name.get(name).is_some_and(|c| match w {
-                    Written::Object(o) => {
-                        c.uid() == o.uid()
-                            && seen_at_least(c.resource_version().as_deref(), o.resource_version().as_deref())
-                    }
-                    Written::Deleted { .. } => false,
-                });
-            !shown
+        written.retain(|(ns, name), w| match w {
+            Written::Object(o) if ns == namespace && of_app(o, namespace, app) => !by_name.get(name).is_some_and(|c| {
+                c.uid() == o.uid() && seen_at_least(c.resource_version().as_deref(), o.resource_version().as_deref())
+            }),
+            _ => true,
         });
         let ours: Vec<(&Key, &Written)> = written
             .iter()
