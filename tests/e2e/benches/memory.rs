@@ -45,6 +45,8 @@ async fn main() {
     let op = start(&env, &ns.name, &log).await;
     let pid = op.child.id();
     let idle = rss_kib(pid, "VmRSS:");
+    // Anonymous memory (the heap) and file pages (the binary's code, mapped as it runs).
+    let idle_split = (rss_kib(pid, "RssAnon:"), rss_kib(pid, "RssFile:"));
 
     let api: Api<EmpactsApp> = ns.api();
     let image = "registry.example.com/bench:1.0.0";
@@ -55,7 +57,9 @@ async fn main() {
     let after_install = rss_kib(pid, "VmRSS:");
     tokio::time::sleep(settle()).await;
     let settled = rss_kib(pid, "VmRSS:");
+    let settled_split = (rss_kib(pid, "RssAnon:"), rss_kib(pid, "RssFile:"));
     let peak = rss_kib(pid, "VmHWM:");
+    let install_cpu = Counters::read(&op).await.cpu_seconds;
     drop(op);
 
     // The restart: every app is reconciled once by the new process (its first resync is
@@ -73,6 +77,7 @@ async fn main() {
     // Everything the new process sent, its initial lists included.
     let restart = Counters::read(&op).await;
     let restart_settled = rss_kib(pid, "VmRSS:");
+    let restart_split = (rss_kib(pid, "RssAnon:"), rss_kib(pid, "RssFile:"));
     let restart_peak = rss_kib(pid, "VmHWM:");
     let (reads, writes) = restart.reads_writes();
     drop(op);
@@ -80,6 +85,7 @@ async fn main() {
     ns.cleanup_and_wait(Duration::from_secs(900)).await;
 
     let per_app = |kib: u64| (kib.saturating_sub(idle)) as f64 / n as f64;
+    let idle_anon = idle_split.0;
     println!();
     println!("EmpactsApp operator memory: {n} apps (generated secret, migration, HPA, PDB; 2 replicas each)");
     println!("| figure | value |");
@@ -93,6 +99,20 @@ async fn main() {
         mib(settled),
         mib(peak),
         per_app(settled)
+    );
+    println!(
+        "| operator CPU: install and settle / restart and settle | {install_cpu:.1} s / {:.1} s |",
+        restart.cpu_seconds
+    );
+    println!(
+        "| of which anonymous (heap) / file (code): idle / settled / restarted, settled | {:.0} + {:.0} / {:.0} + {:.0} / {:.0} + {:.0} MiB ({:.1} KiB of heap per app settled, over idle) |",
+        mib(idle_split.0),
+        mib(idle_split.1),
+        mib(settled_split.0),
+        mib(settled_split.1),
+        mib(restart_split.0),
+        mib(restart_split.1),
+        (settled_split.0.saturating_sub(idle_anon)) as f64 / n as f64
     );
     println!(
         "| restarted over the settled fleet: every app reconciled once within / RSS settled / peak | {:.1} s / {:.0} / {:.0} MiB ({:.1} KiB per app settled) |",

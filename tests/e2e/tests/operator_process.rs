@@ -40,6 +40,14 @@ async fn metrics_and_health_endpoints_follow_real_reconciles() {
         (ok > before && ready == 1.0 && migrated >= 1.0 && generated >= 1.0).then_some(())
     })
     .await;
+    // The allocator as shipped: jemalloc, its embedded options in force (the background thread that
+    // returns free pages runs only with `background_thread:true`).
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", op.child.id()))
+        .expect("the operator's threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect();
+    assert!(threads.iter().any(|t| t == "jemalloc_bg_thd"), "no jemalloc background thread in {threads:?}");
     let (_, body) = op.get("/metrics").await.unwrap();
     assert!(body.contains("empacts_build_info{version="), "{body}");
     // Per-app series of the Ready app, process metrics unprefixed, the client's requests.
