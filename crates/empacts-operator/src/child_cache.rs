@@ -69,34 +69,44 @@ const CONTROLLER_UID: usize = 10;
 const STRINGS: usize = 11;
 
 /// Optional strings in one allocation: a record holds about ten, and as separate boxes each
-/// would cost a heap block, its header and a 16-byte pointer.
+/// would cost a heap block and a 16-byte pointer. UIDs in the canonical form the API server
+/// gives them (36 characters) are kept as their 16 bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Packed<const N: usize> {
-    buf: Box<str>,
+    buf: Box<[u8]>,
     /// Where each string ends in `buf`.
     ends: [u32; N],
     /// Which strings are present (an absent one is empty in `buf`).
     present: u16,
+    /// Which strings are UIDs kept as 16 bytes.
+    uuids: u16,
 }
 
 impl<const N: usize> Packed<N> {
-    fn new(values: [Option<&str>; N]) -> Self {
+    /// `values`, those in `uid_fields` (a bit per index) kept as 16 bytes when canonical UIDs.
+    fn new(values: [Option<&str>; N], uid_fields: u16) -> Self {
         const { assert!(N <= 16, "present is a u16") };
-        let mut buf = String::with_capacity(values.iter().flatten().map(|v| v.len()).sum());
+        let mut buf = Vec::with_capacity(values.iter().flatten().map(|v| v.len()).sum());
         let mut ends = [0; N];
-        let mut present = 0;
+        let (mut present, mut uuids) = (0, 0);
         for (i, value) in values.iter().enumerate() {
             if let Some(value) = value {
-                buf.push_str(value);
+                match parse_uuid(value).filter(|_| uid_fields & (1 << i) != 0) {
+                    Some(bytes) => {
+                        buf.extend_from_slice(&bytes);
+                        uuids |= 1 << i;
+                    }
+                    None => buf.extend_from_slice(value.as_bytes()),
+                }
                 present |= 1 << i;
             }
             // Object metadata is bounded far below 4 GiB by the API server's request limit.
             ends[i] = u32::try_from(buf.len()).expect("metadata strings under 4 GiB");
         }
-        Packed { buf: buf.into_boxed_str(), ends, present }
+        Packed { buf: buf.into_boxed_slice(), ends, present, uuids }
     }
 
-    fn get(&self, i: usize) -> Option<&str> {
+    fn bytes(&self, i: usize) -> Option<&[u8]> {
         if self.present & (1 << i) == 0 {
             return None;
         }
@@ -104,10 +114,57 @@ impl<const N: usize> Packed<N> {
         Some(&self.buf[start..self.ends[i] as usize])
     }
 
+    /// String `i` as it was given.
+    fn get(&self, i: usize) -> Option<std::borrow::Cow<'_, str>> {
+        let bytes = self.bytes(i)?;
+        if self.uuids & (1 << i) != 0 {
+            return Some(format_uuid(bytes).into());
+        }
+        // Only `&str`s went in, each whole: every slice between two ends is UTF-8.
+        Some(std::str::from_utf8(bytes).expect("packed strings are UTF-8").into())
+    }
+
+    /// String `i`, for indices never kept as UIDs.
+    fn text(&self, i: usize) -> Option<&str> {
+        debug_assert_eq!(self.uuids & (1 << i), 0, "string {i} may be a UID");
+        self.bytes(i).map(|b| std::str::from_utf8(b).expect("packed strings are UTF-8"))
+    }
+
     /// Heap bytes of the strings.
     fn heap(&self) -> usize {
         self.buf.len()
     }
+}
+
+/// The 16 bytes of a UID in canonical form (8-4-4-4-12 lowercase hex digits), which is how
+/// it can be written back exactly.
+fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let b = s.as_bytes();
+    if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
+        return None;
+    }
+    let hex = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut digits = b.iter().filter(|&&c| c != b'-');
+    let mut out = [0u8; 16];
+    for byte in &mut out {
+        *byte = hex(*digits.next()?)? << 4 | hex(*digits.next()?)?;
+    }
+    Some(out)
+}
+
+fn format_uuid(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(36);
+    for (i, b) in bytes.iter().enumerate() {
+        if [4, 6, 8, 10].contains(&i) {
+            s.push('-');
+        }
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
 }
 
 /// The field ownership the cache keeps (see `children::trim_for_cache`).
@@ -169,7 +226,7 @@ impl CachedChild {
             strings[CONTROLLER_KIND] = None;
         }
         CachedChild {
-            strings: Packed::new(strings),
+            strings: Packed::new(strings, 1 << UID | 1 << CONTROLLER_UID),
             generation: meta.generation,
             fingerprint: fingerprint(meta),
             owners: meta.owner_references.as_ref().map_or(0, |o| o.len().min(255) as u8),
@@ -178,20 +235,23 @@ impl CachedChild {
         }
     }
 
-    /// String `i` as the object had it (kept, or the one it repeats).
+    /// String `i` as the object had it (kept, or the one it repeats); not the UIDs.
     fn get(&self, i: usize) -> Option<&str> {
         let same = |bit: u8| self.same & bit != 0;
         match i {
-            INSTANCE if same(SAME_INSTANCE_AS_NAME) => self.strings.get(NAME),
+            INSTANCE if same(SAME_INSTANCE_AS_NAME) => self.strings.text(NAME),
             CONTROLLER_NAME if same(SAME_CONTROLLER_NAME_AS_INSTANCE) => self.get(INSTANCE),
             CONTROLLER_API_VERSION if same(SAME_CONTROLLER_AS_APP_KIND) => Some(APP_API_VERSION),
             CONTROLLER_KIND if same(SAME_CONTROLLER_AS_APP_KIND) => Some(APP_KIND),
-            _ => self.strings.get(i),
+            _ => self.strings.text(i),
         }
     }
 
     fn string(&self, i: usize) -> Option<String> {
-        self.get(i).map(Into::into)
+        match i {
+            UID | CONTROLLER_UID => self.strings.get(i).map(Into::into),
+            _ => self.get(i).map(Into::into),
+        }
     }
 
     /// An `ObjectMeta` with what the record kept: what `children`, `observe` and `apply` read
@@ -209,12 +269,12 @@ impl CachedChild {
                 annotations.insert(key.to_string(), value);
             }
         }
-        let owner_references = self.get(CONTROLLER_UID).map(|uid| {
+        let owner_references = self.string(CONTROLLER_UID).map(|uid| {
             vec![OwnerReference {
                 api_version: self.string(CONTROLLER_API_VERSION).unwrap_or_default(),
                 kind: self.string(CONTROLLER_KIND).unwrap_or_default(),
                 name: self.string(CONTROLLER_NAME).unwrap_or_default(),
-                uid: uid.into(),
+                uid,
                 controller: Some(true),
                 block_owner_deletion: Some(true),
             }]
@@ -249,8 +309,8 @@ impl CachedChild {
     }
 
     /// The UID and resourceVersion (for Secrets: the version of a value read).
-    pub fn version(&self) -> Option<(&str, &str)> {
-        Some((self.get(UID)?, self.get(RESOURCE_VERSION)?))
+    pub fn version(&self) -> Option<(String, &str)> {
+        Some((self.string(UID)?, self.get(RESOURCE_VERSION)?))
     }
 
     /// Heap bytes of the record, boxed as a cache keeps it.
@@ -901,14 +961,27 @@ mod tests {
 
     #[test]
     fn packed_strings_keep_absent_apart_from_empty() {
-        let packed = Packed::<4>::new([Some("name"), None, Some(""), Some("uid")]);
-        assert_eq!(packed.get(0), Some("name"));
-        assert_eq!(packed.get(1), None);
-        assert_eq!(packed.get(2), Some(""), "an empty string is present");
-        assert_eq!(packed.get(3), Some("uid"));
+        let packed = Packed::<4>::new([Some("name"), None, Some(""), Some("uid")], 0b1000);
+        assert_eq!(packed.text(0), Some("name"));
+        assert_eq!(packed.text(1), None);
+        assert_eq!(packed.text(2), Some(""), "an empty string is present");
+        assert_eq!(packed.get(3).as_deref(), Some("uid"), "not a UID's form: kept as given");
         assert_eq!(packed.heap(), 7, "one block of the strings' bytes");
-        let none = Packed::<2>::new([None, None]);
-        assert_eq!((none.get(0), none.get(1)), (None, None));
+        let none = Packed::<2>::new([None, None], 0);
+        assert_eq!((none.text(0), none.text(1)), (None, None));
+    }
+
+    #[test]
+    fn canonical_uids_are_kept_as_16_bytes_and_read_back_exactly() {
+        let uid = "0f8fad5b-d9cb-469f-a165-70867728950e";
+        let packed = Packed::<3>::new([Some(uid), Some(uid), Some("x")], 0b001);
+        assert_eq!(packed.heap(), 16 + 36 + 1, "only the field marked as a UID is packed");
+        assert_eq!(packed.get(0).as_deref(), Some(uid));
+        assert_eq!(packed.get(1).as_deref(), Some(uid));
+        for other in ["0F8FAD5B-D9CB-469F-A165-70867728950E", "0f8fad5b-d9cb-469f-a165-70867728950", "uid-1", ""] {
+            let packed = Packed::<1>::new([Some(other)], 1);
+            assert_eq!(packed.get(0).as_deref(), Some(other), "not canonical: kept as text");
+        }
     }
 
     #[test]
