@@ -159,8 +159,7 @@ fn watched_secrets(cache: &ChildCache, app: &ValidatedApp) -> BTreeMap<String, c
         .filter_map(|name| {
             let record = cache.record(&app.namespace, &name)?;
             let (uid, resource_version) = record.version()?;
-            let version =
-                crate::secret_reads::Version { uid: uid.to_string(), resource_version: resource_version.to_string() };
+            let version = crate::secret_reads::Version { uid, resource_version: resource_version.to_string() };
             Some((name, version))
         })
         .collect()
@@ -280,7 +279,7 @@ pub struct AppliedRecord {
     /// (namespace, app) -> per child: hashes of (kind, name) and of its change marker; an
     /// app's group goes with it. Hashes (keyed per process, 64 bits: a false match between an
     /// app's ~10 children is ~2^-60) instead of the strings: 16 bytes per child, not ~150.
-    markers: Mutex<HashMap<AppKey, Vec<(u64, u64)>>>,
+    markers: Mutex<HashMap<crate::context::AppId, Vec<(u64, u64)>>>,
     keys: std::collections::hash_map::RandomState,
 }
 
@@ -290,11 +289,8 @@ fn owning_app(meta: &ObjectMeta) -> Option<String> {
     refs.iter().find(|o| o.controller == Some(true) && o.kind == "EmpactsApp").map(|o| o.name.clone())
 }
 
-/// (namespace, app name).
-type AppKey = (Box<str>, Box<str>);
-
-fn app_key(namespace: &str, app: &str) -> AppKey {
-    (namespace.into(), app.into())
+fn app_key(namespace: &str, app: &str) -> crate::context::AppId {
+    crate::context::AppId::new(namespace, app)
 }
 
 impl AppliedRecord {

@@ -449,7 +449,7 @@ fn error_policy(stored: Arc<StoredApp>, error: &Error, ctx: Arc<Context>) -> Act
     let delay = ctx.backoff(count);
     if error.answered() {
         // The reconcile ran to its end: progress, and the app waits again from its retry.
-        ctx.readiness.progress.finished(crate::context::app_ref(&app), Instant::now(), Some(delay));
+        ctx.readiness.progress.finished(crate::context::AppId::of(&app), Instant::now(), Some(delay));
     }
     warn!(app = %app.name_any(), namespace = app.namespace().unwrap_or_default(), category, error = %error, attempt = count, retry_in_ms = delay.as_millis() as u64, "reconcile error");
     if transition {

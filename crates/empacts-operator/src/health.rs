@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use empacts_api::EmpactsApp;
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
+
+use crate::context::AppId;
 
 /// Liveness: apps waiting for a reconcile versus reconciles that finish.
 ///
@@ -26,7 +26,7 @@ pub struct Progress {
 #[derive(Debug)]
 struct ProgressState {
     last_finished: Instant,
-    waiting_since: HashMap<ObjectRef<EmpactsApp>, Instant>,
+    waiting_since: HashMap<AppId, Instant>,
 }
 
 impl Default for Progress {
@@ -41,14 +41,14 @@ impl Progress {
     }
 
     /// A reconcile of `app` starts now.
-    pub fn started(&self, app: ObjectRef<EmpactsApp>, now: Instant) {
+    pub fn started(&self, app: AppId, now: Instant) {
         let mut s = self.state();
         let since = s.waiting_since.entry(app).or_insert(now);
         *since = (*since).min(now);
     }
 
     /// A reconcile of `app` ran to its end; the next one is due in `next`.
-    pub fn finished(&self, app: ObjectRef<EmpactsApp>, now: Instant, next: Option<Duration>) {
+    pub fn finished(&self, app: AppId, now: Instant, next: Option<Duration>) {
         let mut s = self.state();
         s.last_finished = now;
         match next {
@@ -65,7 +65,7 @@ impl Progress {
     }
 
     /// A deleted app waits for nothing.
-    pub fn forget(&self, app: &ObjectRef<EmpactsApp>) {
+    pub fn forget(&self, app: &AppId) {
         self.state().waiting_since.remove(app);
     }
 
@@ -144,8 +144,8 @@ impl Watches {
 mod tests {
     use super::*;
 
-    fn app(name: &str) -> ObjectRef<EmpactsApp> {
-        ObjectRef::new(name).within("ns")
+    fn app(name: &str) -> AppId {
+        AppId::new("ns", name)
     }
 
     const T: Duration = Duration::from_secs(60);

@@ -234,11 +234,7 @@ mod tests {
         let metrics = Metrics::new();
         assert_eq!(readme_names(), metrics.names, "README's metrics table and the registry differ");
         // Process metrics are exported without the prefix, and every registered name renders.
-        metrics.apps.set(
-            "ns",
-            "a",
-            AppSeries { phase: "Ready".into(), revision: "r".into(), ready: true, stalled: false },
-        );
+        metrics.apps.set("ns", "a", AppSeries { phase: "Ready", revision: "r".into(), ready: true, stalled: false });
         metrics.kube_requests.total.with_label_values(&["get", "200"]).inc();
         metrics.kube_requests.duration.with_label_values(&["get"]).observe(0.1);
         metrics.migrations.with_label_values(&["migrate", "succeeded"]).inc();

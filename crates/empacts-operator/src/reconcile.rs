@@ -92,9 +92,9 @@ async fn caches_listed(ctx: &Context, namespace: &str) -> Result<()> {
 
 async fn reconcile_in_slot(app: Arc<EmpactsApp>, ctx: Arc<Context>, _slot: crate::slots::Slot) -> Result<Action> {
     let _in_flight = ctx.metrics.in_flight();
-    let key = crate::context::app_ref(&app);
+    let key = crate::context::AppId::of(&app);
     let progress = &ctx.readiness.progress;
-    progress.started(key.clone(), Instant::now());
+    progress.started(key, Instant::now());
     let timeout = ctx.settings.reconcile_timeout;
     let result = match tokio::time::timeout(timeout, reconcile_app(app.clone(), ctx.clone())).await {
         Ok(result) => result.map(|next| (action(next), next)),
@@ -107,7 +107,7 @@ async fn reconcile_in_slot(app: Arc<EmpactsApp>, ctx: Arc<Context>, _slot: crate
     ctx.metrics.reconciles.inc();
     // On errors the error policy records the progress (the API server answered, or not).
     if let Ok((_, next)) = &result {
-        progress.finished(key.clone(), Instant::now(), *next);
+        progress.finished(key, Instant::now(), *next);
         if let Some(failures) = ctx.record_success(&key) {
             let note = format!("reconciling works again after {} failed attempts", failures.count);
             events::publish(&ctx, &app, Subject::App, EventType::Normal, "Recovered", "Reconcile", &note).await;

@@ -210,7 +210,11 @@ mod tests {
         let cache = Cache::default();
         let a = app("ns", "api");
         assert_eq!(key_in(&cache, &a, "Failed", "one"), key_in(&cache, &a, "Failed", "one"));
-        assert_ne!(key_in(&cache, &a, "Failed", "one"), key_in(&cache, &a, "Failed", "two"), "another message, another Event");
+        assert_ne!(
+            key_in(&cache, &a, "Failed", "one"),
+            key_in(&cache, &a, "Failed", "two"),
+            "another message, another Event"
+        );
         assert_ne!(key_in(&cache, &a, "Failed", "one"), key_in(&cache, &a, "Other", "one"));
         assert_ne!(key_in(&cache, &a, "Failed", "one"), key_in(&cache, &app("ns2", "api"), "Failed", "one"));
     }

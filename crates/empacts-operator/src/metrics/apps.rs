@@ -15,13 +15,14 @@ use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
 /// What one app exports, as last set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppSeries {
-    pub phase: String,
-    pub revision: String,
+    pub phase: &'static str,
+    pub revision: Box<str>,
     pub ready: bool,
     pub stalled: bool,
 }
 
-type Last = Arc<Mutex<HashMap<(String, String), AppSeries>>>;
+/// Keyed by (namespace, app): boxed strings, without a String's spare capacity.
+type Last = Arc<Mutex<HashMap<(Box<str>, Box<str>), AppSeries>>>;
 
 #[derive(Clone)]
 pub struct AppGauges {
@@ -51,12 +52,12 @@ impl AppGauges {
 
     /// Export `series` for the app (an `app_info` series with other labels goes).
     pub fn set(&self, namespace: &str, app: &str, series: AppSeries) {
-        self.last.lock().expect("app series lock").insert((namespace.to_string(), app.to_string()), series);
+        self.last.lock().expect("app series lock").insert((namespace.into(), app.into()), series);
     }
 
     /// Remove every series of the app (deleted, or no longer ours to report).
     pub fn forget(&self, namespace: &str, app: &str) {
-        self.last.lock().expect("app series lock").remove(&(namespace.to_string(), app.to_string()));
+        self.last.lock().expect("app series lock").remove(&(namespace.into(), app.into()) as &(Box<str>, Box<str>));
     }
 
     /// Remove every app's series: a replica that stops leading must not report stale state.
@@ -112,9 +113,7 @@ impl Collector for AppGauges {
         let last = self.last.lock().expect("app series lock");
         let (mut info, mut ready, mut stalled) = (Vec::new(), Vec::new(), Vec::new());
         for ((namespace, app), s) in last.iter() {
-            let (ns, app) = (namespace.as_str(), app.as_str());
-            let labels =
-                [("namespace", ns), ("app", app), ("phase", s.phase.as_str()), ("revision", s.revision.as_str())];
+            let labels = [("namespace", &**namespace), ("app", &**app), ("phase", s.phase), ("revision", &*s.revision)];
             info.push(sample(&labels, 1.0));
             ready.push(sample(&labels[..2], f64::from(u8::from(s.ready))));
             stalled.push(sample(&labels[..2], f64::from(u8::from(s.stalled))));
@@ -132,8 +131,8 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
 
-    fn series(phase: &str, revision: &str, ready: bool) -> AppSeries {
-        AppSeries { phase: phase.into(), revision: revision.into(), ready, stalled: false }
+    fn series(phase: &'static str, revision: &str, ready: bool) -> AppSeries {
+        AppSeries { phase, revision: revision.into(), ready, stalled: false }
     }
 
     fn lines(m: &Metrics, prefix: &str) -> Vec<String> {
