@@ -157,12 +157,15 @@ fn parse_uuid(s: &str) -> Option<[u8; 16]> {
 }
 
 fn format_uuid(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(36);
     for (i, b) in bytes.iter().enumerate() {
         if [4, 6, 8, 10].contains(&i) {
             s.push('-');
         }
-        s.push_str(&format!("{b:02x}"));
+        // Read at every expansion of a record: no formatting machinery, no allocation per byte.
+        s.push(HEX[usize::from(b >> 4)].into());
+        s.push(HEX[usize::from(b & 0xf)].into());
     }
     s
 }

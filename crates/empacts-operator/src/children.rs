@@ -289,10 +289,6 @@ fn owning_app(meta: &ObjectMeta) -> Option<String> {
     refs.iter().find(|o| o.controller == Some(true) && o.kind == "EmpactsApp").map(|o| o.name.clone())
 }
 
-fn app_key(namespace: &str, app: &str) -> crate::context::AppId {
-    crate::context::AppId::new(namespace, app)
-}
-
 impl AppliedRecord {
     fn child(&self, kind: &str, name: &str) -> u64 {
         std::hash::BuildHasher::hash_one(&self.keys, (kind, name))
@@ -310,7 +306,7 @@ impl AppliedRecord {
         };
         let (child, marker) = (self.child(kind, name), self.marker(&marker));
         let mut markers = self.markers.lock().expect("applied record lock");
-        let children = markers.entry(app_key(ns, &app)).or_default();
+        let children = markers.entry(crate::context::AppId::new(ns, &app)).or_default();
         match children.iter_mut().find(|(c, _)| *c == child) {
             Some(entry) => entry.1 = marker,
             None => children.push((child, marker)),
@@ -320,7 +316,7 @@ impl AppliedRecord {
     fn recorded(&self, kind: &str, namespace: &str, app: &str, name: &str) -> Option<u64> {
         let child = self.child(kind, name);
         let markers = self.markers.lock().expect("applied record lock");
-        markers.get(&app_key(namespace, app))?.iter().find(|(c, _)| *c == child).map(|(_, m)| *m)
+        markers.get(&crate::context::AppId::new(namespace, app))?.iter().find(|(c, _)| *c == child).map(|(_, m)| *m)
     }
 
     /// True when `live` still is exactly what we applied with hash `hash`.
@@ -344,7 +340,7 @@ impl AppliedRecord {
 
     /// Drop what was recorded for a deleted app.
     pub fn forget(&self, namespace: &str, app: &str) {
-        self.markers.lock().expect("applied record lock").remove(&app_key(namespace, app));
+        self.markers.lock().expect("applied record lock").remove(&crate::context::AppId::new(namespace, app));
     }
 
     /// Apps with records (for tests of pruning).

@@ -137,10 +137,13 @@ impl Recorder {
 
     pub async fn publish(&self, record: Record<'_>) -> Result<(), kube::Error> {
         let now = Timestamp::now();
-        let key = record.key(&self.cache.lock().expect("event cache lock").hasher);
+        let (key, repeat) = {
+            let mut cache = self.cache.lock().expect("event cache lock");
+            let key = record.key(&cache.hasher);
+            (key, cache.repeat(&key, now))
+        };
         let namespace = record.regarding.namespace.clone().unwrap_or_default();
         let events: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
-        let repeat = self.cache.lock().expect("event cache lock").repeat(&key, now);
         if let Some(seen) = repeat {
             let series = EventSeries { count: seen.count, last_observed_time: MicroTime(now) };
             let patch = serde_json::json!({ "series": series });
