@@ -73,8 +73,6 @@ pub struct Context {
     /// Whether the Prometheus Operator's CRDs are installed, and what it knows of the apps'
     /// monitoring objects.
     pub monitoring: crate::monitoring::Monitoring,
-    /// Reconciles in flight over every controller of this process.
-    pub slots: Arc<crate::slots::FairSlots>,
     /// Last phase of each app, feeding the apps-by-phase gauge.
     phases: Mutex<HashMap<AppId, Phase>>,
     /// Jobs already counted in the migration metrics (by UID), per app.
@@ -102,7 +100,6 @@ impl Context {
             client,
             metrics,
             readiness: Arc::default(),
-            slots: crate::slots::FairSlots::new(settings.concurrency),
             settings,
             hash_key,
             stores: RwLock::default(),
@@ -265,13 +262,18 @@ pub fn app_ref(app: &EmpactsApp) -> ObjectRef<EmpactsApp> {
 /// per process. 8 bytes inline instead of an `ObjectRef` (96 bytes and two strings) in every
 /// map, for every app. Two of 10,000 apps share a key with a chance of ~3 in 10^12; if they
 /// did, they would share a backoff count and one would be missing from the apps-by-phase gauge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AppId(u64);
+
+/// The per-process key of [`AppId`] and [`NamespaceId`].
+fn keys() -> &'static std::hash::RandomState {
+    static KEYS: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    KEYS.get_or_init(Default::default)
+}
 
 impl AppId {
     pub fn new(namespace: &str, name: &str) -> Self {
-        static KEYS: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
-        AppId(std::hash::BuildHasher::hash_one(KEYS.get_or_init(Default::default), (namespace, name)))
+        AppId(std::hash::BuildHasher::hash_one(keys(), (namespace, name)))
     }
 
     pub fn of(app: &EmpactsApp) -> Self {
@@ -283,6 +285,17 @@ impl AppId {
 
     pub fn of_ref(app: &ObjectRef<EmpactsApp>) -> Self {
         Self::new(app.namespace.as_deref().unwrap_or_default(), &app.name)
+    }
+}
+
+/// A namespace as the work queue tells namespaces apart (a keyed hash like [`AppId`]; two
+/// namespaces sharing one would only share their turn).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NamespaceId(u64);
+
+impl NamespaceId {
+    pub fn new(namespace: &str) -> Self {
+        NamespaceId(std::hash::BuildHasher::hash_one(keys(), namespace))
     }
 }
 

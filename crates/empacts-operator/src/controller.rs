@@ -1,20 +1,19 @@
-//! Wiring: the kube-runtime Controllers on EmpactsApp (one per watched namespace, or one for
-//! all), their watches, and the error policy.
+//! Wiring: the watches of the apps and their children (per watched namespace, or one set for
+//! all), feeding the caches and the work queue, and the reconcile loop over that queue.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use empacts_api::{EmpactsApp, labels};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::DynamicObject;
 use kube::core::PartialObjectMeta;
-use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 
 use crate::child_cache::{ChildCache, DeploymentRecord, JobRecord};
 use crate::children::{ChildStores, trim_for_cache};
@@ -22,10 +21,10 @@ use crate::registry::{CHILD_KINDS, ChildKind, Watch};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
-use crate::context::Context;
-use crate::error::Error;
+use crate::context::{AppId, Context};
+use crate::events;
 use crate::stored_app::StoredApp;
-use crate::{events, reconcile};
+use crate::work::Work;
 
 /// The kinds watched by hand below (typed, or mapped through the apps); every other
 /// registered kind watched by metadata gets its watch and cache from the registry.
@@ -41,9 +40,6 @@ pub fn watched() -> Vec<(&'static str, Watch)> {
     let from_registry = CHILD_KINDS.iter().filter(|k| k.cached()).map(|k| (k.kind, k.watch));
     WATCHED_BY_HAND.iter().copied().chain(from_registry).collect()
 }
-
-/// Quiet period before a triggered reconcile runs.
-const DEBOUNCE: Duration = Duration::from_millis(500);
 
 /// Where the operator looks for apps.
 #[derive(Debug, Clone, Default)]
@@ -201,19 +197,7 @@ fn unreadable(ctx: &Arc<Context>, obj: &DynamicObject, error: &serde_json::Error
     });
 }
 
-/// A watch event of an app as the controller's store keeps it.
-fn stored(event: watcher::Event<EmpactsApp>) -> watcher::Event<StoredApp> {
-    use watcher::Event::*;
-    match event {
-        Apply(app) => Apply(StoredApp::of(&app)),
-        InitApply(app) => InitApply(StoredApp::of(&app)),
-        Delete(app) => Delete(StoredApp::of(&app)),
-        Init => Init,
-        InitDone => InitDone,
-    }
-}
-
-/// Run the controllers until `shutdown` resolves; in-flight reconciles finish first.
+/// Run the watches and reconciles until `shutdown` resolves; in-flight reconciles finish first.
 pub async fn run(
     ctx: Arc<Context>,
     scope: Scope,
@@ -234,21 +218,30 @@ pub async fn run_sharded(
     // Per-app series are the leader's view: when the controllers stop (or this future is
     // dropped, as on a lost Lease) they go, so a standby never exports stale ones.
     let _clear = ClearAppSeries(ctx.metrics.clone());
-    let shutdown = shutdown.shared();
+    // One queue for every watched namespace: the reconcile slots are the process's, handed out
+    // in turn between namespaces.
+    let work = Work::new(ctx.settings.concurrency);
     // Whether the Prometheus Operator's CRDs are installed, for as long as the controllers run.
     let crds = Box::pin(crate::monitoring::watch_crds(ctx.clone()));
-    let controllers = async move {
-        if scope.namespaces.is_empty() {
-            run_one(ctx, None, shard, shutdown).await;
-        } else {
-            let runs = scope
-                .namespaces
-                .iter()
-                .map(|ns| run_one(ctx.clone(), Some(ns.clone()), shard.clone(), shutdown.clone()));
-            futures::future::join_all(runs).await;
+    // A Prometheus Operator CRD installed or removed: every app (its monitoring objects).
+    let monitoring = ctx.monitoring.changes().for_each({
+        let work = work.clone();
+        move |()| {
+            work.trigger_all();
+            futures::future::ready(())
         }
-    };
-    futures::future::select(Box::pin(controllers), crds).await;
+    });
+    let namespaces: Vec<Option<String>> =
+        if scope.namespaces.is_empty() { vec![None] } else { scope.namespaces.iter().cloned().map(Some).collect() };
+    let watches = futures::future::join_all(
+        namespaces.into_iter().map(|ns| watch_scope(ctx.clone(), ns, shard.clone(), work.clone())),
+    );
+    let watches = futures::future::join(watches, monitoring);
+    info!(namespaces = ?scope.namespaces, "controller started");
+    // The watches run while the reconciles run, and while they finish after `shutdown`.
+    let reconciles = Box::pin(crate::work::run(work, ctx.clone(), shutdown));
+    futures::future::select(reconciles, futures::future::select(Box::pin(watches), crds)).await;
+    info!(namespaces = ?scope.namespaces, "controller stopped");
 }
 
 struct ClearAppSeries(Arc<crate::metrics::Metrics>);
@@ -259,24 +252,52 @@ impl Drop for ClearAppSeries {
     }
 }
 
-/// One Controller over one namespace (None: all namespaces).
-async fn run_one(
+/// What a watch event asks of the work queue.
+enum Wake {
+    Apps(Vec<AppId>),
+    /// A watched Secret changed: the apps that read it.
+    Secret {
+        namespace: String,
+        name: String,
+    },
+    Nothing,
+}
+
+/// The apps that own `obj` (by owner references to an EmpactsApp, as kube's `owns` read them).
+fn owners<K: Resource>(obj: &K) -> Wake {
+    let meta = obj.meta();
+    let ns = meta.namespace.as_deref().unwrap_or_default();
+    let (api_version, kind) = (EmpactsApp::api_version(&()), EmpactsApp::kind(&()));
+    let apps = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|o| o.api_version == api_version && o.kind == kind)
+        .map(|o| AppId::new(ns, &o.name))
+        .collect();
+    Wake::Apps(apps)
+}
+
+type Wakes = futures::stream::BoxStream<'static, Result<Wake, watcher::Error>>;
+
+/// The watches of one namespace (None: all namespaces): the apps go into `work`, the children
+/// into their caches, and every change that concerns an app triggers its reconcile.
+async fn watch_scope(
     ctx: Arc<Context>,
     namespace: Option<String>,
     shard: Option<crate::shard::Filter>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    work: Arc<Work>,
 ) {
     let client = ctx.client.clone();
     let ns = namespace.as_deref();
     let scope_name = ns.unwrap_or("*");
     let ours = watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
     let ours_whole = ours.clone().page_size(FULL_OBJECT_PAGE);
+    let mut wakes: Vec<Wakes> = Vec::new();
 
-    // The apps, through a reflector of our own so the watch reports to readiness, and a
-    // deleted app's per-process state goes with it. They are read untyped and typed one by
-    // one: an object stored under an older, looser CRD that this build cannot read is reported
-    // and skipped, instead of failing the whole list (and every app of the scope with it).
-    let (apps, app_writer) = reflector::store::<StoredApp>();
+    // The apps, read untyped and typed one by one: an object stored under an older, looser CRD
+    // that this build cannot read is reported and skipped, instead of failing the whole list
+    // (and every app of the scope with it).
     let ar = kube::api::ApiResource::erase::<EmpactsApp>(&());
     let untyped: Api<DynamicObject> = match ns {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
@@ -290,22 +311,19 @@ async fn run_one(
         .modify(|app| crate::children::trim_app_for_cache(&mut app.metadata))
         .default_backoff()
         .filter_map(move |event| futures::future::ready(typed(event, &|obj, error| unreadable(&report, obj, error))))
-        // Sharded: only this replica's apps enter the cache (so only they are reconciled).
+        // Sharded: only this replica's apps enter the queue (so only they are reconciled).
         .filter_map(move |event| {
             futures::future::ready(match (&shard, event) {
                 (Some(shard), Ok(event)) => shard.event(event).map(Ok),
                 (_, event) => Some(event),
             })
         });
-    let forget = ctx.clone();
-    let app_events = reported(&ctx, format!("EmpactsApp/{scope_name}"), app_events).inspect(move |event| {
-        if let Ok(watcher::Event::Delete(app)) = event {
-            forget.forget(&crate::context::app_ref(app));
-        }
-    });
-    // Stored compressed (see `stored_app`): unpacked when a reconcile of the app starts.
-    let app_events = app_events.map(|event| event.map(stored));
-    let controller = Controller::for_stream(reflector(app_writer, app_events).applied_objects(), apps.clone());
+    let apps = AppEvents { ctx: ctx.clone(), work: work.clone(), namespace: namespace.clone(), listed: None };
+    wakes.push(
+        reported(&ctx, format!("EmpactsApp/{scope_name}"), app_events)
+            .scan(apps, |apps, event| futures::future::ready(Some(event.map(|e| apps.apply(e)))))
+            .boxed(),
+    );
 
     // Registered children watched by metadata also fill caches that let a reconcile skip
     // applies that would change nothing (and tell whose object a name is).
@@ -325,6 +343,7 @@ async fn run_one(
             deployments.apply_with(event, DeploymentRecord::of);
         }
     });
+    wakes.push(deployment_events.touched_objects().map(|r| r.map(|d| owners(&d))).boxed());
     let job_events = reported(
         &ctx,
         format!("Job/{scope_name}"),
@@ -335,6 +354,7 @@ async fn run_one(
             jobs.apply_with(event, JobRecord::of);
         }
     });
+    wakes.push(job_events.touched_objects().map(|r| r.map(|j| owners(&j))).boxed());
     // The ledger: its cache is read by every reconcile (with this process's own writes laid
     // over it, see `ledger_cache`), but a change of it triggers nothing: only this operator
     // writes marks, as the outcome of a reconcile. The list is a consistent read (the process
@@ -349,30 +369,22 @@ async fn run_one(
             .modify(crate::ledger_cache::compact)
             .default_backoff(),
     )
-    .filter_map(move |event| {
-        let out: Option<Result<ControllerRevision, _>> = match event {
-            Ok(event) => {
-                revisions.apply_with(&event, crate::ledger_cache::RevisionRecord::of);
-                // After the cache applied the event: drop the overlaid writes it now shows.
-                overlay.ledger.observe(&event);
-                None
-            }
-            Err(e) => Some(Err(e)),
-        };
-        futures::future::ready(out)
+    .map(move |event| {
+        event.map(|event| {
+            revisions.apply_with(&event, crate::ledger_cache::RevisionRecord::of);
+            // After the cache applied the event: drop the overlaid writes it now shows.
+            overlay.ledger.observe(&event);
+            Wake::Nothing
+        })
     });
-    let mut controller = controller
-        .owns_stream(deployment_events.touched_objects())
-        .owns_stream(job_events.touched_objects())
-        .owns_stream(revision_events);
+    wakes.push(revision_events.boxed());
     for kind in CHILD_KINDS.iter().filter(|k| k.cached()) {
-        let ar = kind.api_resource();
         // ConfigMaps are named by content: a reconcile reads them by the app's instance label.
         let cache = Arc::new(if kind.kind == "ConfigMap" { ChildCache::by_instance() } else { ChildCache::by_name() });
         stores.stores.insert(kind.kind, cache.clone());
         let name = format!("{}/{scope_name}", kind.kind);
         let events = child_watch(&client, ns, kind, &ours);
-        controller = controller.owns_stream_with(cached(&ctx, name, cache, events), ar);
+        wakes.push(cached(&ctx, name, cache, events).map(|r| r.map(|m| owners(&m))).boxed());
     }
 
     // Secrets: only those labelled for watching (generated ones, and user Secrets labelled
@@ -393,73 +405,70 @@ async fn run_one(
             secrets.apply(event);
         }
     });
+    wakes.push(
+        secret_events
+            .touched_objects()
+            .map(|r| r.map(|s| Wake::Secret { namespace: s.namespace().unwrap_or_default(), name: s.name_any() }))
+            .boxed(),
+    );
+    // Set before any app enters the queue (the apps come from the watches polled below).
     ctx.set_stores(ns, stores);
-    let store = apps.clone();
-    let controller = controller
-        .watches_stream(secret_events.touched_objects(), move |secret| {
-            // A watched Secret changed: reconcile every app that uses it.
-            let ns = secret.namespace();
-            let name = secret.name_any();
-            store
-                .state()
-                .into_iter()
-                .filter(|app| app.namespace() == ns && app.reads_secret(&name))
-                .map(|app| ObjectRef::from(app.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        // A Prometheus Operator CRD installed or removed: every app (its monitoring objects).
-        .reconcile_all_on(ctx.monitoring.changes())
-        // A rollout touches several children at once (ReplicaSet -> Deployment status, Job
-        // status, HPA status); coalescing their triggers saves reconciles without delaying much.
-        // No limit here: the process's fair slots bound the reconciles that run (a limit here
-        // would let one namespace's waiting reconciles hold every runner, and the order).
-        .with_config(kube::runtime::controller::Config::default().debounce(DEBOUNCE))
-        .graceful_shutdown_on(shutdown);
-    info!(namespace = scope_name, "controller started");
-    controller
-        .run(reconcile::reconcile, error_policy, ctx.clone())
-        .for_each(|result| {
-            let ctx = ctx.clone();
-            async move {
-                match result {
-                    Ok((obj, _)) => tracing::debug!(app = %obj.name, "reconciled"),
-                    Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
-                        ctx.forget(&ObjectRef::new(&obj.name).within(obj.namespace.as_deref().unwrap_or_default()))
-                    }
-                    Err(kube::runtime::controller::Error::QueueError(e)) => {
-                        // A watch stream failed; the watcher re-establishes it with backoff.
-                        ctx.metrics.watch_restarts.inc();
-                        warn!(error = %e, "watch failed; restarting it");
-                    }
-                    Err(e) => warn!(error = %e, "reconcile failed"),
+    info!(namespace = scope_name, "watches started");
+    futures::stream::select_all(wakes)
+        .for_each(|wake| {
+            match wake {
+                Ok(Wake::Apps(apps)) => work.trigger(apps),
+                Ok(Wake::Secret { namespace, name }) => work.trigger(work.reading_secret(&namespace, &name)),
+                Ok(Wake::Nothing) => {}
+                Err(e) => {
+                    // A watch stream failed; the watcher re-establishes it with backoff.
+                    ctx.metrics.watch_restarts.inc();
+                    warn!(error = %e, "watch failed; restarting it");
                 }
             }
+            futures::future::ready(())
         })
         .await;
-    info!(namespace = scope_name, "controller stopped");
 }
 
-/// Errors retry with per-app exponential backoff and jitter; the Warning Event goes out on
-/// an error *transition* (the first error, or a different kind of error), not per retry.
-fn error_policy(stored: Arc<StoredApp>, error: &Error, ctx: Arc<Context>) -> Action {
-    let app = Arc::new(stored.app());
-    let category = error.category();
-    ctx.metrics.reconcile_errors.with_label_values(&[category]).inc();
-    let (count, transition) = ctx.record_failure(&app, category);
-    let delay = ctx.backoff(count);
-    if error.answered() {
-        // The reconcile ran to its end: progress, and the app waits again from its retry.
-        ctx.readiness.progress.finished(crate::context::AppId::of(&app), Instant::now(), Some(delay));
+/// The apps' watch events into the work queue, and a deleted app's per-process state gone
+/// with it. A relist (after the watch was down) drops the apps it no longer shows.
+struct AppEvents {
+    ctx: Arc<Context>,
+    work: Arc<Work>,
+    namespace: Option<String>,
+    /// The apps a relist in progress has shown so far.
+    listed: Option<std::collections::HashSet<AppId>>,
+}
+
+impl AppEvents {
+    fn apply(&mut self, event: watcher::Event<EmpactsApp>) -> Wake {
+        use watcher::Event::*;
+        match event {
+            Init => self.listed = Some(Default::default()),
+            InitApply(app) | Apply(app) => {
+                if let Some(listed) = self.listed.as_mut() {
+                    listed.insert(AppId::of(&app));
+                }
+                self.work.app_changed(StoredApp::of(&app));
+            }
+            Delete(app) => self.gone(app.namespace().unwrap_or_default().as_str(), &app.name_any()),
+            InitDone => {
+                let listed = self.listed.take().unwrap_or_default();
+                for app in self.work.apps_in(self.namespace.as_deref()) {
+                    if !listed.contains(&app.id()) {
+                        self.gone(app.namespace(), app.name());
+                    }
+                }
+            }
+        }
+        Wake::Nothing
     }
-    warn!(app = %app.name_any(), namespace = app.namespace().unwrap_or_default(), category, error = %error, attempt = count, retry_in_ms = delay.as_millis() as u64, "reconcile error");
-    if transition {
-        let note = error.to_string();
-        tokio::spawn(async move {
-            let subject = events::Subject::App;
-            events::publish(&ctx, &app, subject, EventType::Warning, category, "Reconcile", &note).await;
-        });
+
+    fn gone(&self, namespace: &str, name: &str) {
+        self.work.app_gone(AppId::new(namespace, name));
+        self.ctx.forget(&ObjectRef::new(name).within(namespace));
     }
-    Action::requeue(delay)
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub shards_held: IntGauge,
     pub build_info: IntGaugeVec,
     pub reconciles_in_flight: IntGauge,
+    pub reconciles_queued: IntGauge,
     /// `app_info`, `app_ready`, `app_stalled` of each app.
     pub apps: AppGauges,
     /// Requests of the Kubernetes client (see `client::build`).
@@ -101,6 +102,8 @@ impl Metrics {
         let shards_held = IntGauge::new("shards_held", "Shards whose Lease this replica holds").unwrap();
         let build_info = IntGaugeVec::new(Opts::new("build_info", "Operator build"), &["version"]).unwrap();
         let reconciles_in_flight = IntGauge::new("reconciles_in_flight", "Reconciles running now").unwrap();
+        let reconciles_queued =
+            IntGauge::new("reconciles_queued", "Apps due for a reconcile, waiting for a reconcile slot").unwrap();
         let apps = AppGauges::new();
         let kube_requests = KubeRequests::new();
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = [
@@ -121,6 +124,7 @@ impl Metrics {
             Box::new(shards_held.clone()),
             Box::new(build_info.clone()),
             Box::new(reconciles_in_flight.clone()),
+            Box::new(reconciles_queued.clone()),
         ]
         .into_iter()
         .chain(apps.collectors())
@@ -163,6 +167,7 @@ impl Metrics {
             shards_held,
             build_info,
             reconciles_in_flight,
+            reconciles_queued,
             apps,
             kube_requests,
             names,

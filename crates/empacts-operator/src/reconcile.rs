@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use empacts_api::{EmpactsApp, EmpactsAppStatus, Phase, conditions::reasons};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use tracing::{info, warn};
@@ -32,33 +31,18 @@ const MISSING_SECRET_REQUEUE: Duration = Duration::from_secs(10);
 /// Re-check of an app waiting for its old shard's release (whose write wakes it sooner).
 const HANDOFF_REQUEUE: Duration = Duration::from_secs(5);
 
-/// One reconcile, bounded: it waits for one of the process's reconcile slots (handed out in
-/// turn between namespaces), then runs under the reconcile deadline; past it, the reconcile
-/// is dropped (its pending request with it) and reported as DeadlineExceeded, so a hung API
-/// server cannot hold a slot forever.
+/// One reconcile, bounded: the work queue starts it when the app's turn comes (it holds one
+/// of the process's reconcile slots until it returns) and it runs under the reconcile
+/// deadline; past it, the reconcile is dropped (its pending request with it) and reported as
+/// DeadlineExceeded, so a hung API server cannot hold a slot forever.
 ///
-/// The controller spawns a task per queued reconcile, and a reconcile's state is large (tens
-/// of KiB); while it waits for a slot only this small future exists, the reconcile's own is
-/// allocated once it runs. With 1,000 apps queued after a restart that is the difference
-/// between a few hundred KiB and ~55 MiB.
-///
-/// The store keeps apps compressed (`stored_app`): the app is unpacked once the reconcile has
-/// its slot.
-///
-/// Boxed: kube's runner keeps each pending reconcile's future inline in a hash table that
-/// never shrinks, sized by the most reconciles ever pending at once (every app of the scope,
-/// after a restart); a box keeps that table at a pointer per entry, not the future's ~1 KiB.
-pub fn reconcile(stored: Arc<StoredApp>, ctx: Arc<Context>) -> futures::future::BoxFuture<'static, Result<Action>> {
-    Box::pin(reconcile_queued(stored, ctx))
-}
-
-async fn reconcile_queued(stored: Arc<StoredApp>, ctx: Arc<Context>) -> Result<Action> {
-    let namespace = stored.namespace().unwrap_or_default();
-    caches_listed(&ctx, &namespace).await?;
-    let slot = ctx.slots.acquire(&namespace).await;
+/// The queue keeps apps compressed (`stored_app`): the app is unpacked here.
+pub async fn reconcile(stored: Arc<StoredApp>, ctx: Arc<Context>) -> Result<Next> {
+    caches_listed(&ctx, stored.namespace()).await?;
     let app = Arc::new(stored.app());
     drop(stored);
-    Box::pin(reconcile_in_slot(app, ctx, slot)).await
+    // Boxed: a running reconcile's state is tens of KiB, kept apart from the queue's futures.
+    Box::pin(reconcile_bounded(app, ctx)).await
 }
 
 /// Wait until every cache of the app's scope has listed once. Before that a child its cache
@@ -90,14 +74,14 @@ async fn caches_listed(ctx: &Context, namespace: &str) -> Result<()> {
     }
 }
 
-async fn reconcile_in_slot(app: Arc<EmpactsApp>, ctx: Arc<Context>, _slot: crate::slots::Slot) -> Result<Action> {
+async fn reconcile_bounded(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Next> {
     let _in_flight = ctx.metrics.in_flight();
     let key = crate::context::AppId::of(&app);
     let progress = &ctx.readiness.progress;
     progress.started(key, Instant::now());
     let timeout = ctx.settings.reconcile_timeout;
     let result = match tokio::time::timeout(timeout, reconcile_app(app.clone(), ctx.clone())).await {
-        Ok(result) => result.map(|next| (action(next), next)),
+        Ok(result) => result,
         Err(_) => {
             ctx.metrics.reconcile_deadline_exceeded.inc();
             Err(Error::DeadlineExceeded { seconds: timeout.as_secs() })
@@ -106,22 +90,18 @@ async fn reconcile_in_slot(app: Arc<EmpactsApp>, ctx: Arc<Context>, _slot: crate
     // Every reconcile that ran to an outcome; the error policy counts the errors by reason.
     ctx.metrics.reconciles.inc();
     // On errors the error policy records the progress (the API server answered, or not).
-    if let Ok((_, next)) = &result {
+    if let Ok(next) = &result {
         progress.finished(key, Instant::now(), *next);
         if let Some(failures) = ctx.record_success(&key) {
             let note = format!("reconciling works again after {} failed attempts", failures.count);
             events::publish(&ctx, &app, Subject::App, EventType::Normal, "Recovered", "Reconcile", &note).await;
         }
     }
-    result.map(|(action, _)| action)
+    result
 }
 
 /// When the next reconcile is due without a trigger (None: only on a change).
-type Next = Option<Duration>;
-
-fn action(next: Next) -> Action {
-    next.map(Action::requeue).unwrap_or_else(Action::await_change)
-}
+pub type Next = Option<Duration>;
 
 #[tracing::instrument(skip_all, fields(app = %app.name_any(), namespace = app.namespace().unwrap_or_default()))]
 async fn reconcile_app(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Next> {
@@ -358,32 +338,5 @@ async fn record_transitions(
         let type_ = if warning { EventType::Warning } else { EventType::Normal };
         events::publish(ctx, app, revision, type_, plan.reason, plan.phase.as_str(), &plan.message).await;
         info!(app = %app.name_any(), namespace = app.namespace().unwrap_or_default(), phase = %plan.phase, reason = plan.reason, detail = %plan.message, "phase changed");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// What a queued reconcile holds while it waits for a slot: the controller spawns one task
-    /// per queued app, so this times the fleet is the queue's memory.
-    #[tokio::test]
-    async fn a_reconcile_waiting_for_a_slot_is_small() {
-        let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
-        let client = kube::Client::try_from(config).unwrap();
-        let metrics = Arc::new(crate::metrics::Metrics::new());
-        let ctx = Arc::new(Context::new(client, metrics, None, crate::hash::HashKey::new(vec![1; 32])));
-        let app: EmpactsApp = serde_json::from_value(serde_json::json!({
-            "apiVersion": "empacts.io/v1alpha1", "kind": "EmpactsApp",
-            "metadata": {"name": "a", "namespace": "ns"}, "spec": {"image": "api:1"}
-        }))
-        .unwrap();
-        let app = Arc::new(app);
-        let stored = Arc::new(StoredApp::of(&app));
-        let queued = std::mem::size_of_val(&reconcile_queued(stored.clone(), ctx.clone()));
-        assert_eq!(std::mem::size_of_val(&reconcile(stored, ctx.clone())), 16, "what the runner's table holds: a box");
-        let running = std::mem::size_of_val(&reconcile_app(app, ctx));
-        assert!(queued <= 1024, "a queued reconcile holds {queued} bytes (a running one {running})");
-        assert!(running > 4 * queued, "the running state ({running} bytes) is what waits behind the slot");
     }
 }

@@ -1,17 +1,12 @@
-//! The apps as the controller's store keeps them between reconciles.
+//! The apps as the work queue keeps them between reconciles.
 //!
 //! As a k8s-openapi-style object a settled app costs ~3 KB of heap (every string, map and
 //! optional spec section its own block), and the store holds every app of the scope all the
 //! time: ~30 MB at 10,000 apps. A reconcile needs the whole app only while it runs, so the
-//! store keeps what the controller keys and routes by (name, namespace, the Secrets the spec
-//! reads) and the app itself as compressed JSON ([`CompressedJson`]),
-//! unpacked when its reconcile starts.
+//! queue keeps what it routes by (namespace, name, the Secrets the spec reads) and the app
+//! itself as compressed JSON ([`CompressedJson`]), unpacked when its reconcile starts.
 
-use std::borrow::Cow;
-
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::{Resource, ResourceExt};
-use serde::{Deserialize, Deserializer};
+use kube::ResourceExt;
 
 use empacts_api::EmpactsApp;
 
@@ -20,9 +15,8 @@ use crate::names;
 
 #[derive(Clone, Debug)]
 pub struct StoredApp {
-    /// Name and namespace only: the controller's queue keeps a reference built from them for
-    /// every app (with the UID and version too, were they here).
-    metadata: ObjectMeta,
+    namespace: Box<str>,
+    name: Box<str>,
     /// The Secrets the spec reads by name: referenced ones, and generated ones under their
     /// current and legacy names (a watched Secret's change reconciles the apps listing it).
     secrets: Box<[Box<str>]>,
@@ -42,12 +36,21 @@ impl StoredApp {
             })
             .map(String::into_boxed_str)
             .collect();
-        let metadata = ObjectMeta {
-            name: app.metadata.name.clone(),
-            namespace: app.metadata.namespace.clone(),
-            ..Default::default()
-        };
-        StoredApp { metadata, secrets, app: CompressedJson::pack(app) }
+        let namespace = app.metadata.namespace.as_deref().unwrap_or_default().into();
+        StoredApp { namespace, name: name.into_boxed_str(), secrets, app: CompressedJson::pack(app) }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its key in the per-app maps.
+    pub fn id(&self) -> crate::context::AppId {
+        crate::context::AppId::new(&self.namespace, &self.name)
     }
 
     /// The app as it was stored.
@@ -67,41 +70,10 @@ impl StoredApp {
     }
 }
 
-impl Resource for StoredApp {
-    type DynamicType = ();
-    type Scope = k8s_openapi::NamespaceResourceScope;
-
-    fn kind(dt: &()) -> Cow<'_, str> {
-        EmpactsApp::kind(dt)
-    }
-    fn group(dt: &()) -> Cow<'_, str> {
-        EmpactsApp::group(dt)
-    }
-    fn version(dt: &()) -> Cow<'_, str> {
-        EmpactsApp::version(dt)
-    }
-    fn plural(dt: &()) -> Cow<'_, str> {
-        EmpactsApp::plural(dt)
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
-
-/// Read as an app, then stored (the controller's bounds ask for it; the watch itself reads
-/// apps one by one, see `controller::typed`).
-impl<'de> Deserialize<'de> for StoredApp {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        EmpactsApp::deserialize(d).map(|app| StoredApp::of(&app))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Deserialize;
 
     fn examples() -> Vec<EmpactsApp> {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
@@ -144,14 +116,9 @@ mod tests {
         for app in apps.into_iter().chain([full()]) {
             let stored = StoredApp::of(&app);
             assert_eq!(stored.app(), app);
-            assert_eq!(stored.meta().name, app.metadata.name);
-            assert_eq!(stored.meta().namespace, app.metadata.namespace);
-            let keys = ObjectMeta {
-                name: app.metadata.name.clone(),
-                namespace: app.metadata.namespace.clone(),
-                ..Default::default()
-            };
-            assert_eq!(stored.meta(), &keys, "only the keys are kept outside the packed app");
+            assert_eq!(Some(stored.name()), app.metadata.name.as_deref());
+            assert_eq!(stored.namespace(), app.metadata.namespace.as_deref().unwrap_or_default());
+            assert_eq!(stored.id(), crate::context::AppId::of(&app));
         }
     }
 

@@ -314,7 +314,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 }
 
 /// The metrics the operator exports (README, "Operating it").
-const METRICS: [&str; 26] = [
+const METRICS: [&str; 27] = [
     "empacts_reconcile_total",
     "empacts_reconcile_errors_total",
     "empacts_reconcile_duration_seconds",
@@ -335,6 +335,7 @@ const METRICS: [&str; 26] = [
     "empacts_app_ready",
     "empacts_app_stalled",
     "empacts_reconciles_in_flight",
+    "empacts_reconciles_queued",
     "empacts_kube_requests_total",
     "empacts_kube_request_duration_seconds",
     "process_resident_memory_bytes",

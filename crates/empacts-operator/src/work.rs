@@ -1,0 +1,166 @@
+//! The reconcile loop: the watches' triggers go into the work queue ([`crate::queue`]), and
+//! up to `--concurrency` reconciles run from it, polled by this one future (dropping it, as
+//! on a lost Lease, stops every reconcile at once, as kube's Controller did).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use kube::ResourceExt;
+use kube::runtime::events::EventType;
+use tokio::sync::Notify;
+use tracing::warn;
+
+use crate::context::{AppId, Context, NamespaceId};
+use crate::error::Error;
+use crate::queue::WorkQueue;
+use crate::stored_app::StoredApp;
+use crate::{events, reconcile};
+
+/// Quiet period before a triggered reconcile runs: a rollout touches several children at once
+/// (ReplicaSet -> Deployment status, Job status, the app's own status); their triggers join
+/// into one reconcile without delaying it much.
+pub const DEBOUNCE: Duration = Duration::from_millis(500);
+
+/// The apps of the scope and when each is reconciled next.
+pub struct Work {
+    queue: Mutex<WorkQueue<Arc<StoredApp>>>,
+    /// Something in the queue changed that may start a reconcile sooner.
+    wake: Notify,
+}
+
+impl Work {
+    pub fn new(concurrency: usize) -> Arc<Self> {
+        Arc::new(Work { queue: Mutex::new(WorkQueue::new(concurrency)), wake: Notify::new() })
+    }
+
+    fn queue(&self) -> MutexGuard<'_, WorkQueue<Arc<StoredApp>>> {
+        self.queue.lock().expect("work queue lock")
+    }
+
+    /// An app entered the scope or changed: kept as stored, reconciled after the quiet period.
+    pub fn app_changed(&self, app: StoredApp) {
+        let (id, namespace) = (app.id(), NamespaceId::new(app.namespace()));
+        let mut queue = self.queue();
+        queue.upsert(id, namespace, Arc::new(app));
+        queue.trigger(id, Instant::now() + DEBOUNCE);
+        drop(queue);
+        self.wake.notify_one();
+    }
+
+    /// The app left the scope: nothing of it runs again (a reconcile of it running finishes).
+    pub fn app_gone(&self, app: AppId) {
+        self.queue().remove(app);
+    }
+
+    /// Reconcile these apps after the quiet period (apps not in the scope are skipped).
+    pub fn trigger(&self, apps: impl IntoIterator<Item = AppId>) {
+        let at = Instant::now() + DEBOUNCE;
+        let mut queue = self.queue();
+        let mut any = false;
+        for app in apps {
+            any |= queue.trigger(app, at);
+        }
+        drop(queue);
+        if any {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Reconcile every app of the scope after the quiet period.
+    pub fn trigger_all(&self) {
+        self.queue().trigger_all(Instant::now() + DEBOUNCE);
+        self.wake.notify_one();
+    }
+
+    /// The apps of `namespace` whose spec reads its Secret `name`.
+    pub fn reading_secret(&self, namespace: &str, name: &str) -> Vec<AppId> {
+        let queue = self.queue();
+        queue.items().filter(|(_, a)| a.namespace() == namespace && a.reads_secret(name)).map(|(id, _)| id).collect()
+    }
+
+    /// The apps kept of `namespace` (None: of all namespaces).
+    pub fn apps_in(&self, namespace: Option<&str>) -> Vec<Arc<StoredApp>> {
+        let queue = self.queue();
+        queue.items().filter(|(_, a)| namespace.is_none_or(|ns| a.namespace() == ns)).map(|(_, a)| a.clone()).collect()
+    }
+
+    /// Apps kept.
+    pub fn len(&self) -> usize {
+        self.queue().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Run reconciles from `work` until `shutdown` resolves; then the running ones finish and
+/// nothing new starts.
+pub async fn run(work: Arc<Work>, ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()>) {
+    let mut running = FuturesUnordered::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let next_due = {
+            let mut queue = work.queue();
+            let now = Instant::now();
+            while let Some((app, stored)) = queue.next(now) {
+                running.push(reconcile_one(app, stored, ctx.clone()));
+            }
+            ctx.metrics.reconciles_queued.set(queue.ready() as i64);
+            queue.next_due()
+        };
+        let timer = async move {
+            match next_due {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            Some((app, next)) = running.next(), if !running.is_empty() => {
+                work.queue().done(app, Instant::now(), next);
+            }
+            _ = work.wake.notified() => {}
+            _ = timer => {}
+        }
+    }
+    while let Some((app, next)) = running.next().await {
+        work.queue().done(app, Instant::now(), next);
+    }
+}
+
+/// One reconcile of `app`, and when it runs next without a trigger.
+async fn reconcile_one(app: AppId, stored: Arc<StoredApp>, ctx: Arc<Context>) -> (AppId, Option<Duration>) {
+    let next = match reconcile::reconcile(stored.clone(), ctx.clone()).await {
+        Ok(next) => next,
+        Err(error) => Some(error_policy(&stored, &error, &ctx)),
+    };
+    (app, next)
+}
+
+/// Errors retry with per-app exponential backoff and jitter; the Warning Event goes out on
+/// an error *transition* (the first error, or a different kind of error), not per retry.
+fn error_policy(stored: &StoredApp, error: &Error, ctx: &Arc<Context>) -> Duration {
+    let app = Arc::new(stored.app());
+    let category = error.category();
+    ctx.metrics.reconcile_errors.with_label_values(&[category]).inc();
+    let (count, transition) = ctx.record_failure(&app, category);
+    let delay = ctx.backoff(count);
+    if error.answered() {
+        // The reconcile ran to its end: progress, and the app waits again from its retry.
+        ctx.readiness.progress.finished(stored.id(), Instant::now(), Some(delay));
+    }
+    warn!(app = %app.name_any(), namespace = app.namespace().unwrap_or_default(), category, error = %error, attempt = count, retry_in_ms = delay.as_millis() as u64, "reconcile error");
+    if transition {
+        let note = error.to_string();
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let subject = events::Subject::App;
+            events::publish(&ctx, &app, subject, EventType::Warning, category, "Reconcile", &note).await;
+        });
+    }
+    delay
+}
