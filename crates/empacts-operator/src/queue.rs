@@ -151,14 +151,15 @@ impl<T: Clone> WorkQueue<T> {
     }
 
     /// The reconcile of `app` that [`next`](Self::next) started ended at `now`; `after`: when
-    /// it asked to run again (None: on a trigger only). Its slot is free.
-    pub fn done(&mut self, app: AppId, now: Instant, after: Option<Duration>) {
+    /// it asked to run again (None: on a trigger only). Its slot is free. False: the app left
+    /// the scope while it ran.
+    pub fn done(&mut self, app: AppId, now: Instant, after: Option<Duration>) -> bool {
         self.running = self.running.checked_sub(1).expect("done follows next");
-        let Some(entry) = self.entries.get_mut(&app) else { return };
-        let State::Running { again } = entry.state else { return };
+        let Some(entry) = self.entries.get_mut(&app) else { return false };
+        let State::Running { again } = entry.state else { return true };
         if entry.item.is_none() {
             self.entries.remove(&app);
-            return;
+            return false;
         }
         let asked = after.map(|d| now + d);
         let due = match (again, asked) {
@@ -172,6 +173,7 @@ impl<T: Clone> WorkQueue<T> {
             }
             None => entry.state = State::Idle,
         }
+        true
     }
 
     /// When the next app becomes due (None: none waits for a time).
@@ -316,7 +318,7 @@ mod tests {
         for _ in 0..4 {
             let (id, item) = q.next(now).expect("something is due");
             order.push(item);
-            q.done(id, now, None);
+            assert!(q.done(id, now, None));
         }
         assert_eq!(order, ["noisy/n0000", "quiet/q", "noisy/n0001", "noisy/n0002"], "in turn; due order within one");
     }
@@ -341,10 +343,10 @@ mod tests {
         q.upsert(app("a", "z"), NamespaceId::new("a"), "a/z v2".into());
         q.trigger(app("a", "z"), t0);
         assert!(start(&mut q, t0).is_empty(), "not beside the reconcile still running");
-        q.done(app("a", "z"), t0 + 10 * MS, None);
+        assert!(q.done(app("a", "z"), t0 + 10 * MS, None), "back in the scope");
         assert_eq!(start(&mut q, t0 + 10 * MS), ["a/z v2"], "after it, its latest version");
         q.remove(app("a", "z"));
-        q.done(app("a", "z"), t0 + 20 * MS, Some(Duration::ZERO));
+        assert!(!q.done(app("a", "z"), t0 + 20 * MS, Some(Duration::ZERO)), "it left while it ran");
         assert_eq!((q.len(), q.entries.len(), q.running()), (0, 0, 0), "gone once its reconcile ended");
     }
 
@@ -404,7 +406,8 @@ mod tests {
                     }
                     Op::Done(i, d) => {
                         if running.remove(&i) {
-                            q.done(id(i), now, d.map(|d| u64::from(d) * MS.as_millis() as u64).map(Duration::from_millis));
+                            let after = d.map(|d| u32::from(d) * MS);
+                            prop_assert_eq!(q.done(id(i), now, after), in_scope.contains(&i));
                         }
                     }
                 }
@@ -412,13 +415,13 @@ mod tests {
             }
             // Everything ends; every app with something due runs, then nothing is due.
             for i in running.drain() {
-                q.done(id(i), now, None);
+                prop_assert_eq!(q.done(id(i), now, None), in_scope.contains(&i));
             }
             let later = now + Duration::from_secs(10);
             let mut ran = std::collections::HashSet::new();
             while let Some((app_id, i)) = q.next(later) {
                 prop_assert!(ran.insert(i), "each due app once");
-                q.done(app_id, later, None);
+                prop_assert!(q.done(app_id, later, None));
             }
             prop_assert_eq!(q.next_due(), None);
             prop_assert_eq!(q.ready(), 0);

@@ -9,6 +9,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
 use tokio::sync::Notify;
 use tracing::warn;
 
@@ -120,25 +121,42 @@ pub async fn run(work: Arc<Work>, ctx: Arc<Context>, shutdown: impl std::future:
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            Some((app, next)) = running.next(), if !running.is_empty() => {
-                work.queue().done(app, Instant::now(), next);
-            }
+            Some(ended) = running.next(), if !running.is_empty() => work.done(&ctx, ended),
             _ = work.wake.notified() => {}
             _ = timer => {}
         }
     }
-    while let Some((app, next)) = running.next().await {
-        work.queue().done(app, Instant::now(), next);
+    while let Some(ended) = running.next().await {
+        work.done(&ctx, ended);
     }
 }
 
-/// One reconcile of `app`, and when it runs next without a trigger.
-async fn reconcile_one(app: AppId, stored: Arc<StoredApp>, ctx: Arc<Context>) -> (AppId, Option<Duration>) {
+/// A reconcile that ended.
+struct Ended {
+    app: AppId,
+    stored: Arc<StoredApp>,
+    /// When it runs next without a trigger.
+    next: Option<Duration>,
+}
+
+impl Work {
+    fn done(&self, ctx: &Context, ended: Ended) {
+        let in_scope = self.queue().done(ended.app, Instant::now(), ended.next);
+        if !in_scope {
+            // The app left while its reconcile ran, which may have recorded it again after
+            // the app's state was dropped: drop it now that nothing of it runs.
+            ctx.forget(&ObjectRef::new(ended.stored.name()).within(ended.stored.namespace()));
+        }
+    }
+}
+
+/// One reconcile of `app`.
+async fn reconcile_one(app: AppId, stored: Arc<StoredApp>, ctx: Arc<Context>) -> Ended {
     let next = match reconcile::reconcile(stored.clone(), ctx.clone()).await {
         Ok(next) => next,
         Err(error) => Some(error_policy(&stored, &error, &ctx)),
     };
-    (app, next)
+    Ended { app, stored, next }
 }
 
 /// Errors retry with per-app exponential backoff and jitter; the Warning Event goes out on

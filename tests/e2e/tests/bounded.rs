@@ -287,6 +287,52 @@ async fn per_app_state_is_pruned_when_apps_are_deleted() {
     ns.cleanup().await;
 }
 
+/// An app deleted while the apps' watch was down is dropped, with everything the process kept
+/// of it, by the relist that follows (the delete event itself never arrives).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_deleted_while_the_watch_was_down_goes_with_the_relist() {
+    let (env, client) = cluster().await;
+    let ns = TestNamespace::new(&client, "relist").await;
+    let proxy = FaultProxy::start(&env).await;
+    let kubeconfig = tmp(&ns, "proxy.kubeconfig");
+    proxy.kubeconfig(&kubeconfig);
+    let first = Operator::start(&client, &ns.name).await;
+    for name in ["a", "b"] {
+        apply_app(&ns, &app(name, "{image: 'registry.example.com/api:1.0.0', replicas: 1}")).await;
+    }
+    for name in ["a", "b"] {
+        ready(&ns, name).await;
+    }
+    first.stop().await;
+    // A second process whose apps' watch hangs from its first request on: the list works (the
+    // settled apps need no write), no event comes.
+    let apps_watch = || Match::any().watch(true).path_contains("/empactsapps");
+    let hang = proxy.add_rule(FaultRule::new(apps_watch(), Action::Hang));
+    let op = Operator::start(&client_for(&kubeconfig).await, &ns.name).await;
+    wait_until("both apps reconciled, the apps' watch waiting", T, || async {
+        let [phases, _, _, _, progress] = op.ctx.tracked();
+        (phases == 2 && progress == 2 && proxy.rule_hits(hang)? >= 1).then_some(())
+    })
+    .await;
+    ns.api::<EmpactsApp>().delete("b", &DeleteParams::default()).await.unwrap();
+    wait_until("b is gone", T, || async { ns.api::<EmpactsApp>().get_opt("b").await.ok()?.is_none().then_some(()) })
+        .await;
+    // The hung watch ends with 410 Gone: the watcher lists again.
+    let gone = proxy.add_rule(FaultRule::new(apps_watch(), Action::WatchExpired).times(1));
+    proxy.remove_rule(hang);
+    wait_until("the relist dropped b and what the process kept of it", T, || async {
+        let [phases, _, failing, _, progress] = op.ctx.tracked();
+        (phases == 1 && progress == 1 && failing == 0).then_some(())
+    })
+    .await;
+    assert_eq!(proxy.rule_hits(gone), Some(1), "the watch was expired once");
+    let a = ns.api::<EmpactsApp>().get("a").await.unwrap();
+    assert_eq!(phase(&a), Some(Phase::Ready), "a is untouched");
+    op.stop().await;
+    drop(proxy);
+    ns.cleanup().await;
+}
+
 /// The README's way to restrict what the right to create an EmpactsApp grants: the example
 /// ValidatingAdmissionPolicy, applied as shipped, refuses a foreign image, a LoadBalancer and a
 /// Secret not named after the app in a restricted namespace, and admits a compliant app.
