@@ -15,12 +15,21 @@ use crate::names;
 
 #[derive(Clone, Debug)]
 pub struct StoredApp {
-    namespace: Box<str>,
-    name: Box<str>,
-    /// The Secrets the spec reads by name: referenced ones, and generated ones under their
-    /// current and legacy names (a watched Secret's change reconciles the apps listing it).
-    secrets: Box<[Box<str>]>,
+    /// The namespace, then the name, in one block.
+    names: Box<str>,
+    /// Where the name starts in `names` (a namespace is at most 63 bytes).
+    split: u8,
+    /// Keyed hashes of the names of the Secrets the spec reads: referenced ones, and generated
+    /// ones under their current and legacy names (a watched Secret's change reconciles the
+    /// apps listing it; two names sharing a hash would only cost a reconcile).
+    secrets: Box<[u64]>,
     app: CompressedJson,
+}
+
+/// The key of a Secret's name in [`StoredApp::reads_secret`].
+fn secret_key(name: &str) -> u64 {
+    static KEYS: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    std::hash::BuildHasher::hash_one(KEYS.get_or_init(Default::default), name)
 }
 
 impl StoredApp {
@@ -31,26 +40,30 @@ impl StoredApp {
             .secrets()
             .iter()
             .flat_map(|e| match &e.secret_key_ref {
-                Some(r) => vec![r.name.clone()],
-                None => vec![names::generated_secret(&name, &e.env), names::legacy_generated_secret(&name, &e.env)],
+                Some(r) => vec![secret_key(&r.name)],
+                None => vec![
+                    secret_key(&names::generated_secret(&name, &e.env)),
+                    secret_key(&names::legacy_generated_secret(&name, &e.env)),
+                ],
             })
-            .map(String::into_boxed_str)
             .collect();
-        let namespace = app.metadata.namespace.as_deref().unwrap_or_default().into();
-        StoredApp { namespace, name: name.into_boxed_str(), secrets, app: CompressedJson::pack(app) }
+        let namespace = app.metadata.namespace.as_deref().unwrap_or_default();
+        // The API server limits a namespace's name to 63 bytes.
+        let split = u8::try_from(namespace.len()).expect("a namespace name of at most 63 bytes");
+        StoredApp { names: format!("{namespace}{name}").into(), split, secrets, app: CompressedJson::pack(app) }
     }
 
     pub fn namespace(&self) -> &str {
-        &self.namespace
+        &self.names[..usize::from(self.split)]
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        &self.names[usize::from(self.split)..]
     }
 
     /// Its key in the per-app maps.
     pub fn id(&self) -> crate::context::AppId {
-        crate::context::AppId::new(&self.namespace, &self.name)
+        crate::context::AppId::new(self.namespace(), self.name())
     }
 
     /// The app as it was stored.
@@ -61,7 +74,8 @@ impl StoredApp {
 
     /// The spec reads the Secret `name` (of the app's namespace).
     pub fn reads_secret(&self, name: &str) -> bool {
-        self.secrets.iter().any(|s| &**s == name)
+        let key = secret_key(name);
+        self.secrets.contains(&key)
     }
 
     /// Heap bytes of the packed app.
