@@ -63,7 +63,7 @@ fn main() {
     let mut app: empacts_api::EmpactsApp = fixture("app");
     empacts_operator::children::trim_app_for_cache(&mut app.metadata);
     let stored = empacts_operator::stored_app::StoredApp::of(&app);
-    row("EmpactsApp (the controller's store)", bytes(|| app.clone()), Some(bytes(|| stored.clone())));
+    row("EmpactsApp (the work queue)", bytes(|| app.clone()), Some(bytes(|| stored.clone())));
 
     let mut revision: ControllerRevision = fixture("controllerrevision");
     empacts_operator::ledger_cache::compact(&mut revision);
