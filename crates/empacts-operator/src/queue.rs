@@ -132,22 +132,36 @@ impl<T: Clone> WorkQueue<T> {
     /// The next reconcile to start at `now`, if one is due and a slot is free: the app and its
     /// item. It holds the slot until [`done`](Self::done).
     pub fn next(&mut self, now: Instant) -> Option<(AppId, T)> {
+        self.next_where(now, |_| true)
+    }
+
+    /// [`next`](Self::next), passing over the namespaces whose next app `may_start` refuses
+    /// (their apps stay due, and the namespace waits for its next turn).
+    pub fn next_where(&mut self, now: Instant, may_start: impl Fn(&T) -> bool) -> Option<(AppId, T)> {
         self.promote(now);
         if self.running >= self.limit {
             return None;
         }
-        let namespace = self.turn.pop_front()?;
-        let line = self.ready.get_mut(&namespace).expect("a namespace in turn has a line");
-        let app = line.pop_front().expect("a line in turn is not empty");
-        if line.is_empty() {
-            self.ready.remove(&namespace);
-        } else {
-            self.turn.push_back(namespace);
+        for _ in 0..self.turn.len() {
+            let namespace = self.turn.pop_front().expect("within the turn's length");
+            let line = self.ready.get_mut(&namespace).expect("a namespace in turn has a line");
+            let app = *line.front().expect("a line in turn is not empty");
+            let entry = self.entries.get_mut(&app).expect("a ready app has an entry");
+            if !may_start(entry.item.as_ref().expect("a ready app is in the scope")) {
+                self.turn.push_back(namespace);
+                continue;
+            }
+            line.pop_front();
+            if line.is_empty() {
+                self.ready.remove(&namespace);
+            } else {
+                self.turn.push_back(namespace);
+            }
+            entry.state = State::Running { again: None };
+            self.running += 1;
+            return Some((app, entry.item.clone().expect("a ready app is in the scope")));
         }
-        let entry = self.entries.get_mut(&app).expect("a ready app has an entry");
-        entry.state = State::Running { again: None };
-        self.running += 1;
-        Some((app, entry.item.clone().expect("a ready app is in the scope")))
+        None
     }
 
     /// The reconcile of `app` that [`next`](Self::next) started ended at `now`; `after`: when
@@ -321,6 +335,25 @@ mod tests {
             assert!(q.done(id, now, None));
         }
         assert_eq!(order, ["noisy/n0000", "quiet/q", "noisy/n0001", "noisy/n0002"], "in turn; due order within one");
+    }
+
+    #[test]
+    fn a_namespace_held_back_keeps_no_slot_and_its_apps_stay_due() {
+        let t0 = Instant::now();
+        let apps: Vec<(&str, &str)> = vec![("held", "1"), ("held", "2"), ("held", "3"), ("open", "x"), ("open", "y")];
+        let mut q = queue(2, &apps);
+        q.trigger_all(t0);
+        let open = |item: &String| item.starts_with("open/");
+        let first: Vec<(AppId, String)> = std::iter::from_fn(|| q.next_where(t0, open)).collect();
+        let mut names: Vec<&str> = first.iter().map(|(_, i)| i.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["open/x", "open/y"], "both slots to the namespace that may start");
+        assert_eq!(q.ready(), 3, "the held namespace's apps stay due");
+        for (id, _) in first {
+            assert!(q.done(id, t0, None));
+        }
+        assert!(q.next_where(t0, open).is_none(), "nothing else may start");
+        assert_eq!(start(&mut q, t0).len(), 2, "once they may, they run");
     }
 
     #[test]

@@ -36,42 +36,13 @@ const HANDOFF_REQUEUE: Duration = Duration::from_secs(5);
 /// deadline; past it, the reconcile is dropped (its pending request with it) and reported as
 /// DeadlineExceeded, so a hung API server cannot hold a slot forever.
 ///
-/// The queue keeps apps compressed (`stored_app`): the app is unpacked here.
+/// The queue starts it once the caches of the app's namespace have listed (see `work::run`),
+/// and keeps apps compressed (`stored_app`): the app is unpacked here.
 pub async fn reconcile(stored: Arc<StoredApp>, ctx: Arc<Context>) -> Result<Next> {
-    caches_listed(&ctx, stored.namespace()).await?;
     let app = Arc::new(stored.app());
     drop(stored);
     // Boxed: a running reconcile's state is tens of KiB, kept apart from the queue's futures.
     Box::pin(reconcile_bounded(app, ctx)).await
-}
-
-/// Wait until every cache of the app's scope has listed once. Before that a child its cache
-/// does not show yet may exist: taken for absent, it would be created, refused as existing and
-/// reported as someone else's (a Stalled NameTaken flap), as at a restart over a settled fleet,
-/// whose first triggers come with the apps' list while other kinds still list. Past the
-/// reconcile deadline the reconcile fails (retried with backoff), naming the kinds.
-async fn caches_listed(ctx: &Context, namespace: &str) -> Result<()> {
-    // Subscribed before the check: a list done in between still wakes the wait.
-    let mut lists_done = ctx.readiness.watches.lists_done();
-    let deadline = tokio::time::Instant::now() + ctx.settings.reconcile_timeout;
-    loop {
-        let waiting = ctx.caches_not_listed(namespace);
-        if waiting.is_empty() {
-            return Ok(());
-        }
-        match tokio::time::timeout_at(deadline, lists_done.changed()).await {
-            Ok(Ok(())) => {}
-            // The sender lives as long as the context: not reached.
-            Ok(Err(_)) => return Ok(()),
-            Err(_) => {
-                return Err(Error::CachesNotListed {
-                    namespace: namespace.to_string(),
-                    waiting: waiting.join(", "),
-                    seconds: ctx.settings.reconcile_timeout.as_secs(),
-                });
-            }
-        }
-    }
 }
 
 async fn reconcile_bounded(app: Arc<EmpactsApp>, ctx: Arc<Context>) -> Result<Next> {

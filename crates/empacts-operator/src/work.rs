@@ -99,21 +99,36 @@ impl Work {
 
 /// Run reconciles from `work` until `shutdown` resolves; then the running ones finish and
 /// nothing new starts.
+///
+/// An app starts only once every cache of its namespace has listed: before that a child its
+/// cache does not show yet may exist, and taken for absent it would be created, refused as
+/// existing and reported as someone else's (a Stalled NameTaken flap), as at a restart over a
+/// settled fleet, whose first triggers come with the apps' list while other kinds still list.
+/// Such apps wait in the queue without a slot, so a namespace whose caches cannot list holds
+/// no slot from the others; past the reconcile deadline they start and fail at once with
+/// `CachesNotListed` (retried with backoff), naming the kinds.
 pub async fn run(work: Arc<Work>, ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()>) {
     let mut running = FuturesUnordered::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let patience = Instant::now() + ctx.settings.reconcile_timeout;
+    // Subscribed before the first check: a list done in between still wakes the loop.
+    let mut lists_done = ctx.readiness.watches.lists_done();
     loop {
-        let next_due = {
+        let wake_at = {
             let mut queue = work.queue();
             let now = Instant::now();
-            while let Some((app, stored)) = queue.next(now) {
+            let listed =
+                |stored: &Arc<StoredApp>| now >= patience || ctx.caches_not_listed(stored.namespace()).is_empty();
+            while let Some((app, stored)) = queue.next_where(now, listed) {
                 running.push(reconcile_one(app, stored, ctx.clone()));
             }
             ctx.metrics.reconciles_queued.set(queue.ready() as i64);
-            queue.next_due()
+            // Due apps and free slots left: apps held back until their caches list, or the deadline.
+            let held_back = queue.ready() > 0 && queue.running() < ctx.settings.concurrency && now < patience;
+            queue.next_due().into_iter().chain(held_back.then_some(patience)).min()
         };
         let timer = async move {
-            match next_due {
+            match wake_at {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
                 None => std::future::pending().await,
             }
@@ -123,6 +138,8 @@ pub async fn run(work: Arc<Work>, ctx: Arc<Context>, shutdown: impl std::future:
             _ = &mut shutdown => break,
             Some(ended) = running.next(), if !running.is_empty() => work.done(&ctx, ended),
             _ = work.wake.notified() => {}
+            // The sender lives in the context, as long as this loop.
+            _ = lists_done.changed() => {}
             _ = timer => {}
         }
     }
@@ -152,7 +169,18 @@ impl Work {
 
 /// One reconcile of `app`.
 async fn reconcile_one(app: AppId, stored: Arc<StoredApp>, ctx: Arc<Context>) -> Ended {
-    let next = match reconcile::reconcile(stored.clone(), ctx.clone()).await {
+    let waiting = ctx.caches_not_listed(stored.namespace());
+    let result = if waiting.is_empty() {
+        reconcile::reconcile(stored.clone(), ctx.clone()).await
+    } else {
+        // Started past the deadline (see `run`).
+        Err(Error::CachesNotListed {
+            namespace: stored.namespace().to_string(),
+            waiting: waiting.join(", "),
+            seconds: ctx.settings.reconcile_timeout.as_secs(),
+        })
+    };
+    let next = match result {
         Ok(next) => next,
         Err(error) => Some(error_policy(&stored, &error, &ctx)),
     };

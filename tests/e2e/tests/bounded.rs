@@ -413,6 +413,45 @@ async fn one_process_serves_exactly_the_listed_namespaces() {
     }
 }
 
+/// A namespace whose caches cannot list (its Services refused) holds no reconcile slot: its
+/// apps wait in the queue, and another namespace's app converges as if it were alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_whose_caches_cannot_list_holds_no_slot_from_the_others() {
+    let (env, client) = cluster().await;
+    let (broken, healthy) =
+        tokio::join!(TestNamespace::new(&client, "unlisted"), TestNamespace::new(&client, "listed"));
+    let spec = "{image: 'registry.example.com/api:1.0.0', replicas: 1}";
+    for i in 0..4 {
+        apply_app(&broken, &app(&format!("api-{i}"), spec)).await;
+    }
+    let proxy = FaultProxy::start(&env).await;
+    let kubeconfig = tmp(&healthy, "proxy.kubeconfig");
+    proxy.kubeconfig(&kubeconfig);
+    let refused = Match::any().path_contains(format!("/namespaces/{}/services", broken.name));
+    let rule = proxy.add_rule(FaultRule::new(refused, Action::status(500)));
+    let scope = empacts_operator::controller::Scope { namespaces: vec![broken.name.clone(), healthy.name.clone()] };
+    // Two slots, four apps in the namespace that cannot list: were they to take slots while
+    // waiting for their caches, they would hold both for the reconcile deadline (60 s).
+    let settings = empacts_operator::context::Settings { concurrency: 2, ..Default::default() };
+    let proxied = client_for(&kubeconfig).await;
+    let op = Operator::start_scoped(&proxied, scope, &healthy.name, settings).await;
+    wait_until("the refused Service list", T, || async { (proxy.rule_hits(rule)? >= 1).then_some(()) }).await;
+    let start = Instant::now();
+    apply_app(&healthy, &app("api", spec)).await;
+    ready(&healthy, "api").await;
+    let took = start.elapsed();
+    println!("an app in a listed namespace Ready after {took:?} beside 4 apps waiting for their caches");
+    assert!(took < Duration::from_secs(30), "the healthy namespace waited {took:?}");
+    for i in 0..4 {
+        let waiting: EmpactsApp = broken.api().get(&format!("api-{i}")).await.unwrap();
+        assert!(waiting.status.is_none(), "an app of the namespace whose caches never listed was reconciled");
+    }
+    op.stop().await;
+    drop(proxy);
+    broken.cleanup().await;
+    healthy.cleanup().await;
+}
+
 /// A Secret lacking the referenced key: the status says which key is missing, and never which
 /// keys the Secret has (an app author may not be allowed to read the Secret).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
