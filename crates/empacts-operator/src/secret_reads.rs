@@ -29,37 +29,51 @@ pub struct Version {
 /// A kept copy: its version, and the Secret as compressed JSON (a fraction of the object's
 /// heap bytes; read back only when a reconcile uses it).
 struct KeptSecret {
-    version: Version,
+    /// uid, a space, resourceVersion: one block (neither contains a space).
+    version: Box<str>,
     json: CompressedJson,
 }
 
-/// The last read copy of watched Secrets, per (namespace, name). No Debug: it holds values.
+impl KeptSecret {
+    fn is(&self, version: &Version) -> bool {
+        let (uid, rv) = (version.uid.as_str(), version.resource_version.as_str());
+        self.version.len() == uid.len() + 1 + rv.len()
+            && self.version.starts_with(uid)
+            && self.version.ends_with(rv)
+            && self.version.as_bytes()[uid.len()] == b' '
+    }
+}
+
+/// A Secret's key in the cache: namespace, `/`, name, in one block (a `/` is in neither).
+fn key(namespace: &str, name: &str) -> Box<str> {
+    format!("{namespace}/{name}").into()
+}
+
+/// The last read copy of watched Secrets, per namespace and name. No Debug: it holds values.
 #[derive(Default)]
 pub struct SecretCache {
-    entries: Mutex<HashMap<(String, String), KeptSecret>>,
+    entries: Mutex<HashMap<Box<str>, KeptSecret>>,
     /// Secrets that exist without the watch label, under a name the watch was expected to
     /// show (one someone else made under a generated Secret's name): read fresh each time.
-    unlabelled: Mutex<std::collections::HashSet<(String, String)>>,
+    unlabelled: Mutex<std::collections::HashSet<Box<str>>>,
 }
 
 impl SecretCache {
     fn get(&self, namespace: &str, name: &str, version: &Version) -> Option<Secret> {
         let entries = self.entries.lock().expect("secret cache lock");
-        let copy = entries.get(&(namespace.to_string(), name.to_string()))?;
+        let copy = entries.get(&key(namespace, name))?;
         // What `put` wrote always reads back; a copy that would not is read fresh instead.
-        (copy.version == *version).then(|| copy.json.unpack().ok()).flatten()
+        copy.is(version).then(|| copy.json.unpack().ok()).flatten()
     }
 
     /// Keep `secret` (a copy as read or as written) for as long as the watch shows its version.
     pub fn put(&self, secret: &Secret) {
-        let key = (secret.namespace().unwrap_or_default(), secret.name_any());
+        let key = key(&secret.namespace().unwrap_or_default(), &secret.name_any());
         let mut copy = secret.clone();
         // Nothing reads a copy's field ownership (a write starts from a fresh read or drops it).
         copy.metadata.managed_fields = None;
-        let version = Version {
-            uid: copy.metadata.uid.clone().unwrap_or_default(),
-            resource_version: copy.metadata.resource_version.clone().unwrap_or_default(),
-        };
+        let uid = copy.metadata.uid.as_deref().unwrap_or_default();
+        let version = format!("{uid} {}", copy.metadata.resource_version.as_deref().unwrap_or_default()).into();
         // Empty if it cannot be written (never seen): the entry still says this process holds
         // the name, and a read of it goes to the API server.
         let json = CompressedJson::of_json(&serde_json::to_vec(&copy).unwrap_or_default());
@@ -70,7 +84,7 @@ impl SecretCache {
     /// Whether an absence from the watch may hide `name`: this process holds a copy (it wrote
     /// or read it, and the watch may not show that version yet), or found it unlabelled.
     fn may_exist(&self, namespace: &str, name: &str) -> bool {
-        let key = (namespace.to_string(), name.to_string());
+        let key = key(namespace, name);
         self.entries.lock().expect("secret cache lock").contains_key(&key)
             || self.unlabelled.lock().expect("secret cache lock").contains(&key)
     }
@@ -78,7 +92,7 @@ impl SecretCache {
     /// `name` exists though the watch does not show it (our create was refused, or a fresh read
     /// found it unlabelled): read it fresh from now on.
     pub fn found_unlabelled(&self, namespace: &str, name: &str) {
-        self.unlabelled.lock().expect("secret cache lock").insert((namespace.to_string(), name.to_string()));
+        self.unlabelled.lock().expect("secret cache lock").insert(key(namespace, name));
     }
 
     /// Drop the copies of `names` (an app that went, or a Secret the watch no longer shows).
@@ -86,7 +100,7 @@ impl SecretCache {
         let mut entries = self.entries.lock().expect("secret cache lock");
         let mut unlabelled = self.unlabelled.lock().expect("secret cache lock");
         for name in names {
-            let key = (namespace.to_string(), name.to_string());
+            let key = key(namespace, name);
             entries.remove(&key);
             unlabelled.remove(&key);
         }
@@ -94,11 +108,11 @@ impl SecretCache {
 
     /// Drop the copies of an app's generated Secrets, when the app goes.
     pub fn forget_generated(&self, namespace: &str, app: &str) {
-        let prefix = crate::names::generated_secret_prefix(app);
+        let prefix = key(namespace, &crate::names::generated_secret_prefix(app));
         let mut entries = self.entries.lock().expect("secret cache lock");
-        entries.retain(|(ns, name), _| ns != namespace || !name.starts_with(&prefix));
+        entries.retain(|key, _| !key.starts_with(&*prefix));
         let mut unlabelled = self.unlabelled.lock().expect("secret cache lock");
-        unlabelled.retain(|(ns, name)| ns != namespace || !name.starts_with(&prefix));
+        unlabelled.retain(|key| !key.starts_with(&*prefix));
     }
 
     pub fn len(&self) -> usize {
@@ -219,6 +233,8 @@ mod tests {
         assert!(cache.get("ns", "s", &version("u1", "6")).is_none(), "changed since: read again");
         assert!(cache.get("ns", "s", &version("u2", "5")).is_none(), "deleted and re-created: read again");
         assert!(cache.get("other", "s", &version("u1", "5")).is_none());
+        assert!(cache.get("ns", "s", &version("u", "1 5")).is_none(), "uid and version apart, not their text");
+        assert!(cache.get("ns", "s", &version("u1", "55")).is_none());
         cache.forget("ns", ["s"]);
         assert!(cache.is_empty());
         let mut generated = secret("u1", "5");
@@ -226,6 +242,8 @@ mod tests {
         cache.put(&generated);
         cache.forget_generated("ns", "api-v2");
         assert_eq!(cache.len(), 1, "another app's prefix");
+        cache.forget_generated("n", "api");
+        assert_eq!(cache.len(), 1, "another namespace's");
         cache.forget_generated("ns", "api");
         assert!(cache.is_empty(), "the app's generated copies go with it");
     }
